@@ -1,0 +1,37 @@
+# `make demo` and `make test` do all set-up on a fresh Debian machine (as root).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup system venv demo test lint bench clean
+
+setup: system venv
+
+system:
+	@scripts/install-system-packages.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(PY) -m podnet demo
+
+test: setup
+	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy
+	$(PY) -m pytest -q
+
+lint: venv
+	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy
+
+bench: setup
+	$(PY) bench/cni_latency.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

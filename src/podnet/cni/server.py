@@ -1,0 +1,148 @@
+"""`podnet cni-server`: the long-lived side of the plugin, holding warm netlink sockets.
+
+Each request acts in the network namespace of the plugin process that sent it (found through
+SO_PEERCRED), so one server serves its node. Workers are a fixed pool because pyroute2 binds a
+socket to the thread that made it: each worker keeps its own sockets, one per node namespace.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import socket
+import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+
+from podnet.cni import protocol, shim
+from podnet.netlink import netns
+from podnet.plugins import bridge
+from podnet.plugins.context import HostContext
+
+WORKERS = 8
+CACHED_NAMESPACES = 8
+_local = threading.local()
+
+
+def _peer_pid(conn: socket.socket) -> tuple[int, int]:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
+
+
+def _context_for(ns_path: str) -> HostContext:
+    """This worker's warm context for the namespace at ns_path."""
+    cache: collections.OrderedDict[tuple[int, int], HostContext] = getattr(
+        _local, "cache", None) or collections.OrderedDict()
+    _local.cache = cache
+    key = netns.ns_id(ns_path)
+    ctx = cache.get(key)
+    if ctx is None:
+        ctx = HostContext(netns.iproute_in(ns_path), ns_path)
+        cache[key] = ctx
+        while len(cache) > CACHED_NAMESPACES:
+            _, old = cache.popitem(last=False)
+            old.host.close()
+    cache.move_to_end(key)
+    # The same namespace may come from another caller next time: enter it through this one.
+    ctx.host_ns = ns_path
+    return ctx
+
+
+def _read_request(conn: socket.socket) -> tuple[dict[str, str], bytes]:
+    chunks = []
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+    return shim.decode_request(b"".join(chunks))
+
+
+def _resolve_netns(env: dict[str, str], pid: int) -> None:
+    """A CNI_NETNS path the caller sees but this server does not: go through its root."""
+    path = env.get("CNI_NETNS", "")
+    if path.startswith("/") and not os.path.exists(path):
+        alt = f"/proc/{pid}/root{path}"
+        if os.path.exists(alt):
+            env["CNI_NETNS"] = alt
+
+
+def handle(conn: socket.socket) -> None:
+    with conn:
+        try:
+            pid, uid = _peer_pid(conn)
+            if uid not in (0, os.getuid()):
+                return  # only the node's runtime (root) may wire pods
+            env, stdin = _read_request(conn)
+            _resolve_netns(env, pid)
+            ctx = _context_for(f"/proc/{pid}/ns/net")
+            code, out = protocol.run(bridge.handlers(ctx), env, stdin)
+            conn.sendall(f"{code}\n{out}".encode())
+        except Exception as exc:  # one bad client must not take the server down
+            protocol.log(f"cni-server: request failed: {exc!r}")
+
+
+class Server:
+    def __init__(self, path: str, workers: int = WORKERS) -> None:
+        self.path = path
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._stop = threading.Event()
+
+    def bind(self) -> None:
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        old = os.umask(0o077)  # root only: the socket wires pods
+        try:
+            self.sock.bind(self.path)
+        finally:
+            os.umask(old)
+        self.sock.listen(128)
+
+    def serve_forever(self) -> None:
+        self.sock.settimeout(0.5)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    break
+                raise
+            conn.settimeout(120)
+            self.pool.submit(handle, conn)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.pool.shutdown(wait=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def start_thread(self) -> threading.Thread:
+        """Serve from a background thread (the agent embeds the server this way)."""
+        self.bind()
+        thread = threading.Thread(target=self.serve_forever, name="cni-server", daemon=True)
+        thread.start()
+        return thread
+
+
+def serve(path: str) -> None:
+    server = Server(path)
+    server.bind()
+
+    def _term(_sig: int, _frame: FrameType | None) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    protocol.log(f"cni-server listening on {path}")
+    try:
+        server.serve_forever()
+    finally:
+        server.close()

@@ -1,0 +1,138 @@
+"""The exec'd plugin process: it relays the request to the node's cni-server.
+
+Its fast path imports nothing beyond the interpreter's start-up modules and `_socket` (json, re,
+enum and the `socket` wrapper each cost milliseconds on every pod start). Where no server
+answers, it does the same work in-process (importing netlink), only slower.
+
+Wire format, over one unix stream connection:
+  request:  K=V\\0K=V\\0...\\0\\0<stdin>     (the CNI_* environment, then the config)
+  response: <exit code>\\n<stdout>
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+import sys
+
+CONNECT_TIMEOUT = 1.0
+REPLY_TIMEOUT = 120.0
+_WS = b" \t\r\n"
+
+
+def top_level_string(text: bytes, key: bytes) -> str | None:
+    """The string value of a top-level key of a JSON object, found without a JSON parser.
+
+    Anything unusual (escapes, a non-string value) answers None, and the slow path decides.
+    """
+    want = b'"' + key + b'"'
+    depth, i, n = 0, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == 0x22:  # '"'
+            j = i + 1
+            while j < n and text[j] != 0x22:
+                j += 2 if text[j] == 0x5C else 1
+            k = j + 1
+            while k < n and text[k] in _WS:
+                k += 1
+            if depth == 1 and text[i:j + 1] == want and k < n and text[k] == 0x3A:  # ':'
+                k += 1
+                while k < n and text[k] in _WS:
+                    k += 1
+                end = text.find(b'"', k + 1)
+                if k >= n or text[k] != 0x22 or end < 0 or b"\\" in text[k + 1:end]:
+                    return None
+                return text[k + 1:end].decode("utf-8", "replace")
+            i = j + 1
+            continue
+        if c in b"{[":
+            depth += 1
+        elif c in b"}]":
+            depth -= 1
+        i += 1
+    return None
+
+
+def encode_request(env: dict[str, str], stdin: bytes) -> bytes:
+    return b"\0".join(f"{k}={v}".encode() for k, v in env.items()) + b"\0\0" + stdin
+
+
+def decode_request(data: bytes) -> tuple[dict[str, str], bytes]:
+    head, _, stdin = data.partition(b"\0\0")
+    env = {}
+    for item in filter(None, head.split(b"\0")):
+        key, _, value = item.decode("utf-8", "replace").partition("=")
+        env[key] = value
+    return env, stdin
+
+
+def via_server(path: str, env: dict[str, str], stdin: bytes) -> tuple[int, str] | None:
+    """(code, stdout) from the server; None when no server is listening there."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect(path)
+        except OSError:
+            return None
+        try:
+            sock.settimeout(REPLY_TIMEOUT)
+            sock.sendall(encode_request(env, stdin))
+            sock.shutdown(_socket.SHUT_WR)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+            head, _, body = b"".join(chunks).partition(b"\n")
+            return int(head), body.decode()
+        except (OSError, ValueError) as exc:
+            # The server took the request and may have acted on it: no blind retry in-process.
+            from podnet.cni.errors import TRY_AGAIN_LATER, CNIError
+
+            err = CNIError(TRY_AGAIN_LATER, f"cni-server at {path} failed mid-request: {exc}")
+            return 1, _error_json(err)
+    finally:
+        sock.close()
+
+
+def _error_json(err: object) -> str:
+    import json
+
+    from podnet.cni.version import LATEST
+
+    return json.dumps(err.to_json(LATEST))  # type: ignore[attr-defined]
+
+
+def run_in_process(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, str]:
+    from podnet.cni import protocol
+
+    if plugin == "podnet-ipam":
+        from podnet.ipam.plugin import HANDLERS
+
+        return protocol.run(HANDLERS, env, stdin)
+    if env.get("CNI_COMMAND") == "VERSION":
+        return protocol.run({}, env, stdin)
+    try:
+        from podnet.plugins import bridge, context
+
+        with context.local() as ctx:
+            return protocol.run(bridge.handlers(ctx), env, stdin)
+    except Exception as exc:  # no netlink or a broken install: still an error object
+        from podnet.cni.errors import IO_FAILURE, CNIError
+
+        return 1, _error_json(CNIError(IO_FAILURE, f"podnet cannot run in-process: {exc}"))
+
+
+def main(plugin: str) -> None:
+    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    env = {k: v for k, v in os.environ.items() if k.startswith("CNI_")}
+    result = None
+    if plugin == "podnet" and env.get("CNI_COMMAND") != "VERSION":
+        path = top_level_string(stdin, b"socket")
+        if path:
+            result = via_server(path, env, stdin)
+    code, out = result if result is not None else run_in_process(plugin, env, stdin)
+    if out:
+        sys.stdout.write(out)
+        sys.stdout.flush()
+    sys.exit(code)

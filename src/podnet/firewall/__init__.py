@@ -1,0 +1,1 @@
+"""The firewall, through nftables (the `nft` tool's JSON and script interfaces)."""

@@ -1,0 +1,1 @@
+"""The data plane: network namespaces and netlink (pyroute2) helpers."""

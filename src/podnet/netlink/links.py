@@ -1,0 +1,115 @@
+"""Small netlink helpers over pyroute2: links, addresses, routes."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+__all__ = ["IPRoute", "NetlinkError"]
+
+
+def by_name(ipr: IPRoute, name: str) -> Any | None:
+    """The link message for a name (one kernel lookup, not a dump); None if absent."""
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code in (errno.ENODEV, errno.EINVAL):
+            return None
+        raise
+
+
+def index_of(ipr: IPRoute, name: str) -> int | None:
+    msg = by_name(ipr, name)
+    return None if msg is None else int(msg["index"])
+
+
+def link(ipr: IPRoute, index: int) -> Any:
+    return ipr.link("get", index=index)[0]
+
+
+def is_up(msg: Any) -> bool:
+    return bool(msg["flags"] & 1)  # IFF_UP
+
+
+def kind_of(msg: Any) -> str | None:
+    info = msg.get_attr("IFLA_LINKINFO")
+    return None if info is None else info.get_attr("IFLA_INFO_KIND")
+
+
+def mac_of(msg: Any) -> str:
+    return str(msg.get_attr("IFLA_ADDRESS"))
+
+
+def ensure_link_up(ipr: IPRoute, index: int) -> None:
+    ipr.link("set", index=index, state="up")
+
+
+def delete_link(ipr: IPRoute, name: str) -> bool:
+    """Delete by name; False when it was not there."""
+    try:
+        ipr.link("del", ifname=name)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
+        return False
+    return True
+
+
+def family_of(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def addresses(ipr: IPRoute, index: int) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    out: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
+    for msg in ipr.get_addr(index=index):
+        out.append(ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"))
+    return out
+
+
+IFA_F_NODAD = 0x02
+
+
+def add_address(ipr: IPRoute, index: int, iface: str) -> None:
+    """Add an address; IPv6 ones skip duplicate address detection, which would hold them back
+    for seconds: IPAM already made them unique."""
+    addr = ipaddress.ip_interface(iface)
+    extra = {"flags": IFA_F_NODAD} if addr.version == 6 else {}
+    try:
+        ipr.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen,
+                 **extra)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+
+
+def del_address(ipr: IPRoute, index: int, iface: str) -> None:
+    addr = ipaddress.ip_interface(iface)
+    ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+
+
+def routes(ipr: IPRoute, family: int, table: int = 254) -> Iterator[dict[str, Any]]:
+    """Main-table unicast routes as {dst, gw, oif}, dst in CIDR form."""
+    for msg in ipr.get_routes(family=family, table=table):
+        if msg["type"] != 1:  # RTN_UNICAST
+            continue
+        dst = msg.get_attr("RTA_DST")
+        default = "0.0.0.0" if family == socket.AF_INET else "::"
+        yield {"dst": f"{dst or default}/{msg['dst_len']}", "gw": msg.get_attr("RTA_GATEWAY"),
+               "oif": msg.get_attr("RTA_OIF")}
+
+
+def add_route(ipr: IPRoute, dst: str, gw: str | None, oif: int | None, **extra: Any) -> None:
+    """Add or replace a route (idempotent)."""
+    net = ipaddress.ip_network(dst, strict=False)
+    spec: dict[str, Any] = {"dst": str(net), **extra}
+    if gw:
+        spec["gateway"] = gw
+    if oif is not None:
+        spec["oif"] = oif
+    ipr.route("replace", **spec)

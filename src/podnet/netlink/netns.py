@@ -1,0 +1,115 @@
+"""Network namespaces: enter one for the calling thread, open netlink sockets bound to one.
+
+setns(2) moves only the calling thread, and a netlink socket stays bound to the namespace it was
+created in; so a socket for any namespace can be made from any thread without forking, which
+pyroute2's own netns support does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import socket
+from collections.abc import Iterator
+
+from pyroute2 import IPRoute
+
+CLONE_NEWNET = 0x40000000
+NETLINK_ROUTE = 0
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def entered(path: str) -> Iterator[None]:
+    """Run the block with the calling thread in the namespace at `path`."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(target)
+        try:
+            yield
+        finally:
+            setns(own)
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+def iproute_in(path: str | None) -> IPRoute:
+    """An IPRoute whose socket lives in the namespace at `path` (None: the thread's own).
+
+    pyroute2 0.9 binds an IPRoute to the thread that made it: use it from that thread only.
+    """
+    if path is None:
+        return IPRoute(groups=0)
+    with entered(path):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                             NETLINK_ROUTE)
+    return IPRoute(fileno=sock.detach(), groups=0)
+
+
+def ns_id(path: str) -> tuple[int, int]:
+    """The identity of a namespace: the (device, inode) of its nsfs file."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def write_sysctl(path: str, value: str) -> None:
+    """Write a sysctl (`net/ipv4/ip_forward`) of the calling thread's namespace.
+
+    Slash-separated, since interface names in such paths may hold dots.
+    """
+    with open("/proc/sys/" + path, "w") as fh:
+        fh.write(value)
+
+
+def read_sysctl(path: str) -> str:
+    with open("/proc/sys/" + path) as fh:
+        return fh.read().strip()
+
+
+NETNS_DIR = "/var/run/netns"
+
+
+def create(name: str) -> str:
+    """Create a named namespace (as `ip netns add`); its path."""
+    from pyroute2 import netns as pr_netns
+
+    pr_netns.create(name)
+    return os.path.join(NETNS_DIR, name)
+
+
+def remove(name: str) -> None:
+    """Remove a named namespace; processes still inside are the caller's to stop first."""
+    from pyroute2 import netns as pr_netns
+
+    if os.path.exists(os.path.join(NETNS_DIR, name)):
+        pr_netns.remove(name)
+
+
+def listed(prefix: str = "") -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def pids_in(path: str) -> list[int]:
+    """Processes whose network namespace is the one at `path`."""
+    want = ns_id(path)
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if ns_id(f"/proc/{entry}/ns/net") == want:
+                    out.append(int(entry))
+            except OSError:
+                continue
+    return out

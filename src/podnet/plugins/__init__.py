@@ -1,0 +1,1 @@
+"""CNI plugins built on the data plane (one module a plugin)."""

@@ -1,0 +1,361 @@
+"""`podnet`, the main plugin: a veth pair from the pod to a node bridge, IPAM delegated.
+
+Options as the reference `bridge` plugin has them; an existing bridge is reused, which is what the
+Layer 2 design needs (a pre-created `kube-bridge`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from podnet.cni import delegate, protocol
+from podnet.cni.errors import (
+    CHECK_MISMATCH,
+    INVALID_NETWORK_CONFIG,
+    NETLINK_FAILURE,
+    CNIError,
+)
+from podnet.cni.protocol import Request
+from podnet.cni.version import Result
+from podnet.firewall import nft
+from podnet.netlink import links
+from podnet.netlink.links import NetlinkError
+from podnet.plugins.context import HostContext
+
+DEFAULT_BRIDGE = "kube-bridge"
+_BOOL_KEYS = {"isGateway": "is_gateway", "isDefaultGateway": "is_default_gateway",
+              "forceAddress": "force_address", "hairpinMode": "hairpin",
+              "promiscMode": "promisc", "ipMasq": "ip_masq"}
+
+
+@dataclass
+class BridgeConf:
+    bridge: str = DEFAULT_BRIDGE
+    is_gateway: bool = False
+    is_default_gateway: bool = False
+    force_address: bool = False
+    hairpin: bool = False
+    promisc: bool = False
+    ip_masq: bool = False
+    mtu: int | None = None
+
+    @classmethod
+    def parse(cls, config: dict[str, Any]) -> BridgeConf:
+        conf = cls()
+        bridge = config.get("bridge", DEFAULT_BRIDGE)
+        if not isinstance(bridge, str) or not protocol.valid_ifname(bridge):
+            raise CNIError(INVALID_NETWORK_CONFIG, f"invalid bridge name {bridge!r}")
+        conf.bridge = bridge
+        for key, attr in _BOOL_KEYS.items():
+            value = config.get(key, False)
+            if not isinstance(value, bool):
+                raise CNIError(INVALID_NETWORK_CONFIG, f"{key} must be true or false")
+            setattr(conf, attr, value)
+        mtu = config.get("mtu")
+        if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int)
+                                or not 68 <= mtu <= 65535):
+            raise CNIError(INVALID_NETWORK_CONFIG, f"mtu {mtu!r} must be an integer 68..65535")
+        conf.mtu = mtu
+        # isDefaultGateway implies isGateway, as in the reference plugin.
+        conf.is_gateway = conf.is_gateway or conf.is_default_gateway
+        return conf
+
+
+def _netlink(what: str, exc: NetlinkError) -> CNIError:
+    return CNIError(NETLINK_FAILURE, f"{what}: {exc.args[-1] if exc.args else exc}")
+
+
+def ensure_bridge(ctx: HostContext, conf: BridgeConf) -> tuple[int, str]:
+    """Create the bridge, or reuse an existing one; (index, MAC)."""
+    ipr = ctx.host
+    msg = links.by_name(ipr, conf.bridge)
+    if msg is None:
+        spec: dict[str, Any] = {"ifname": conf.bridge, "kind": "bridge"}
+        if conf.mtu:
+            spec["mtu"] = conf.mtu
+        try:
+            ipr.link("add", **spec)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:  # a concurrent ADD made it first
+                raise _netlink(f"creating bridge {conf.bridge}", exc) from None
+        msg = links.by_name(ipr, conf.bridge)
+        if msg is None:
+            raise CNIError(NETLINK_FAILURE, f"bridge {conf.bridge} vanished after creation")
+        # An address set explicitly stays; otherwise the kernel gives the bridge the lowest port
+        # MAC, which changes as pods come and go.
+        ipr.link("set", index=msg["index"], address=links.mac_of(msg))
+    index = int(msg["index"])
+    if links.kind_of(msg) != "bridge":
+        raise CNIError(INVALID_NETWORK_CONFIG, f"{conf.bridge!r} already exists but is not a "
+                       "bridge")
+    if conf.promisc and not msg["flags"] & 0x100:
+        ipr.link("set", index=index, flags=0x100, mask=0x100)  # IFF_PROMISC
+    if not links.is_up(msg):
+        links.ensure_link_up(ipr, index)
+    return index, links.mac_of(msg)
+
+
+def _gateways(result: Result, conf: BridgeConf) -> None:
+    """Fill in gateways (first address of each subnet) and the default routes the conf asks."""
+    if not conf.is_gateway:
+        return
+    for ipc in result.get("ips", []):
+        iface = ipaddress.ip_interface(ipc["address"])
+        if not ipc.get("gateway"):
+            ipc["gateway"] = str(iface.network.network_address + 1)
+        if not conf.is_default_gateway:
+            continue
+        default = "0.0.0.0/0" if iface.version == 4 else "::/0"
+        existing = [r for r in result.setdefault("routes", []) if
+                    ipaddress.ip_network(r["dst"], strict=False) == ipaddress.ip_network(default)]
+        if any(r.get("gw") and r["gw"] != ipc["gateway"] for r in existing):
+            raise CNIError(INVALID_NETWORK_CONFIG, "isDefaultGateway ineffective because IPAM "
+                           "sets a default route through another gateway")
+        if not existing:
+            result["routes"].append({"dst": default, "gw": ipc["gateway"]})
+
+
+def _ensure_bridge_addr(ctx: HostContext, index: int, name: str, gw_iface: str,
+                        force: bool) -> None:
+    want = ipaddress.ip_interface(gw_iface)
+    for have in links.addresses(ctx.host, index):
+        if have == want:
+            return
+        if have.version == want.version and (
+                want.version == 4 or want.ip in have.network or have.ip in want.network):
+            if not force:
+                raise CNIError(INVALID_NETWORK_CONFIG,
+                               f"{name!r} already has an IP address different from {want}")
+            links.del_address(ctx.host, index, str(have))
+    links.add_address(ctx.host, index, str(want))
+
+
+def _configure_pod_iface(pod: Any, index: int, result: Result, iface_idx: int) -> None:
+    gws: dict[int, str] = {}
+    for ipc in result.get("ips", []):
+        ipc["interface"] = iface_idx
+        links.add_address(pod, index, ipc["address"])
+        if ipc.get("gateway"):
+            gws.setdefault(links.family_of(ipc["address"]), ipc["gateway"])
+    links.ensure_link_up(pod, index)
+    for route in result.get("routes", []):
+        gw = route.get("gw") or gws.get(links.family_of(route["dst"]))
+        links.add_route(pod, route["dst"], gw, index)
+
+
+def _host_veth_name(ipr: Any) -> str:
+    while True:
+        name = "veth" + secrets.token_hex(4)
+        if links.index_of(ipr, name) is None:
+            return name
+
+
+def cmd_add(ctx: HostContext, req: Request) -> Result:
+    conf = BridgeConf.parse(req.config)
+    ipam = delegate.ipam_type(req)
+    prev = req.prev_result
+    undo: list[Callable[[], object]] = []
+    try:
+        br_index, br_mac = ensure_bridge(ctx, conf)
+        with ctx.pod(req.netns) as pod:
+            if links.index_of(pod, req.ifname) is not None:
+                raise CNIError(INVALID_NETWORK_CONFIG, f"container interface {req.ifname} "
+                               f"already exists in {req.netns}")
+            host_name = _host_veth_name(ctx.host)
+            peer: dict[str, Any] = {"ifname": req.ifname, "net_ns_fd": req.netns}
+            veth: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer}
+            if conf.mtu:
+                veth["mtu"] = peer["mtu"] = conf.mtu
+            try:
+                ctx.host.link("add", **veth)
+            except NetlinkError as exc:
+                raise _netlink("creating veth pair", exc) from None
+            undo.append(lambda: links.delete_link(ctx.host, host_name))
+            host_msg = links.by_name(ctx.host, host_name)
+            pod_msg = links.by_name(pod, req.ifname)
+            if host_msg is None or pod_msg is None:
+                raise CNIError(NETLINK_FAILURE, "veth pair vanished after creation")
+            host_index, pod_index = int(host_msg["index"]), int(pod_msg["index"])
+            ctx.host.link("set", index=host_index, master=br_index, state="up")
+            if conf.hairpin:
+                ctx.host.brport("set", index=host_index, mode=1)
+
+            ipam_result = delegate.call(req, ipam, "ADD")
+            undo.append(lambda: delegate.call(req, ipam, "DEL"))
+            if not ipam_result or not ipam_result.get("ips"):
+                raise CNIError(INVALID_NETWORK_CONFIG, "IPAM plugin returned missing IP config")
+            _gateways(ipam_result, conf)
+            base = len(prev.get("interfaces", [])) if prev else 0
+            _configure_pod_iface(pod, pod_index, ipam_result, base + 2)
+        pod_mac, host_mac = links.mac_of(pod_msg), links.mac_of(host_msg)
+        if conf.is_gateway:
+            for ipc in ipam_result["ips"]:
+                prefix = ipaddress.ip_interface(ipc["address"]).network.prefixlen
+                _ensure_bridge_addr(ctx, br_index, conf.bridge, f"{ipc['gateway']}/{prefix}",
+                                    conf.force_address)
+            _enable_forwarding(ctx, ipam_result)
+        if conf.ip_masq:
+            tag = nft.masq_tag(req.config["name"], req.container_id, req.ifname)
+            nft.add_masq(ctx.run, tag, [i["address"] for i in ipam_result["ips"]])
+    except NetlinkError as exc:
+        _rollback(undo)
+        raise _netlink("ADD", exc) from None
+    except BaseException:
+        _rollback(undo)
+        raise
+    ours: Result = {
+        "interfaces": [
+            {"name": conf.bridge, "mac": br_mac},
+            {"name": host_name, "mac": host_mac},
+            {"name": req.ifname, "mac": pod_mac, "sandbox": req.netns},
+        ],
+        "ips": ipam_result["ips"],
+        "routes": ipam_result.get("routes", []),
+        "dns": ipam_result.get("dns", {}),
+    }
+    if conf.mtu:
+        ours["interfaces"][2]["mtu"] = conf.mtu
+    return _merge(prev, ours)
+
+
+def _merge(prev: Result | None, ours: Result) -> Result:
+    """Chained after another plugin: its interfaces, IPs and routes come first."""
+    if not prev:
+        return ours
+    merged: Result = {
+        "interfaces": prev.get("interfaces", []) + ours["interfaces"],
+        "ips": prev.get("ips", []) + ours["ips"],
+        "routes": prev.get("routes", []) + ours["routes"],
+        "dns": ours["dns"] or prev.get("dns", {}),
+    }
+    return merged
+
+
+def _enable_forwarding(ctx: HostContext, result: Result) -> None:
+    families = {links.family_of(i["address"]) for i in result["ips"]}
+    if socket.AF_INET in families:
+        ctx.write_sysctl("net/ipv4/ip_forward", "1")
+    if socket.AF_INET6 in families:
+        ctx.write_sysctl("net/ipv6/conf/all/forwarding", "1")
+
+
+def _rollback(undo: list[Callable[[], object]]) -> None:
+    for step in reversed(undo):
+        try:
+            step()
+        except Exception as exc:  # keep undoing the rest; the original error is what counts
+            protocol.log(f"rollback step failed: {exc!r}")
+
+
+def cmd_del(ctx: HostContext, req: Request) -> None:
+    conf = BridgeConf.parse(req.config)
+    delegate.call(req, delegate.ipam_type(req), "DEL")
+    if req.netns:
+        # A DEL whose namespace is gone has nothing left to remove there: the veth went with it.
+        with contextlib.suppress(CNIError), ctx.pod(req.netns) as pod:
+            try:
+                links.delete_link(pod, req.ifname)
+            except NetlinkError as exc:
+                raise _netlink(f"deleting {req.ifname}", exc) from None
+    if conf.ip_masq:
+        tag = nft.masq_tag(req.config["name"], req.container_id, req.ifname)
+        nft.del_masq(ctx.run, lambda t: t != tag)
+
+
+def cmd_check(ctx: HostContext, req: Request) -> None:
+    conf = BridgeConf.parse(req.config)
+    prev = req.prev_result
+    if prev is None:
+        raise CNIError(INVALID_NETWORK_CONFIG, "CHECK requires a prevResult")
+    delegate.call(req, delegate.ipam_type(req), "CHECK")
+    problems: list[str] = []
+    ifaces = prev.get("interfaces", [])
+    pod_pos = next((i for i, f in enumerate(ifaces)
+                    if f.get("name") == req.ifname and f.get("sandbox") == req.netns), None)
+    if pod_pos is None:
+        raise CNIError(CHECK_MISMATCH, f"prevResult has no interface {req.ifname} in sandbox "
+                       f"{req.netns}")
+    br_index = links.index_of(ctx.host, conf.bridge)
+    if br_index is None:
+        problems.append(f"bridge {conf.bridge} is missing")
+    else:
+        br = links.link(ctx.host, br_index)
+        if links.kind_of(br) != "bridge":
+            problems.append(f"{conf.bridge} is not a bridge")
+        want = next((f for f in ifaces if f.get("name") == conf.bridge), None)
+        if want and want.get("mac") and want["mac"] != links.mac_of(br):
+            problems.append(f"bridge {conf.bridge} has MAC {links.mac_of(br)}, "
+                            f"prevResult says {want['mac']}")
+    with ctx.pod(req.netns) as pod:
+        problems += _check_pod(ctx, pod, req, prev, pod_pos, br_index)
+    if problems:
+        raise CNIError(CHECK_MISMATCH, "; ".join(problems))
+
+
+def _check_pod(ctx: HostContext, pod: Any, req: Request, prev: Result, pod_pos: int,
+               br_index: int | None) -> list[str]:
+    problems: list[str] = []
+    want = prev["interfaces"][pod_pos]
+    index = links.index_of(pod, req.ifname)
+    if index is None:
+        return [f"interface {req.ifname} is missing from {req.netns}"]
+    msg = links.link(pod, index)
+    if links.kind_of(msg) != "veth":
+        problems.append(f"{req.ifname} is not a veth")
+    if want.get("mac") and want["mac"] != links.mac_of(msg):
+        problems.append(f"{req.ifname} has MAC {links.mac_of(msg)}, prevResult says "
+                        f"{want['mac']}")
+    if want.get("mtu") and want["mtu"] != msg.get_attr("IFLA_MTU"):
+        problems.append(f"{req.ifname} has MTU {msg.get_attr('IFLA_MTU')}, prevResult says "
+                        f"{want['mtu']}")
+    peer_index = msg.get_attr("IFLA_LINK")
+    peers = [f for f in ctx.host.get_links() if f["index"] == peer_index]
+    if not peers:
+        problems.append(f"the host end of {req.ifname} is missing")
+    elif br_index is not None and peers[0].get_attr("IFLA_MASTER") != br_index:
+        problems.append(f"host veth {peers[0].get_attr('IFLA_IFNAME')} is not on the bridge")
+    have = {str(a) for a in links.addresses(pod, index)}
+    for ipc in prev.get("ips", []):
+        if ipc.get("interface") == pod_pos and ipc["address"] not in have:
+            problems.append(f"address {ipc['address']} is missing from {req.ifname}")
+    for route in prev.get("routes", []):
+        fam = links.family_of(route["dst"])
+        dst = str(ipaddress.ip_network(route["dst"], strict=False))
+        if not any(r["dst"] == dst and (not route.get("gw") or r["gw"] == route["gw"])
+                   for r in links.routes(pod, fam)):
+            problems.append(f"route {route['dst']} via {route.get('gw')} is missing")
+    return problems
+
+
+def cmd_gc(ctx: HostContext, req: Request) -> None:
+    delegate.call(req, delegate.ipam_type(req), "GC")
+    valid = req.config.get("cni.dev/valid-attachments", [])
+    keep = {nft.masq_tag(req.config["name"], str(a.get("containerID")), str(a.get("ifname")))
+            for a in valid if isinstance(a, dict)}
+    prefix = req.config["name"] + ":"
+    nft.del_masq(ctx.run, lambda t: not t.startswith(prefix) or t in keep)
+
+
+def cmd_status(ctx: HostContext, req: Request) -> None:
+    BridgeConf.parse(req.config)
+    delegate.call(req, delegate.ipam_type(req), "STATUS")
+
+
+Command = Callable[[HostContext, Request], "Result | None"]
+COMMANDS: dict[str, Command] = {
+    "ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status,
+}
+
+
+def handlers(ctx: HostContext) -> dict[str, protocol.Handler]:
+    def bind(fn: Command) -> protocol.Handler:
+        return lambda req: fn(ctx, req)
+
+    return {name: bind(fn) for name, fn in COMMANDS.items()}

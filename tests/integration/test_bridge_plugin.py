@@ -1,0 +1,199 @@
+"""The `podnet` plugin end to end: exec'd as a runtime does, inside a node namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from podnet.cni.invoke import Runtime
+from tests.conftest import links_in, ns_run
+
+
+def conf(data_dir: str, subnet: str = "10.88.0.0/24", version: str = "1.1.0",
+         socket: str | None = None, **extra: Any) -> dict[str, Any]:
+    c: dict[str, Any] = {"cniVersion": version, "name": "podnet-test", "type": "podnet",
+                         "bridge": "kube-bridge", "isDefaultGateway": True,
+                         "ipam": {"type": "podnet-ipam", "subnet": subnet, "dataDir": data_dir}}
+    if socket:
+        c["socket"] = socket
+    c.update(extra)
+    return c
+
+
+@pytest.fixture(params=["in-process", "server"])
+def mode_socket(request: pytest.FixtureRequest) -> str | None:
+    if request.param == "server":
+        return str(request.getfixturevalue("cni_server"))
+    return None
+
+
+def allocated(data_dir: str, network: str = "podnet-test") -> list[str]:
+    d = os.path.join(data_dir, network)
+    return sorted(f for f in os.listdir(d) if f[0].isdigit()) if os.path.isdir(d) else []
+
+
+def test_add_check_del(runtime: Runtime, make_ns: Callable[[str], str], node: str,
+                       data_dir: str, mode_socket: str | None) -> None:
+    pod = make_ns("pod")
+    c = conf(data_dir, socket=mode_socket)
+    out = runtime.exec("podnet", "ADD", c, "ctr1", pod)
+    assert out.code == 0, out.stdout
+    result = out.json
+    assert next(i["name"] for i in result["interfaces"]) == "kube-bridge"
+    assert result["interfaces"][2] == {**result["interfaces"][2], "name": "eth0", "sandbox": pod}
+    ip = result["ips"][0]
+    assert ip["address"] == "10.88.0.2/24" and ip["gateway"] == "10.88.0.1"
+    assert ip["interface"] == 2
+    assert {"dst": "0.0.0.0/0", "gw": "10.88.0.1"} in result["routes"]
+    assert ns_run(pod, "ping", "-c1", "-W2", "10.88.0.1").returncode == 0
+    assert ns_run(node, "ping", "-c1", "-W2", "10.88.0.2").returncode == 0
+
+    check = runtime.exec("podnet", "CHECK", {**c, "prevResult": result}, "ctr1", pod)
+    assert check.code == 0, check.stdout
+    ns_run(pod, "ip", "route", "del", "default")
+    check = runtime.exec("podnet", "CHECK", {**c, "prevResult": result}, "ctr1", pod)
+    assert check.code != 0
+    assert check.json["code"] == 100 and "route 0.0.0.0/0" in check.json["msg"]
+
+    assert runtime.exec("podnet", "DEL", c, "ctr1", pod).code == 0
+    assert links_in(pod) == ["lo"]
+    assert allocated(data_dir) == []
+    assert not [n for n in links_in(node) if n.startswith("veth")]
+    # DEL is idempotent, also once the namespace is gone.
+    assert runtime.exec("podnet", "DEL", c, "ctr1", pod).code == 0
+    assert runtime.exec("podnet", "DEL", c, "ctr1", "/var/run/netns/gone").code == 0
+
+
+def test_del_after_netns_gone_releases_ip(runtime: Runtime, make_ns: Callable[[str], str],
+                                          data_dir: str, cni_server: str) -> None:
+    pod = make_ns("pod")
+    c = conf(data_dir, socket=cni_server)
+    assert runtime.exec("podnet", "ADD", c, "ctr1", pod).code == 0
+    assert allocated(data_dir) == ["10.88.0.2"]
+    os.system(f"ip netns del {os.path.basename(pod)}")
+    assert runtime.exec("podnet", "DEL", c, "ctr1", pod).code == 0
+    assert allocated(data_dir) == []
+
+
+@pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+def test_result_in_requested_version(runtime: Runtime, make_ns: Callable[[str], str],
+                                     data_dir: str, version: str, cni_server: str) -> None:
+    pod = make_ns("pod")
+    c = conf(data_dir, version=version, socket=cni_server)
+    out = runtime.exec("podnet", "ADD", c, "ctr1", pod)
+    assert out.code == 0, out.stdout
+    assert out.json["cniVersion"] == version
+    assert ("version" in out.json["ips"][0]) == version.startswith("0.")
+    check = runtime.exec("podnet", "CHECK", {**c, "prevResult": out.json}, "ctr1", pod)
+    if version in ("0.3.0", "0.3.1"):
+        assert check.json["code"] == 1  # CHECK came with 0.4.0
+    else:
+        assert check.code == 0, check.stdout
+    assert runtime.exec("podnet", "DEL", c, "ctr1", pod).code == 0
+
+
+def test_failed_add_rolls_back(runtime: Runtime, make_ns: Callable[[str], str], node: str,
+                               data_dir: str, mode_socket: str | None) -> None:
+    c = conf(data_dir, subnet="10.88.0.0/30", socket=mode_socket)  # one usable address
+    pod1, pod2 = make_ns("pod"), make_ns("pod")
+    assert runtime.exec("podnet", "ADD", c, "ctr1", pod1).code == 0
+    out = runtime.exec("podnet", "ADD", c, "ctr2", pod2)
+    assert out.code != 0
+    assert out.json["code"] == 101 and "no IP addresses available" in out.json["msg"]
+    assert "Traceback" not in out.stdout + out.stderr
+    assert links_in(pod2) == ["lo"]
+    assert len([n for n in links_in(node) if n.startswith("veth")]) == 1
+    assert allocated(data_dir) == ["10.88.0.2"]
+
+
+def test_existing_bridge_is_reused(runtime: Runtime, make_ns: Callable[[str], str], node: str,
+                                   data_dir: str) -> None:
+    ns_run(node, "ip", "link", "add", "kube-bridge", "type", "bridge")
+    ns_run(node, "ip", "link", "add", "notabridge", "type", "veth", "peer", "name", "nb1")
+    pod = make_ns("pod")
+    assert runtime.exec("podnet", "ADD", conf(data_dir, mtu=1400), "ctr1", pod).code == 0
+    assert links_in(node).count("kube-bridge") == 1
+    assert "mtu 1400" in ns_run(pod, "ip", "link", "show", "eth0").stdout
+    out = runtime.exec("podnet", "ADD", conf(data_dir, bridge="notabridge"), "ctr2",
+                       make_ns("pod"))
+    assert out.json["code"] == 7 and "not a bridge" in out.json["msg"]
+
+
+def test_gateway_address_conflict_and_force(runtime: Runtime, make_ns: Callable[[str], str],
+                                            node: str, data_dir: str, tmp_path: Any) -> None:
+    assert runtime.exec("podnet", "ADD", conf(data_dir), "ctr1", make_ns("pod")).code == 0
+    other = conf(str(tmp_path / "other"), subnet="10.77.0.0/24")
+    out = runtime.exec("podnet", "ADD", other, "ctr2", make_ns("pod"))
+    assert out.json["code"] == 7 and "already has an IP address" in out.json["msg"]
+    out = runtime.exec("podnet", "ADD", {**other, "forceAddress": True}, "ctr3", make_ns("pod"))
+    assert out.code == 0, out.stdout
+    assert "10.77.0.1/24" in ns_run(node, "ip", "addr", "show", "kube-bridge").stdout
+
+
+def test_ip_masq_rules_follow_pods(runtime: Runtime, make_ns: Callable[[str], str], node: str,
+                                   data_dir: str) -> None:
+    c = conf(data_dir, ipMasq=True)
+    pod = make_ns("pod")
+    assert runtime.exec("podnet", "ADD", c, "ctr1", pod).code == 0
+    rules = ns_run(node, "nft", "list", "table", "inet", "podnet_cni").stdout
+    assert "ip saddr 10.88.0.2 ip daddr != 10.88.0.0/24 masquerade" in rules
+    assert runtime.exec("podnet", "DEL", c, "ctr1", pod).code == 0
+    assert "masquerade" not in ns_run(node, "nft", "list", "table", "inet", "podnet_cni").stdout
+
+
+def test_dual_stack_and_hairpin(runtime: Runtime, make_ns: Callable[[str], str],
+                                data_dir: str, cni_server: str) -> None:
+    c = conf(data_dir, socket=cni_server, hairpinMode=True)
+    c["ipam"] = {"type": "podnet-ipam", "dataDir": data_dir,
+                 "ranges": [[{"subnet": "10.88.0.0/24"}], [{"subnet": "fd00:88::/64"}]]}
+    pod = make_ns("pod")
+    out = runtime.exec("podnet", "ADD", c, "ctr1", pod)
+    assert out.code == 0, out.stdout
+    addrs = [i["address"] for i in out.json["ips"]]
+    assert addrs == ["10.88.0.2/24", "fd00:88::2/64"]
+    assert {"dst": "::/0", "gw": "fd00:88::1"} in out.json["routes"]
+    assert ns_run(pod, "ping", "-6", "-c1", "-W2", "fd00:88::1").returncode == 0
+
+
+def test_gc_releases_unlisted_attachments(runtime: Runtime, make_ns: Callable[[str], str],
+                                          data_dir: str, cni_server: str) -> None:
+    c = conf(data_dir, socket=cni_server)
+    for cid in ("keep", "stale"):
+        assert runtime.exec("podnet", "ADD", c, cid, make_ns("pod")).code == 0
+    assert len(allocated(data_dir)) == 2
+    gc = {**c, "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
+    out = runtime.exec("podnet", "GC", gc)
+    assert out.code == 0, out.stdout
+    assert allocated(data_dir) == ["10.88.0.2"]
+    assert runtime.exec("podnet", "STATUS", c).code == 0
+    out = runtime.exec("podnet", "GC", {**gc, "cniVersion": "1.0.0"})
+    assert out.json["code"] == 1  # GC and STATUS came with 1.1.0
+
+
+def test_podnet_after_another_plugin(runtime: Runtime, make_ns: Callable[[str], str],
+                                     data_dir: str, cni_server: str) -> None:
+    """Chained after the reference loopback plugin: its result comes first in ours."""
+    conflist = {"cniVersion": "1.0.0", "name": "podnet-test",
+                "plugins": [{"type": "loopback"}, conf(data_dir, socket=cni_server)]}
+    pod = make_ns("pod")
+    result = runtime.add_list(conflist, "ctr1", pod)
+    names = [i["name"] for i in result["interfaces"]]
+    assert names[0] == "lo" and names[-1] == "eth0"
+    mine = [ip for ip in result["ips"] if ip["address"].startswith("10.88.")]
+    assert mine and mine[0]["interface"] == len(names) - 1
+    runtime.check_list(conflist, "ctr1", pod, result)
+    runtime.del_list(conflist, "ctr1", pod)
+
+
+def test_installed_plugins_run_with_clean_environment(cni_bin: str) -> None:
+    import subprocess
+
+    for plugin in ("podnet", "podnet-ipam"):
+        proc = subprocess.run([os.path.join(cni_bin, plugin)], env={"CNI_COMMAND": "VERSION"},
+                              input=b'{"cniVersion": "1.1.0"}', capture_output=True, check=False)
+        assert proc.returncode == 0
+        assert "1.1.0" in json.loads(proc.stdout)["supportedVersions"]
