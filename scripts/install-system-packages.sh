@@ -2,7 +2,8 @@
 # Installs the Debian packages podnet's demo and tests use, only those missing.
 set -euo pipefail
 want=(iproute2 iputils-ping nftables iptables iperf3 etcd-server etcd-client
-      containernetworking-plugins util-linux procps psmisc python3-venv)
+      containernetworking-plugins util-linux procps psmisc python3-venv
+      podman runc busybox-static)
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -72,10 +72,11 @@ def _netlink(what: str, exc: NetlinkError) -> CNIError:
     return CNIError(NETLINK_FAILURE, f"{what}: {exc.args[-1] if exc.args else exc}")
 
 
-def ensure_bridge(ctx: HostContext, conf: BridgeConf) -> tuple[int, str]:
-    """Create the bridge, or reuse an existing one; (index, MAC)."""
+def ensure_bridge(ctx: HostContext, conf: BridgeConf) -> tuple[int, str, bool]:
+    """Create the bridge, or reuse an existing one; (index, MAC, whether this call made it)."""
     ipr = ctx.host
     msg = links.by_name(ipr, conf.bridge)
+    created = msg is None
     if msg is None:
         spec: dict[str, Any] = {"ifname": conf.bridge, "kind": "bridge"}
         if conf.mtu:
@@ -83,8 +84,9 @@ def ensure_bridge(ctx: HostContext, conf: BridgeConf) -> tuple[int, str]:
         try:
             ipr.link("add", **spec)
         except NetlinkError as exc:
-            if exc.code != errno.EEXIST:  # a concurrent ADD made it first
+            if exc.code != errno.EEXIST:
                 raise _netlink(f"creating bridge {conf.bridge}", exc) from None
+            created = False  # a concurrent ADD made it first
         msg = links.by_name(ipr, conf.bridge)
         if msg is None:
             raise CNIError(NETLINK_FAILURE, f"bridge {conf.bridge} vanished after creation")
@@ -99,7 +101,13 @@ def ensure_bridge(ctx: HostContext, conf: BridgeConf) -> tuple[int, str]:
         ipr.link("set", index=index, flags=0x100, mask=0x100)  # IFF_PROMISC
     if not links.is_up(msg):
         links.ensure_link_up(ipr, index)
-    return index, links.mac_of(msg)
+    return index, links.mac_of(msg), created
+
+
+def _delete_bridge_if_unused(ctx: HostContext, index: int) -> None:
+    """Undo of a bridge this ADD made, unless another ADD has put a port on it meanwhile."""
+    if not any(m.get_attr("IFLA_MASTER") == index for m in ctx.host.get_links()):
+        ctx.host.link("del", index=index)
 
 
 def _gateways(result: Result, conf: BridgeConf) -> None:
@@ -163,7 +171,9 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
     prev = req.prev_result
     undo: list[Callable[[], object]] = []
     try:
-        br_index, br_mac = ensure_bridge(ctx, conf)
+        br_index, br_mac, br_created = ensure_bridge(ctx, conf)
+        if br_created:
+            undo.append(lambda: _delete_bridge_if_unused(ctx, br_index))
         with ctx.pod(req.netns) as pod:
             if links.index_of(pod, req.ifname) is not None:
                 raise CNIError(INVALID_NETWORK_CONFIG, f"container interface {req.ifname} "
