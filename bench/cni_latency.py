@@ -24,14 +24,20 @@ from podnet.netlink import netns
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def timed(fn: object) -> float:
+def timed_run(argv: list[str]) -> float:
     start = time.perf_counter()
-    out = fn()  # type: ignore[operator]
+    subprocess.run(argv, check=True)
+    return (time.perf_counter() - start) * 1000
+
+
+def timed_exec(rt: Runtime, *args: object) -> float:
+    start = time.perf_counter()
+    out = rt.exec(*args)  # type: ignore[arg-type]
     elapsed = (time.perf_counter() - start) * 1000
-    if getattr(out, "code", 0) != 0:
+    if out.code != 0:
         raise SystemExit(f"failed: {out.stdout}")
     return elapsed
 
@@ -71,21 +77,18 @@ def main() -> None:
             "podnet in-process": ("podnet", conf("podnet", "pnbr1", "10.203.0.0/16",
                                                  "podnet-ipam")),
         }
-        floor = [timed(lambda: subprocess.run([sys.executable, "-I", "-S", "-c", "pass"],
-                                              check=True)) for _ in range(50)]
+        floor = [timed_run([sys.executable, "-I", "-S", "-c", "pass"]) for _ in range(50)]
         results: dict[str, dict[str, list[float]]] = {v: {"ADD": [], "DEL": []}
                                                        for v in variants}
         # Interleaved, so that any drift of the machine touches every variant alike.
         for i, path in enumerate(paths):
             for name, (kind, c) in variants.items():
                 ifname = f"e{list(variants).index(name)}"
-                results[name]["ADD"].append(timed(
-                    lambda: rt.exec(kind, "ADD", c, f"c{i}", path, ifname)))
+                results[name]["ADD"].append(timed_exec(rt, kind, "ADD", c, f"c{i}", path, ifname))
         for i, path in enumerate(paths):
             for name, (kind, c) in variants.items():
                 ifname = f"e{list(variants).index(name)}"
-                results[name]["DEL"].append(timed(
-                    lambda: rt.exec(kind, "DEL", c, f"c{i}", path, ifname)))
+                results[name]["DEL"].append(timed_exec(rt, kind, "DEL", c, f"c{i}", path, ifname))
     finally:
         if server:
             server.terminate()

@@ -54,7 +54,7 @@ def test_store_format_matches_host_local(tmp_path: Path) -> None:
     store = Store(str(tmp_path), "net")
     conf = parse({"subnet": "10.0.0.0/29"})
     with store.locked():
-        ip, _ = Allocator(conf.range_sets[0], 0, store).get("ctr", "eth0", None)
+        Allocator(conf.range_sets[0], 0, store).get("ctr", "eth0", None)
     d = tmp_path / "net"
     assert (d / "10.0.0.2").read_bytes() == b"ctr\r\neth0"
     assert (d / "last_reserved_ip.0").read_text() == "10.0.0.2"

@@ -88,3 +88,9 @@ def test_top_level_string(text: bytes, want: str | None) -> None:
 def test_wire_format_round_trip() -> None:
     env = {"CNI_COMMAND": "ADD", "CNI_ARGS": "A=1;B=", "CNI_EMPTY": ""}
     assert decode_request(encode_request(env, b'{"a": "\\u0000"}')) == (env, b'{"a": "\\u0000"}')
+
+
+def test_shim_version_reply_matches_the_protocol() -> None:
+    from podnet.cni.shim import VERSION_REPLY
+
+    assert json.loads(VERSION_REPLY) == cniver.version_info()

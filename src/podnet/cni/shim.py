@@ -110,8 +110,6 @@ def run_in_process(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int,
         from podnet.ipam.plugin import HANDLERS
 
         return protocol.run(HANDLERS, env, stdin)
-    if env.get("CNI_COMMAND") == "VERSION":
-        return protocol.run({}, env, stdin)
     try:
         from podnet.plugins import bridge, context
 
@@ -123,11 +121,19 @@ def run_in_process(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int,
         return 1, _error_json(CNIError(IO_FAILURE, f"podnet cannot run in-process: {exc}"))
 
 
+# VERSION needs no config and no imports; the list is podnet.cni.version.SUPPORTED_VERSIONS.
+VERSION_REPLY = ('{"cniVersion": "1.1.0", "supportedVersions": '
+                 '["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}')
+
+
 def main(plugin: str) -> None:
-    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     env = {k: v for k, v in os.environ.items() if k.startswith("CNI_")}
+    if env.get("CNI_COMMAND") == "VERSION":
+        sys.stdout.write(VERSION_REPLY)
+        sys.exit(0)
+    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     result = None
-    if plugin == "podnet" and env.get("CNI_COMMAND") != "VERSION":
+    if plugin == "podnet":
         path = top_level_string(stdin, b"socket")
         if path:
             result = via_server(path, env, stdin)
