@@ -1,0 +1,31 @@
+"""The node's CNI conflist, written atomically so a runtime never reads half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+NAME = "podnet"
+FILENAME = "10-podnet.conflist"
+
+
+def render(plugin: dict[str, Any], mtu: int, socket: str, data_dir: str | None) -> dict[str, Any]:
+    main = {"type": "podnet", **plugin, "mtu": mtu, "socket": socket}
+    if data_dir:
+        main["ipam"] = {**main["ipam"], "dataDir": data_dir}
+    return {"cniVersion": "1.1.0", "name": NAME, "plugins": [
+        main, {"type": "portmap", "capabilities": {"portMappings": True}}]}
+
+
+def write(conf_dir: str, conflist: dict[str, Any]) -> str:
+    os.makedirs(conf_dir, exist_ok=True)
+    path = os.path.join(conf_dir, FILENAME)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(conflist, fh, indent=2)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,73 @@
+"""What the agent keeps on the node between runs: its lease (to keep its subnet across
+restarts) and which backend programmed the node (to clean up after a backend change). The file
+is root-only; a lock held for the agent's life stops a second agent with the same name."""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+
+from podnet.datastore.base import Held
+from podnet.datastore.model import Lease
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+@dataclass
+class NodeState:
+    lease_id: int = 0
+    subnet: str = ""
+    backend: str = ""
+    node_ip: str = ""
+
+    def held(self, node: str) -> Held | None:
+        if not self.subnet:
+            return None
+        lease = Lease(ipaddress.IPv4Network(self.subnet), node,
+                      ipaddress.IPv4Address(self.node_ip or "0.0.0.0"))
+        return Held(lease, self.lease_id, 0)
+
+
+class StateFile:
+    def __init__(self, state_dir: str, node: str) -> None:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        self.path = os.path.join(state_dir, f"{node}.json")
+        self._lock_fd = -1
+        self._lock_path = os.path.join(state_dir, f"{node}.lock")
+
+    def lock(self) -> None:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(f"another agent runs for this node (lock {self._lock_path})"
+                                 ) from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def load(self) -> NodeState:
+        try:
+            with open(self.path) as fh:
+                obj = json.load(fh)
+            return NodeState(int(obj.get("leaseID", 0)), str(obj.get("subnet", "")),
+                             str(obj.get("backend", "")), str(obj.get("nodeIP", "")))
+        except (OSError, ValueError, TypeError):
+            return NodeState()
+
+    def save(self, state: NodeState) -> None:
+        tmp = self.path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"leaseID": state.lease_id, "subnet": state.subnet,
+                       "backend": state.backend, "nodeIP": state.node_ip}, fh)
+        os.replace(tmp, self.path)

@@ -1,0 +1,195 @@
+"""The backend interface, and the desired-state machinery every backend shares.
+
+A backend says which kernel entries (routes, neighbour and FDB entries) each peer needs; the base
+class programs them in batches, removes them when the peer goes, and reconciles the kernel
+against the whole desired set (repairing drift) with one dump per table.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from podnet.datastore.model import Lease, NetworkConfig
+from podnet.netlink import batch, links
+
+log = logging.getLogger("podnet.backend")
+
+# Routes podnet installs carry this protocol number, so they can be told apart from anyone
+# else's and all removed when the backend changes.
+RTPROT_PODNET = 88
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+RTNH_F_ONLINK = 4
+
+
+class BackendError(Exception):
+    """The backend cannot run here (e.g. the kernel lacks what it needs)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: str  # CIDR
+    gw: str | None
+    oif: int
+    onlink: bool = False
+
+
+@dataclass(frozen=True)
+class Neigh:
+    dst: str
+    lladdr: str
+    ifindex: int
+
+
+@dataclass(frozen=True)
+class Fdb:
+    lladdr: str
+    dst: str
+    ifindex: int
+
+
+Entry = Route | Neigh | Fdb
+
+
+def _op(entry: Entry, add: bool) -> batch.Op:
+    if isinstance(entry, Route):
+        args: dict[str, Any] = {"dst": entry.dst, "oif": entry.oif, "proto": RTPROT_PODNET}
+        if entry.gw:
+            args["gateway"] = entry.gw
+        if entry.onlink:
+            args["flags"] = RTNH_F_ONLINK
+        return batch.Op("route", "replace" if add else "del", args,
+                        () if add else batch.DEL_IGNORE)
+    if isinstance(entry, Neigh):
+        args = {"dst": entry.dst, "lladdr": entry.lladdr, "ifindex": entry.ifindex,
+                "state": NUD_PERMANENT}
+        return batch.Op("neigh", "replace" if add else "del", args,
+                        () if add else batch.DEL_IGNORE)
+    args = {"lladdr": entry.lladdr, "dst": entry.dst, "ifindex": entry.ifindex,
+            "state": NUD_PERMANENT, "flags": NTF_SELF}
+    return batch.Op("fdb", "append" if add else "del", args,
+                    batch.ADD_IGNORE if add else batch.DEL_IGNORE)
+
+
+@dataclass
+class NodeInfo:
+    name: str
+    ip: ipaddress.IPv4Address
+    iface: str  # the underlay interface
+    iface_index: int
+    mtu: int  # the underlay MTU
+
+
+class Backend(ABC):
+    """One way of connecting the nodes' pod subnets. Called by the agent, under its lock."""
+
+    name: str = ""
+
+    def __init__(self, node: NodeInfo, config: NetworkConfig) -> None:
+        self.node = node
+        self.config = config
+        self.own: Lease | None = None
+        self._entries: dict[str, frozenset[Entry]] = {}  # by peer node name
+        self._lock = threading.Lock()
+
+    # -- what a backend says --------------------------------------------------------------
+    @abstractmethod
+    def pod_mtu(self) -> int:
+        """The MTU pods get (the CNI conflist's)."""
+
+    def setup(self) -> dict[str, Any]:
+        """Prepare the node before the lease is taken; attributes to publish in the lease."""
+        return {}
+
+    def start(self, own: Lease) -> None:
+        """The node's own lease is known (addresses, bridges)."""
+        self.own = own
+
+    @abstractmethod
+    def entries_for(self, peer: Lease) -> frozenset[Entry]:
+        """The kernel entries a peer needs; empty to leave it unprogrammed (logged)."""
+
+    def owned_devices(self) -> list[int]:
+        """Devices whose neighbour and FDB entries belong to this backend."""
+        return []
+
+    def cni_plugin_options(self) -> dict[str, Any]:
+        """Options of the `podnet` plugin entry in the conflist."""
+        assert self.own is not None
+        return {"bridge": "kube-bridge", "isDefaultGateway": True,
+                "ipam": {"type": "podnet-ipam", "subnet": str(self.own.subnet)}}
+
+    # -- shared machinery -------------------------------------------------------------------
+    def peer_added(self, peer: Lease) -> None:
+        with self._lock:
+            new = self.entries_for(peer)
+            old = self._entries.get(peer.node, frozenset())
+            self._apply(add=new - old, remove=old - new)
+            self._entries[peer.node] = new
+
+    def peer_removed(self, node: str) -> None:
+        with self._lock:
+            self._apply(add=frozenset(), remove=self._entries.pop(node, frozenset()))
+
+    def peers_programmed(self) -> int:
+        return sum(1 for e in self._entries.values() if e)
+
+    def routes_programmed(self) -> int:
+        return sum(1 for es in self._entries.values() for e in es if isinstance(e, Route))
+
+    def sync(self, peers: list[Lease]) -> int:
+        """Make the kernel hold exactly the peers' entries; returns how many were repaired."""
+        with self._lock:
+            self._entries = {p.node: self.entries_for(p) for p in peers}
+            want: set[Entry] = set().union(*self._entries.values()) if self._entries else set()
+            have = self._current()
+            self._apply(add=frozenset(want - have), remove=frozenset(have - want))
+            return len(want - have) + len(have - want)
+
+    def _apply(self, add: frozenset[Entry], remove: frozenset[Entry]) -> None:
+        # Removals first: a replaced route must not be deleted after its replacement.
+        ops = [_op(e, add=False) for e in remove] + [_op(e, add=True) for e in add]
+        result = batch.apply(ops)
+        for failure in result.failures:
+            log.error("programming failed: %s", failure)
+
+    def _current(self) -> set[Entry]:
+        """What the kernel holds of ours: routes by protocol, neighbours/FDB on our devices."""
+        out: set[Entry] = set()
+        ipr = IPRoute(groups=0)
+        try:
+            for msg in ipr.get_routes(family=socket.AF_INET, proto=RTPROT_PODNET):
+                if msg["proto"] != RTPROT_PODNET or msg.get_attr("RTA_TABLE") != 254:
+                    continue
+                dst = f"{msg.get_attr('RTA_DST')}/{msg['dst_len']}"
+                out.add(Route(dst, msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_OIF"),
+                              bool(msg["flags"] & RTNH_F_ONLINK)))
+            for index in self.owned_devices():
+                for msg in ipr.get_neighbours(ifindex=index, family=socket.AF_INET):
+                    if msg["state"] & NUD_PERMANENT and msg.get_attr("NDA_LLADDR"):
+                        out.add(Neigh(msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR"),
+                                      index))
+                for msg in ipr.fdb("dump", ifindex=index):
+                    if msg.get_attr("NDA_DST") and msg["ifindex"] == index:
+                        out.add(Fdb(msg.get_attr("NDA_LLADDR"), msg.get_attr("NDA_DST"), index))
+        finally:
+            ipr.close()
+        return out
+
+
+def on_link(node: NodeInfo, ip: ipaddress.IPv4Address) -> bool:
+    """Whether `ip` lies in a subnet directly connected through the underlay interface."""
+    ipr = IPRoute(groups=0)
+    try:
+        return any(ip in a.network for a in links.addresses(ipr, node.iface_index)
+                   if a.version == 4)
+    finally:
+        ipr.close()

@@ -1,0 +1,117 @@
+"""The overlay: one VXLAN device per node; per peer a permanent neighbour entry (the peer's
+gateway address -> its VTEP MAC), an FDB entry (VTEP MAC -> the peer's node IP) and an on-link
+route to the peer's pod subnet through the device. `directRouting` routes on-link peers as
+host-gw does and tunnels only the rest."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from podnet.backends.base import Backend, BackendError, Entry, Fdb, Neigh, Route, on_link
+from podnet.datastore.model import Lease
+from podnet.netlink import links
+
+VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+DEFAULT_VNI = 1
+DEFAULT_PORT = 8472
+
+
+def vtep_mac(node: str, vni: int) -> str:
+    """A MAC that stays the same across agent restarts, so peers' entries stay valid."""
+    digest = hashlib.sha256(f"{node}/{vni}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x0A, *digest[:5]))  # locally administered, unicast
+
+
+class VxlanBackend(Backend):
+    name = "vxlan"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        opts = self.config.backend
+        self.vni = int(opts.get("vni", DEFAULT_VNI))
+        self.port = int(opts.get("port", DEFAULT_PORT))
+        self.direct = bool(opts.get("directRouting", False))
+        if not 0 < self.vni < 1 << 24 or not 0 < self.port < 65536:
+            raise BackendError(f"invalid VXLAN VNI {self.vni} or port {self.port}")
+        self.device = f"podnet.{self.vni}"
+        self.index = 0
+        self._onlink_cache: dict[ipaddress.IPv4Address, bool] = {}
+
+    def pod_mtu(self) -> int:
+        return self.node.mtu - VXLAN_OVERHEAD
+
+    def setup(self) -> dict[str, Any]:
+        mac = vtep_mac(self.node.name, self.vni)
+        ipr = IPRoute(groups=0)
+        try:
+            msg = links.by_name(ipr, self.device)
+            if msg is not None and not self._matches(msg, mac):
+                ipr.link("del", index=msg["index"])  # changed options: make it anew
+                msg = None
+            if msg is None:
+                try:
+                    ipr.link("add", ifname=self.device, kind="vxlan", vxlan_id=self.vni,
+                             vxlan_local=str(self.node.ip), vxlan_port=self.port,
+                             vxlan_link=self.node.iface_index, vxlan_learning=0,
+                             address=mac, mtu=self.pod_mtu())
+                except NetlinkError as exc:
+                    if exc.code == errno.EOPNOTSUPP:
+                        raise BackendError("this kernel has no VXLAN support") from None
+                    raise
+                msg = links.by_name(ipr, self.device)
+                assert msg is not None
+            self.index = int(msg["index"])
+            ipr.link("set", index=self.index, state="up", mtu=self.pod_mtu())
+        finally:
+            ipr.close()
+        return {"vtepMAC": mac}
+
+    def _matches(self, msg: Any, mac: str) -> bool:
+        info = msg.get_attr("IFLA_LINKINFO")
+        data = info.get_attr("IFLA_INFO_DATA") if info else None
+        return (links.kind_of(msg) == "vxlan" and data is not None
+                and data.get_attr("IFLA_VXLAN_ID") == self.vni
+                and data.get_attr("IFLA_VXLAN_PORT") == self.port
+                and data.get_attr("IFLA_VXLAN_LOCAL") == str(self.node.ip)
+                and links.mac_of(msg) == mac)
+
+    def start(self, own: Lease) -> None:
+        super().start(own)
+        ipr = IPRoute(groups=0)
+        try:
+            # The subnet's network address on the device: the source of tunnelled node traffic,
+            # and the next hop peers route this subnet through.
+            want = ipaddress.ip_interface(f"{own.subnet.network_address}/32")
+            for have in links.addresses(ipr, self.index):
+                if have != want:
+                    links.del_address(ipr, self.index, str(have))
+            links.add_address(ipr, self.index, str(want))
+        finally:
+            ipr.close()
+
+    def owned_devices(self) -> list[int]:
+        return [self.index]
+
+    def entries_for(self, peer: Lease) -> frozenset[Entry]:
+        if self.direct and self._on_link(peer.node_ip):
+            return frozenset({Route(str(peer.subnet), str(peer.node_ip), self.node.iface_index)})
+        mac = peer.attrs.get("vtepMAC")
+        if not isinstance(mac, str):
+            return frozenset()
+        gw = str(peer.subnet.network_address)
+        return frozenset({
+            Neigh(gw, mac, self.index),
+            Fdb(mac, str(peer.node_ip), self.index),
+            Route(str(peer.subnet), gw, self.index, onlink=True),
+        })
+
+    def _on_link(self, ip: ipaddress.IPv4Address) -> bool:
+        if ip not in self._onlink_cache:
+            self._onlink_cache[ip] = on_link(self.node, ip)
+        return self._onlink_cache[ip]

@@ -1,0 +1,231 @@
+"""etcd v3 through its JSON gateway (etcd3gw's session, URLs and encoding).
+
+Key layout (see docs/datastore.md):
+  /podnet/config                     the NetworkConfig
+  /podnet/subnets/<addr>-<len>       a node's Lease, bound to an etcd lease with a TTL
+  /podnet/nodes/<name>               {"subnet", "leaseID"}: one agent per node name, same etcd lease
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlparse
+
+import requests
+from etcd3gw.client import Etcd3Client
+
+from podnet.datastore.base import DatastoreError, Event, Held, LeaseRefused
+from podnet.datastore.model import ConfigError, Lease, NetworkConfig, subnet_key
+
+log = logging.getLogger("podnet.datastore")
+PREFIX = "/podnet/"
+CONFIG_KEY = PREFIX + "config"
+SUBNETS = PREFIX + "subnets/"
+NODES = PREFIX + "nodes/"
+IDLE = 10.0  # seconds a watch stream may stay silent before it is re-made
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str) -> str:
+    return base64.b64decode(text).decode("utf-8", "replace")
+
+
+def _prefix_end(prefix: str) -> str:
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class EtcdStore:
+    def __init__(self, url: str, ca_cert: str | None = None, cert: str | None = None,
+                 key: str | None = None, timeout: float = 5.0) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"etcd URL {url!r} must look like http(s)://HOST:PORT")
+        self.client = Etcd3Client(host=parsed.hostname, port=parsed.port or 2379,
+                                  protocol=parsed.scheme, ca_cert=ca_cert, cert_cert=cert,
+                                  cert_key=key, timeout=timeout, api_path="/v3/")
+        self.timeout = timeout
+        self._stream: requests.Response | None = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            resp = self.client.session.post(self.client.get_url(path), json=payload,
+                                            timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise DatastoreError(f"etcd unreachable: {exc}") from None
+        if resp.status_code != 200:
+            raise DatastoreError(f"etcd {path}: HTTP {resp.status_code}: {resp.text[:200]}")
+        out: dict[str, Any] = resp.json()
+        return out
+
+    def _range(self, prefix: str, keys_only: bool = False) -> tuple[list[dict[str, Any]], int]:
+        payload: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
+        if keys_only:
+            payload["keys_only"] = True
+        out = self._post("/kv/range", payload)
+        return out.get("kvs", []), int(out["header"]["revision"])
+
+    def _get(self, key: str) -> str | None:
+        out = self._post("/kv/range", {"key": _b64(key)})
+        kvs = out.get("kvs", [])
+        return _unb64(kvs[0].get("value", "")) if kvs else None
+
+    def healthy(self) -> bool:
+        try:
+            self._post("/maintenance/status", {})
+            return True
+        except DatastoreError:
+            return False
+
+    # -- config -----------------------------------------------------------------------------
+    def get_config(self) -> NetworkConfig | None:
+        raw = self._get(CONFIG_KEY)
+        return None if raw is None else NetworkConfig.from_json(raw)
+
+    def put_config(self, config: NetworkConfig) -> None:
+        self._post("/kv/put", {"key": _b64(CONFIG_KEY), "value": _b64(config.to_json())})
+
+    def leases(self, config: NetworkConfig) -> list[Lease]:
+        return list(self.snapshot(config)[0].values())
+
+    # -- leases -----------------------------------------------------------------------------
+    def _lease_alive(self, lease_id: int) -> bool:
+        out = self._post("/kv/lease/timetolive", {"ID": lease_id})
+        return int(out.get("TTL", -1)) > 0
+
+    def _put_both(self, held: Held, node: str, compare_absent: bool) -> bool:
+        skey = SUBNETS + subnet_key(held.lease.subnet)
+        nkey = NODES + node
+        node_val = json.dumps({"subnet": str(held.lease.subnet), "leaseID": held.lease_id})
+        puts = [{"request_put": {"key": _b64(k), "value": _b64(v), "lease": held.lease_id}}
+                for k, v in ((skey, held.lease.to_json()), (nkey, node_val))]
+        compare = [{"key": _b64(k), "result": "EQUAL", "target": "CREATE",
+                    "create_revision": 0} for k in (skey, nkey)] if compare_absent else []
+        out = self._post("/kv/txn", {"compare": compare, "success": puts, "failure": []})
+        return bool(out.get("succeeded", False))
+
+    def acquire(self, node: str, node_ip: str, attrs: dict[str, object], ttl: int,
+                config: NetworkConfig, prefer: Held | None) -> Held:
+        held_raw = self._get(NODES + node)
+        if prefer is not None and held_raw is not None:
+            mine = json.loads(held_raw)
+            if mine.get("leaseID") == prefer.lease_id and self._lease_alive(prefer.lease_id):
+                # Our own lease from before a restart: keep it, refresh the payload.
+                lease = Lease(prefer.lease.subnet, node, ipaddress.IPv4Address(node_ip),
+                              dict(attrs))
+                held = Held(lease, prefer.lease_id, ttl)
+                self._put_both(held, node, compare_absent=False)
+                return held
+        if held_raw is not None:
+            raise LeaseRefused(f"node name {node!r} is already held by another live agent "
+                               f"(lease {json.loads(held_raw).get('leaseID')}); refusing to "
+                               "take it over")
+        lease_id = int(self._post("/lease/grant", {"TTL": ttl})["ID"])
+        kvs, _ = self._range(SUBNETS, keys_only=True)
+        taken = {_unb64(kv["key"])[len(SUBNETS):] for kv in kvs}
+        free = [s for s in config.subnets() if subnet_key(s) not in taken]
+        if prefer is not None and prefer.lease.subnet in free:
+            free.remove(prefer.lease.subnet)
+            free.insert(0, prefer.lease.subnet)
+        else:
+            random.shuffle(free)  # concurrent joiners rarely collide
+        for subnet in free:
+            lease = Lease(subnet, node, ipaddress.IPv4Address(node_ip), dict(attrs))
+            held = Held(lease, lease_id, ttl)
+            if self._put_both(held, node, compare_absent=True):
+                return held
+            if self._get(NODES + node) is not None:
+                self._post("/kv/lease/revoke", {"ID": lease_id})
+                raise LeaseRefused(f"node name {node!r} was taken by another agent meanwhile")
+        self._post("/kv/lease/revoke", {"ID": lease_id})
+        raise LeaseRefused(f"no free subnet for node {node!r}: all {config.capacity} "
+                           f"/{config.subnet_len} subnets of {config.network} are leased")
+
+    def renew(self, held: Held) -> bool:
+        out = self._post("/lease/keepalive", {"ID": held.lease_id})
+        return int(out.get("result", {}).get("TTL", 0)) > 0
+
+    def release(self, held: Held) -> None:
+        self._post("/kv/lease/revoke", {"ID": held.lease_id})
+
+    # -- peers ------------------------------------------------------------------------------
+    def _parse(self, key: str, raw: str, config: NetworkConfig) -> Lease | None:
+        try:
+            lease = Lease.from_json(raw, config)
+        except ConfigError as exc:
+            log.warning("skipping lease %s: %s", key, exc)
+            return None
+        if subnet_key(lease.subnet) != key[len(SUBNETS):]:
+            log.warning("skipping lease %s: payload claims subnet %s", key, lease.subnet)
+            return None
+        return lease
+
+    def snapshot(self, config: NetworkConfig) -> tuple[dict[str, Lease], int]:
+        kvs, revision = self._range(SUBNETS)
+        out: dict[str, Lease] = {}
+        for kv in kvs:
+            key = _unb64(kv["key"])
+            lease = self._parse(key, _unb64(kv.get("value", "")), config)
+            if lease is not None:
+                out[key] = lease
+        return out, revision
+
+    def watch(self, config: NetworkConfig, revision: int, on_event: Callable[[Event], None],
+              stopped: Callable[[], bool]) -> int:
+        create = {"create_request": {"key": _b64(SUBNETS),
+                                     "range_end": _b64(_prefix_end(SUBNETS)),
+                                     "start_revision": revision + 1}}
+        try:
+            # The stream idles between events: a read timeout ends this call quietly, and the
+            # caller (after a health check) watches again from the last revision seen.
+            resp = self.client.session.post(self.client.get_url("/watch"), json=create,
+                                            stream=True, timeout=(self.timeout, IDLE))
+            self._stream = resp
+            for line in resp.iter_lines(chunk_size=None):
+                if stopped():
+                    return revision
+                if not line.strip():
+                    continue
+                result = json.loads(line).get("result", {})
+                if result.get("compact_revision"):
+                    raise DatastoreError("watch revision was compacted; resync needed")
+                if result.get("canceled"):
+                    raise DatastoreError(f"watch canceled: {result.get('cancel_reason')}")
+                for ev in result.get("events", []):
+                    kv = ev["kv"]
+                    key = _unb64(kv["key"])
+                    rev = int(kv.get("mod_revision", revision))
+                    revision = max(revision, rev)
+                    if ev.get("type") == "DELETE":
+                        on_event(Event(key, None, rev, deleted=True))
+                    else:
+                        lease = self._parse(key, _unb64(kv.get("value", "")), config)
+                        on_event(Event(key, lease, rev, deleted=False))
+        except requests.exceptions.ConnectionError as exc:
+            if stopped():
+                return revision
+            if "Read timed out" in str(exc):
+                return revision
+            raise DatastoreError(f"watch broken: {exc}") from None
+        except (requests.RequestException, ValueError, AttributeError) as exc:
+            if stopped():
+                return revision
+            raise DatastoreError(f"watch broken: {exc}") from None
+        if not stopped():
+            raise DatastoreError("watch stream ended")
+        return revision
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self.client.session.close()
+

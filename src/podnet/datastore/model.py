@@ -1,0 +1,113 @@
+"""The cluster's network config and the lease payload, with their validation (pure logic)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+IPv4Network = ipaddress.IPv4Network
+
+BACKENDS = ("l2", "host-gw", "gateway", "vxlan", "gre")
+
+
+class ConfigError(ValueError):
+    """A network config or lease that must not be used."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    network: IPv4Network
+    subnet_len: int
+    backend: dict[str, Any] = field(default_factory=lambda: {"type": "vxlan"})
+
+    @property
+    def backend_type(self) -> str:
+        return str(self.backend["type"])
+
+    @classmethod
+    def make(cls, cidr: str, subnet_len: int | None, backend: dict[str, Any]) -> NetworkConfig:
+        try:
+            network = ipaddress.ip_network(cidr, strict=True)
+        except ValueError as exc:
+            raise ConfigError(f"cluster CIDR {cidr!r} is malformed: {exc}") from None
+        if not isinstance(network, IPv4Network):
+            raise ConfigError(f"cluster CIDR {cidr} is not IPv4")
+        if network.prefixlen > 28:
+            raise ConfigError(f"cluster CIDR {cidr} is too small for a pod network")
+        btype = backend.get("type")
+        if btype not in BACKENDS:
+            raise ConfigError(f"unknown backend {btype!r}; choose one of {', '.join(BACKENDS)}")
+        if subnet_len is None:
+            # l2 leases ranges of one shared subnet; the others a routed subnet per node.
+            subnet_len = min(network.prefixlen + 8, 28) if btype == "l2" else 24
+        if not network.prefixlen < subnet_len <= 30:
+            raise ConfigError(f"subnet length /{subnet_len} cannot fit in {network}: it must be "
+                              f"longer than /{network.prefixlen} and at most /30")
+        return cls(network, subnet_len, dict(backend))
+
+    @property
+    def capacity(self) -> int:
+        return 1 << (self.subnet_len - self.network.prefixlen)
+
+    def subnets(self) -> list[IPv4Network]:
+        return list(self.network.subnets(new_prefix=self.subnet_len))
+
+    def to_json(self) -> str:
+        return json.dumps({"network": str(self.network), "subnetLen": self.subnet_len,
+                           "backend": self.backend}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> NetworkConfig:
+        try:
+            obj = json.loads(raw)
+            return cls.make(obj["network"], int(obj["subnetLen"]), dict(obj["backend"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"stored network config is invalid: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One node's share of the cluster network, as stored under the subnet's key."""
+
+    subnet: IPv4Network
+    node: str
+    node_ip: ipaddress.IPv4Address
+    attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def to_json(self) -> str:
+        return json.dumps({"subnet": str(self.subnet), "node": self.node,
+                           "nodeIP": str(self.node_ip), "attrs": self.attrs}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes, config: NetworkConfig) -> Lease:
+        """Parse and validate a stored lease against the cluster config; ConfigError if bad."""
+        try:
+            obj = json.loads(raw)
+            subnet = ipaddress.ip_network(obj["subnet"])
+            node_ip = ipaddress.ip_address(obj["nodeIP"])
+            node = obj["node"]
+            attrs = obj.get("attrs", {})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"lease payload is not valid: {exc}") from None
+        if not isinstance(node, str) or not node or len(node) > 253:
+            raise ConfigError("lease has no valid node name")
+        if not isinstance(attrs, dict):
+            raise ConfigError("lease attrs must be an object")
+        if not isinstance(subnet, IPv4Network) or not isinstance(node_ip,
+                                                                  ipaddress.IPv4Address):
+            raise ConfigError("lease is not IPv4")
+        if subnet.prefixlen != config.subnet_len or not subnet.subnet_of(config.network):
+            raise ConfigError(f"lease subnet {subnet} is not a /{config.subnet_len} of "
+                              f"{config.network}")
+        if node_ip in config.network and config.backend_type != "l2":
+            raise ConfigError(f"lease node IP {node_ip} lies inside the pod network")
+        if node_ip.is_unspecified or node_ip.is_multicast or node_ip.is_loopback:
+            raise ConfigError(f"lease node IP {node_ip} is not a unicast host address")
+        return cls(subnet, node, node_ip, attrs)
+
+
+def subnet_key(subnet: IPv4Network) -> str:
+    """A key segment for a subnet: '/' cannot appear in one."""
+    return f"{subnet.network_address}-{subnet.prefixlen}"
