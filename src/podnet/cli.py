@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "exit")
     p.set_defaults(func=_cmd_agent)
 
+    from podnet.lab.cli import add_parser as add_lab
+
+    add_lab(sub)
+    from podnet.verify.cli import add_parser as add_verify
+
+    add_verify(sub)
+
     p = sub.add_parser("demo", help="wire two pods on one node and show they connect")
     p.add_argument("--keep", action="store_true", help="leave the namespaces in place")
     p.set_defaults(func=_cmd_demo)

@@ -48,7 +48,8 @@ def example_conflist(name: str = "podnet", subnet: str = "10.244.0.0/24",
     }
     if mtu:
         main["mtu"] = mtu
-    return {"cniVersion": "1.1.0", "name": name, "plugins": [
+    # 1.0.0: the newest version Debian's portmap (chained after podnet) speaks.
+    return {"cniVersion": "1.0.0", "name": name, "plugins": [
         main, {"type": "portmap", "capabilities": {"portMappings": True}}]}
 
 

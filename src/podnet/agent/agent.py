@@ -90,9 +90,10 @@ class Agent:
         self.cni = Server(self.opts.cni_socket)
         self.cni.start_thread()
         self._metrics()
-        self._resync()
-        for target, name in ((self._watch_loop, "watch"), (self._renew_loop, "renew"),
-                             (self._reconcile_loop, "reconcile")):
+        revision = self._resync()
+        threading.Thread(target=self._watch_loop, args=(revision,), name="watch",
+                         daemon=True).start()
+        for target, name in ((self._renew_loop, "renew"), (self._reconcile_loop, "reconcile")):
             threading.Thread(target=target, name=name, daemon=True).start()
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
@@ -164,9 +165,8 @@ class Agent:
             firewall.add_node(lease.node_ip)
             log.info("peer %s at %s has %s", lease.node, lease.node_ip, lease.subnet)
 
-    def _watch_loop(self) -> None:
+    def _watch_loop(self, revision: int | None) -> None:
         assert self.config is not None
-        revision = None
         delay = 0.5
         while not self.stopping.is_set():
             try:

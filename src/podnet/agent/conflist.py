@@ -14,7 +14,8 @@ def render(plugin: dict[str, Any], mtu: int, socket: str, data_dir: str | None) 
     main = {"type": "podnet", **plugin, "mtu": mtu, "socket": socket}
     if data_dir:
         main["ipam"] = {**main["ipam"], "dataDir": data_dir}
-    return {"cniVersion": "1.1.0", "name": NAME, "plugins": [
+    # 1.0.0: the newest version Debian's portmap (chained after podnet) speaks.
+    return {"cniVersion": "1.0.0", "name": NAME, "plugins": [
         main, {"type": "portmap", "capabilities": {"portMappings": True}}]}
 
 

@@ -1,0 +1,390 @@
+"""Building, changing and removing a lab from its topology. State lives in
+/run/podnet/labs/<name>.json; everything built carries the lab's name, so `down` finds
+leftovers by name even after a crash or a half-built `up`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from podnet.cni.invoke import Runtime
+from podnet.install import install_cni
+from podnet.lab.topology import ETCD_PORT, NodeSpec, PodSpec, Topology, netns_prefix
+from podnet.netlink import links, netns
+
+LABS_DIR = "/run/podnet/labs"
+REFERENCE_PLUGINS = "/usr/lib/cni"
+Progress = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def lab_dir(name: str) -> str:
+    return os.path.join(LABS_DIR, name)
+
+
+def ns_path(name: str) -> str:
+    return os.path.join(netns.NETNS_DIR, name)
+
+
+def _veth(outer_ns: str, outer_name: str, inner_ns: str, inner_name: str, address: str | None,
+          mtu: int = 1500) -> None:
+    """A veth from one namespace into another, both ends up, `address` on the inner end."""
+    ipr = netns.iproute_in(ns_path(outer_ns))
+    try:
+        ipr.link("add", ifname=outer_name, kind="veth", mtu=mtu,
+                 peer={"ifname": inner_name, "net_ns_fd": ns_path(inner_ns), "mtu": mtu})
+        ipr.link("set", index=links.index_of(ipr, outer_name), state="up")
+    finally:
+        ipr.close()
+    inner = netns.iproute_in(ns_path(inner_ns))
+    try:
+        index = links.index_of(inner, inner_name)
+        assert index is not None
+        if address:
+            links.add_address(inner, index, address)
+        inner.link("set", index=index, state="up")
+        lo = links.index_of(inner, "lo")
+        assert lo is not None
+        inner.link("set", index=lo, state="up")
+    finally:
+        inner.close()
+
+
+def _in_ns(ns: str, fn: Callable[[Any], object]) -> None:
+    ipr = netns.iproute_in(ns_path(ns))
+    try:
+        fn(ipr)
+    finally:
+        ipr.close()
+
+
+def _index(ipr: Any, name: str) -> int:
+    index = links.index_of(ipr, name)
+    if index is None:
+        raise RuntimeError(f"interface {name} is missing")
+    return index
+
+
+def _spawn(ns: str, argv: list[str], log: str) -> int:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(["nsenter", f"--net={ns_path(ns)}", *argv], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    return proc.pid
+
+
+def _kill(pid: int, timeout: float = 10.0) -> None:
+    if pid <= 0:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return
+        except ChildProcessError:
+            # Not our child (a later command): poll for its exit.
+            if not os.path.exists(f"/proc/{pid}"):
+                return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+class Lab:
+    def __init__(self, topo: Topology, progress: Progress = _quiet) -> None:
+        self.topo = topo
+        self.progress = progress
+        self.dir = lab_dir(topo.name)
+
+    # -- persistence -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, name: str, progress: Progress = _quiet) -> Lab:
+        try:
+            with open(os.path.join(LABS_DIR, f"{name}.json")) as fh:
+                return cls(Topology.from_dict(json.load(fh)), progress)
+        except FileNotFoundError:
+            raise KeyError(f"no lab named {name!r} is up") from None
+
+    def save(self) -> None:
+        os.makedirs(LABS_DIR, exist_ok=True)
+        path = os.path.join(LABS_DIR, f"{self.topo.name}.json")
+        with open(path + ".tmp", "w") as fh:
+            json.dump(self.topo.to_dict(), fh, indent=1)
+        os.replace(path + ".tmp", path)
+
+    @property
+    def prefix(self) -> str:
+        return netns_prefix(self.topo.name)
+
+    def _podnet(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "podnet", *args]
+
+    # -- up -----------------------------------------------------------------------------------
+    def up(self) -> None:
+        t = self.topo
+        if os.path.exists(os.path.join(LABS_DIR, f"{t.name}.json")) or netns.listed(self.prefix):
+            raise RuntimeError(f"lab {t.name!r} exists already; `podnet lab down --name "
+                               f"{t.name}` first")
+        os.makedirs(self.dir, exist_ok=True)
+        self.save()
+        install_cni(os.path.join(self.dir, "bin"))
+        self._underlay()
+        self._etcd()
+        self.progress(f"cluster init: {t.cidr}, backend {t.backend}")
+        self._run_in(self.prefix + "cp", self._podnet(
+            "cluster", "init", "--etcd", t.etcd_url, "--cidr", t.cidr, "--backend", t.backend))
+        for node in t.nodes:
+            self._node(node)
+        for node in t.nodes:
+            self._wait_agent(node)
+        for pod in t.pods:
+            self._pod(pod)
+        self.save()
+
+    def _run_in(self, ns: str, argv: list[str]) -> str:
+        proc = subprocess.run(["nsenter", f"--net={ns_path(ns)}", *argv], capture_output=True,
+                              text=True, check=False, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[2:5])} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def _underlay(self) -> None:
+        t = self.topo
+        cp = self.prefix + "cp"
+        if t.underlay == "switch":
+            sw = self.prefix + "sw"
+            self.progress("underlay: switch")
+            netns.create(sw)
+            netns.create(cp)
+
+            def make_bridge(ipr: Any) -> None:
+                ipr.link("add", ifname="br0", kind="bridge")
+                ipr.link("set", index=links.index_of(ipr, "br0"), state="up")
+
+            _in_ns(sw, make_bridge)
+            _veth(sw, "cp", cp, "eth0", f"{t.etcd_ip}/24")
+            self._attach(sw, "cp")
+        else:
+            rt = self.prefix + "rt"
+            self.progress("underlay: router")
+            netns.create(rt)
+            netns.create(cp)
+            _veth(cp, "eth0", rt, "cp", "192.168.99.1/24")
+            _in_ns(cp, lambda ipr: links.add_address(ipr, _index(ipr, "eth0"),
+                                                     f"{t.etcd_ip}/24"))
+            _in_ns(cp, lambda ipr: ipr.route("replace", dst="0.0.0.0/0", gateway="192.168.99.1"))
+            with netns.entered(ns_path(rt)):
+                netns.write_sysctl("net/ipv4/ip_forward", "1")
+
+    def _attach(self, sw: str, port: str) -> None:
+        def attach(ipr: Any) -> None:
+            ipr.link("set", index=links.index_of(ipr, port), master=links.index_of(ipr, "br0"))
+
+        _in_ns(sw, attach)
+
+    def _etcd(self) -> None:
+        t = self.topo
+        self.progress(f"etcd at {t.etcd_url}")
+        data = os.path.join(self.dir, "etcd")
+        t.etcd_pid = _spawn(self.prefix + "cp", [
+            "etcd", "--name", "cp", "--data-dir", data,
+            "--listen-client-urls", t.etcd_url, "--advertise-client-urls", t.etcd_url,
+            "--listen-peer-urls", "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+            "--initial-cluster", "cp=http://127.0.0.1:2380"], os.path.join(self.dir, "etcd.log"))
+        self.save()
+        self._wait(lambda: self._etcd_ready(), 30, "etcd did not start")
+
+    def _etcd_ready(self) -> bool:
+        import socket
+
+        with netns.entered(ns_path(self.prefix + "cp")):
+            sock = socket.socket()
+        with sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex((self.topo.etcd_ip, ETCD_PORT)) == 0
+
+    def _wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise RuntimeError(what)
+            time.sleep(0.1)
+
+    def node_dir(self, node: NodeSpec) -> str:
+        return os.path.join(self.dir, node.name)
+
+    def _node(self, node: NodeSpec) -> None:
+        t = self.topo
+        ns = node.netns(t.name)
+        self.progress(f"node {node.name}: {t.node_ip(node)}")
+        netns.create(ns)
+        prefix = t.node_net(node).prefixlen
+        if t.underlay == "switch":
+            _veth(self.prefix + "sw", node.name, ns, "eth0", f"{t.node_ip(node)}/{prefix}")
+            self._attach(self.prefix + "sw", node.name)
+        else:
+            rt = self.prefix + "rt"
+            _veth(ns, "eth0", rt, node.name, f"{t.gateway(node)}/{prefix}")
+            _in_ns(ns, lambda ipr: links.add_address(ipr, _index(ipr, "eth0"),
+                                                     f"{t.node_ip(node)}/{prefix}"))
+            _in_ns(ns, lambda ipr: ipr.route("replace", dst="0.0.0.0/0",
+                                             gateway=t.gateway(node)))
+        self.start_agent(node)
+
+    def start_agent(self, node: NodeSpec) -> None:
+        d = self.node_dir(node)
+        os.makedirs(d, exist_ok=True)
+        node.agent_pid = _spawn(node.netns(self.topo.name), self._podnet(
+            "agent", "--etcd", self.topo.etcd_url, "--node-name", node.name, "--iface", "eth0",
+            "--cni-conf-dir", os.path.join(d, "net.d"), "--cni-socket",
+            os.path.join(d, "cni.sock"), "--ipam-data-dir", os.path.join(d, "ipam"),
+            "--state-dir", os.path.join(d, "state"), "--reconcile-interval", "2",
+            "--ttl", "15"), os.path.join(d, "agent.log"))
+        self.save()
+
+    def _wait_agent(self, node: NodeSpec) -> None:
+        d = self.node_dir(node)
+        conf = os.path.join(d, "net.d", "10-podnet.conflist")
+        self._wait(lambda: os.path.exists(conf) and os.path.exists(os.path.join(d, "cni.sock")),
+                   60, f"the agent of {node.name} did not come up (see {d}/agent.log)")
+
+    def conflist(self, node: NodeSpec) -> dict[str, Any]:
+        with open(os.path.join(self.node_dir(node), "net.d", "10-podnet.conflist")) as fh:
+            conf: dict[str, Any] = json.load(fh)
+        return conf
+
+    def runtime(self, node: NodeSpec) -> Runtime:
+        return Runtime(path=[os.path.join(self.dir, "bin"), REFERENCE_PLUGINS],
+                       node_netns=ns_path(node.netns(self.topo.name)))
+
+    def _pod(self, pod: PodSpec) -> None:
+        node = self.topo.node(pod.node)
+        ns = pod.netns(self.topo.name)
+        netns.create(ns)
+        _in_ns(ns, lambda ipr: ipr.link("set", index=links.index_of(ipr, "lo"), state="up"))
+        result = self.runtime(node).add_list(self.conflist(node), pod.name, ns_path(ns))
+        pod.ip = result["ips"][0]["address"].split("/")[0]
+        self.progress(f"pod {pod.name}: {pod.ip}")
+
+    # -- changes ------------------------------------------------------------------------------
+    def add_node(self) -> NodeSpec:
+        node = self.topo.new_node()
+        self._node(node)
+        self._wait_agent(node)
+        self.save()
+        return node
+
+    def add_pod(self, node_name: str) -> PodSpec:
+        pod = self.topo.new_pod(node_name)
+        self._pod(pod)
+        self.save()
+        return pod
+
+    def remove_pod(self, pod: PodSpec) -> None:
+        node = self.topo.node(pod.node)
+        with contextlib.suppress(Exception):
+            self.runtime(node).del_list(self.conflist(node), pod.name, ns_path(
+                pod.netns(self.topo.name)))
+        netns.remove(pod.netns(self.topo.name))
+        self.topo.pods.remove(pod)
+
+    def remove_node(self, name: str) -> None:
+        node = self.topo.node(name)
+        for pod in [p for p in self.topo.pods if p.node == name]:
+            self.remove_pod(pod)
+        _kill(node.agent_pid)
+        d = self.node_dir(node)
+        # A graceful leave: the lease is freed, so every peer forgets the node at once.
+        with contextlib.suppress(RuntimeError):
+            self._run_in(node.netns(self.topo.name), self._podnet(
+                "agent", "--leave", "--etcd", self.topo.etcd_url, "--node-name", name,
+                "--cni-conf-dir", os.path.join(d, "net.d"), "--state-dir",
+                os.path.join(d, "state")))
+        netns.remove(node.netns(self.topo.name))
+        if self.topo.underlay == "switch":
+            _in_ns(self.prefix + "sw", lambda ipr: links.delete_link(ipr, name))
+        self.topo.nodes.remove(node)
+        shutil.rmtree(d, ignore_errors=True)
+        self.save()
+
+    def restart_agent(self, name: str) -> None:
+        node = self.topo.node(name)
+        _kill(node.agent_pid)
+        sock = os.path.join(self.node_dir(node), "cni.sock")
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(sock)
+        self.start_agent(node)
+        self._wait(lambda: os.path.exists(sock), 60, f"the agent of {name} did not restart")
+
+    def stop_etcd(self) -> None:
+        _kill(self.topo.etcd_pid)
+        self.topo.etcd_pid = 0
+        self.save()
+
+    def start_etcd(self) -> None:
+        self._etcd()
+
+    def target_netns(self, target: str) -> str:
+        """A node, a pod, or `cp`, `sw`, `rt`: its namespace path."""
+        names = {n.name: n.netns(self.topo.name) for n in self.topo.nodes}
+        names.update({p.name: p.netns(self.topo.name) for p in self.topo.pods})
+        names.update({k: self.prefix + k for k in ("cp", "sw", "rt")})
+        if target not in names or not os.path.exists(ns_path(names[target])):
+            raise KeyError(f"no {target!r} in lab {self.topo.name}; try one of "
+                           f"{', '.join(sorted(names))}")
+        return ns_path(names[target])
+
+
+def down(name: str, progress: Progress = _quiet) -> list[str]:
+    """Remove everything of the lab, found by name; idempotent. Returns what was removed."""
+    prefix = netns_prefix(name)
+    removed = []
+    for ns in netns.listed(prefix):
+        path = ns_path(ns)
+        for pid in netns.pids_in(path):
+            _kill(pid, timeout=5)
+    for ns in reversed(netns.listed(prefix)):
+        netns.remove(ns)
+        removed.append(ns)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(LABS_DIR, f"{name}.json"))
+    shutil.rmtree(lab_dir(name), ignore_errors=True)
+    progress(f"removed {len(removed)} namespaces of lab {name}")
+    return removed
+
+
+def status(lab: Lab) -> dict[str, Any]:
+    t = lab.topo
+    subnets: dict[str, str] = {}
+    for node in t.nodes:
+        with contextlib.suppress(OSError, KeyError, IndexError, ValueError):
+            ipam = lab.conflist(node)["plugins"][0]["ipam"]
+            r = ipam["ranges"][0][0] if "ranges" in ipam else ipam
+            start, end = r.get("rangeStart"), r.get("rangeEnd")
+            # l2: the node's range of the shared subnet; otherwise the node's own subnet.
+            subnets[node.name] = f"{start}-{end}" if start else r["subnet"]
+    return {
+        "name": t.name, "backend": t.backend, "underlay": t.underlay, "etcd": t.etcd_url,
+        "nodes": [{"name": n.name, "netns": n.netns(t.name), "node_ip": t.node_ip(n),
+                   "pod_subnet": subnets.get(n.name, ""), "agent_pid": n.agent_pid}
+                  for n in t.nodes],
+        "pods": [{"name": p.name, "netns": p.netns(t.name), "ip": p.ip, "node": p.node}
+                 for p in t.pods],
+    }

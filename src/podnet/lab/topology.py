@@ -1,0 +1,134 @@
+"""The lab described as data: names and addresses of everything it builds (pure logic)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
+CLUSTER_CIDR = "10.244.0.0/16"
+CONTROL_NET = ipaddress.IPv4Network("192.168.99.0/24")  # routed underlay: etcd's subnet
+SWITCH_NET = ipaddress.IPv4Network("192.168.100.0/24")
+ETCD_PORT = 2379
+
+
+def netns_prefix(lab: str) -> str:
+    return f"pnl-{lab}-"
+
+
+@dataclass
+class PodSpec:
+    name: str
+    node: str
+    ip: str = ""
+
+    def netns(self, lab: str) -> str:
+        return f"{netns_prefix(lab)}{self.name}"
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    index: int
+    agent_pid: int = 0
+
+    def netns(self, lab: str) -> str:
+        return f"{netns_prefix(lab)}{self.name}"
+
+
+@dataclass
+class Topology:
+    name: str
+    backend: str
+    underlay: str = "switch"  # or "routed"
+    cidr: str = CLUSTER_CIDR
+    nodes: list[NodeSpec] = field(default_factory=list)
+    pods: list[PodSpec] = field(default_factory=list)
+    etcd_pid: int = 0
+    router_pid: int = 0
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.match(self.name):
+            raise ValueError(f"lab name {self.name!r}: 1-16 of a-z, 0-9 and '-'")
+        if self.underlay not in ("switch", "routed"):
+            raise ValueError(f"underlay {self.underlay!r} is 'switch' or 'routed'")
+
+    @classmethod
+    def make(cls, name: str, backend: str, nodes: int, pods_per_node: int,
+             underlay: str = "switch") -> Topology:
+        if not 1 <= nodes <= 50:
+            raise ValueError("a lab has 1 to 50 nodes")
+        topo = cls(name=name, backend=backend, underlay=underlay)
+        for _ in range(nodes):
+            node = topo.new_node()
+            for _ in range(pods_per_node):
+                topo.new_pod(node.name)
+        return topo
+
+    def new_node(self) -> NodeSpec:
+        index = max((n.index for n in self.nodes), default=0) + 1
+        node = NodeSpec(f"node{index}", index)
+        self.nodes.append(node)
+        return node
+
+    def new_pod(self, node: str) -> PodSpec:
+        if not any(n.name == node for n in self.nodes):
+            raise ValueError(f"no node {node!r} in lab {self.name}")
+        taken = {p.name for p in self.pods}
+        j = 1
+        while f"{node}-p{j}" in taken:
+            j += 1
+        pod = PodSpec(f"{node}-p{j}", node)
+        self.pods.append(pod)
+        return pod
+
+    def node(self, name: str) -> NodeSpec:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"no node {name!r} in lab {self.name}")
+
+    # -- addresses -----------------------------------------------------------------------------
+    @property
+    def etcd_ip(self) -> str:
+        net = SWITCH_NET if self.underlay == "switch" else CONTROL_NET
+        return str(net.network_address + 2)
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://{self.etcd_ip}:{ETCD_PORT}"
+
+    def node_net(self, node: NodeSpec) -> ipaddress.IPv4Network:
+        if self.underlay == "switch":
+            return SWITCH_NET
+        return ipaddress.IPv4Network(f"192.168.{100 + node.index}.0/24")
+
+    def node_ip(self, node: NodeSpec) -> str:
+        if self.underlay == "switch":
+            return str(SWITCH_NET.network_address + 10 + node.index)
+        return str(self.node_net(node).network_address + 2)
+
+    def gateway(self, node: NodeSpec) -> str | None:
+        """The node's default gateway: the router on a routed underlay."""
+        return None if self.underlay == "switch" else str(self.node_net(node).network_address
+                                                          + 1)
+
+    def namespaces(self) -> list[str]:
+        p = netns_prefix(self.name)
+        core = [p + "sw"] if self.underlay == "switch" else [p + "rt"]
+        return [*core, p + "cp", *(n.netns(self.name) for n in self.nodes),
+                *(pod.netns(self.name) for pod in self.pods)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Topology:
+        topo = cls(name=obj["name"], backend=obj["backend"], underlay=obj["underlay"],
+                   cidr=obj["cidr"], etcd_pid=obj.get("etcd_pid", 0),
+                   router_pid=obj.get("router_pid", 0))
+        topo.nodes = [NodeSpec(**n) for n in obj["nodes"]]
+        topo.pods = [PodSpec(**p) for p in obj["pods"]]
+        return topo

@@ -1,0 +1,1 @@
+"""`podnet verify`: Kubernetes' three networking requirements, checked pair by pair."""

@@ -1,0 +1,169 @@
+"""The checks: every ordered pair of pod->pod, node->pod and pod->node, by ICMP and TCP, with
+the source the receiver saw; each pod's own address; full-MTU packets with DF between nodes.
+A failure is traced to what is missing on the path (diagnose.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from podnet.netlink import netns
+from podnet.verify import probes
+from podnet.verify.diagnose import explain
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    kind: str  # "pod" or "node"
+    netns: str  # path
+    ip: str
+    node: str
+
+
+@dataclass
+class PairResult:
+    src: str
+    dst: str
+    kind: str  # "pod->pod", "node->pod", "pod->node"
+    icmp: bool
+    tcp: bool
+    seen_source: str = ""
+    nat: bool = False
+    why: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.icmp and self.tcp and not self.nat
+
+
+@dataclass
+class Report:
+    pairs: list[PairResult]
+    own_address: dict[str, bool]
+    mtu: list[dict[str, Any]]
+
+    @property
+    def ok(self) -> bool:
+        return (all(p.ok for p in self.pairs) and all(self.own_address.values())
+                and all(m["ok"] for m in self.mtu))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "pairs": [asdict(p) | {"ok": p.ok} for p in self.pairs],
+                "own_address": self.own_address, "mtu": self.mtu}
+
+
+def own_addresses(ns_path: str) -> set[str]:
+    ipr = netns.iproute_in(ns_path)
+    try:
+        return {str(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(family=socket.AF_INET)}
+    finally:
+        ipr.close()
+
+
+def _pair(src: Endpoint, dst: Endpoint, src_addrs: set[str]) -> PairResult:
+    kind = f"{src.kind}->{dst.kind}"
+    result = PairResult(src.name, dst.name, kind, icmp=probes.ping(src.netns, dst.ip),
+                        tcp=False)
+    try:
+        result.seen_source = probes.tcp_seen_source(src.netns, dst.ip)
+        result.tcp = True
+        # No NAT: the receiver saw one of the sender's own addresses (a pod has exactly one).
+        result.nat = (result.seen_source != src.ip if src.kind == "pod"
+                      else result.seen_source not in src_addrs)
+    except OSError as exc:
+        result.why.append(f"TCP: {exc.strerror or exc}")
+    return result
+
+
+def run(endpoints: list[Endpoint], status: dict[str, Any], pod_mtu: int | None,
+        workers: int = 32) -> Report:
+    pods = [e for e in endpoints if e.kind == "pod"]
+    nodes = [e for e in endpoints if e.kind == "node"]
+    addrs = {e.name: own_addresses(e.netns) for e in endpoints}
+    own = {p.name: p.ip in addrs[p.name] for p in pods}
+    pairs = [(s, d) for s in pods for d in pods if s != d]
+    pairs += [(n, p) for n in nodes for p in pods] + [(p, n) for p in pods for n in nodes]
+    servers = [probes.EchoServer(e.netns) for e in endpoints]
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(lambda sd: _pair(sd[0], sd[1], addrs[sd[0].name]), pairs))
+            mtu = list(pool.map(lambda sd: _mtu(sd[0], sd[1], pod_mtu), _mtu_pairs(pods)))
+    finally:
+        for server in servers:
+            server.close()
+    by_name = {e.name: e for e in endpoints}
+    for r in results:
+        if not r.ok:
+            if r.nat:
+                r.why.append(f"receiver saw {r.seen_source}, not the sender's own address")
+            r.why += explain(by_name[r.src], by_name[r.dst], status)
+    for m in mtu:
+        if not m["ok"]:
+            m["why"] = explain(by_name[m["src"]], by_name[m["dst"]], status)
+    return Report(results, own, mtu)
+
+
+def _mtu_pairs(pods: list[Endpoint]) -> list[tuple[Endpoint, Endpoint]]:
+    """One pod pair per ordered pair of nodes."""
+    first: dict[str, Endpoint] = {}
+    for p in pods:
+        first.setdefault(p.node, p)
+    return [(a, b) for a in first.values() for b in first.values() if a.node != b.node]
+
+
+def _mtu(src: Endpoint, dst: Endpoint, pod_mtu: int | None) -> dict[str, Any]:
+    mtu = pod_mtu or 1500
+    ok = probes.ping(src.netns, dst.ip, size=mtu - 28, dont_fragment=True)
+    return {"src": src.name, "dst": dst.name, "size": mtu, "ok": ok}
+
+
+def endpoints_of(status: dict[str, Any]) -> list[Endpoint]:
+    from podnet.lab.lab import ns_path
+
+    out = [Endpoint(n["name"], "node", ns_path(n["netns"]), n["node_ip"], n["name"])
+           for n in status["nodes"]]
+    out += [Endpoint(p["name"], "pod", ns_path(p["netns"]), p["ip"], p["node"])
+            for p in status["pods"]]
+    return out
+
+
+def render(report: Report, endpoints: list[Endpoint]) -> str:
+    senders = endpoints
+    receivers = [e for e in endpoints if e.kind == "pod"] + [e for e in endpoints
+                                                              if e.kind == "node"]
+    cell = {(r.src, r.dst): r for r in report.pairs}
+    width = max(len(e.name) for e in endpoints) + 1
+    lines = ["from \\ to".ljust(width) + " ".join(e.name[:width].rjust(width) for e in receivers)]
+    for s in senders:
+        row = []
+        for d in receivers:
+            r = cell.get((s.name, d.name))
+            row.append(("-" if r is None else "ok" if r.ok else "FAIL").rjust(width))
+        lines.append(s.name.ljust(width) + " ".join(row))
+    lines.append("")
+    for r in report.pairs:
+        if not r.ok:
+            lines.append(f"FAIL {r.src} -> {r.dst} ({r.kind}): icmp {'ok' if r.icmp else 'no'}"
+                         f", tcp {'ok' if r.tcp else 'no'}; " + "; ".join(r.why))
+    for name, good in report.own_address.items():
+        if not good:
+            lines.append(f"FAIL {name}: its address is not on its own interface")
+    for m in report.mtu:
+        if not m["ok"]:
+            lines.append(f"FAIL MTU {m['src']} -> {m['dst']}: {m['size']}-byte packets with DF "
+                         "did not cross; " + "; ".join(m.get("why", [])))
+    n = len(report.pairs)
+    bad = sum(1 for r in report.pairs if not r.ok)
+    mtu_ok = sum(1 for m in report.mtu if m["ok"])
+    lines.append(f"{n - bad}/{n} pairs connect without NAT (ICMP and TCP), "
+                 f"{mtu_ok}/{len(report.mtu)} node pairs pass full-MTU DF packets: "
+                 + ("PASS" if report.ok else "FAIL"))
+    return "\n".join(lines)
+
+
+def in_subnet(ip: str, subnet: str) -> bool:
+    return ipaddress.ip_address(ip) in ipaddress.ip_network(subnet, strict=False)

@@ -1,0 +1,59 @@
+"""Where a path breaks: the source's and destination's nodes are asked for what the pair needs
+(a route to the other's pod subnet, and on an overlay its neighbour and FDB entries)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import TYPE_CHECKING, Any
+
+from podnet.netlink import netns
+
+if TYPE_CHECKING:
+    from podnet.verify.check import Endpoint
+
+
+def _node(status: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(n for n in status["nodes"] if n["name"] == name)
+
+
+def _subnet_of(status: dict[str, Any], node: str) -> ipaddress.IPv4Network | None:
+    raw = _node(status, node)["pod_subnet"]
+    if not raw or "-" in raw:  # l2 ranges share one subnet: no per-node route to check
+        return None
+    return ipaddress.IPv4Network(raw)
+
+
+def explain(src: Endpoint, dst: Endpoint, status: dict[str, Any]) -> list[str]:
+    if src.node == dst.node:
+        return [f"same node {src.node}: check the bridge and veth of {dst.name}"]
+    why = _lacks(status, src.node, dst.node) + _lacks(status, dst.node, src.node)
+    return why or [f"{src.node} and {dst.node} hold every route and entry for each other: "
+                   "a hop dropped it (firewall, MTU, or the underlay)"]
+
+
+def _lacks(status: dict[str, Any], on: str, towards: str) -> list[str]:
+    subnet = _subnet_of(status, towards)
+    if subnet is None:
+        return []
+    from podnet.lab.lab import ns_path
+
+    ipr = netns.iproute_in(ns_path(_node(status, on)["netns"]))
+    try:
+        routes = [r for r in ipr.get_routes(family=socket.AF_INET, table=254)
+                  if r.get_attr("RTA_DST") == str(subnet.network_address)
+                  and r["dst_len"] == subnet.prefixlen]
+        if not routes:
+            return [f"node {on} lacks a route to {subnet} ({towards}'s pods)"]
+        out: list[str] = []
+        if status.get("backend") == "vxlan":
+            gw = str(subnet.network_address)
+            if not any(n.get_attr("NDA_DST") == gw for n in ipr.get_neighbours(
+                    family=socket.AF_INET) if n["state"] & 0x80):
+                out.append(f"node {on} lacks the neighbour entry for {gw} ({towards}'s VTEP)")
+            peer_ip = _node(status, towards)["node_ip"]
+            if not any(f.get_attr("NDA_DST") == peer_ip for f in ipr.fdb("dump")):
+                out.append(f"node {on} lacks the FDB entry to {peer_ip} ({towards})")
+        return out
+    finally:
+        ipr.close()

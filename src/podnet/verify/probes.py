@@ -1,0 +1,108 @@
+"""Probes that run inside any namespace from one process: each socket is made with the calling
+thread briefly inside the sender's namespace (setns), so hundreds of pairs run in parallel
+without a process per probe."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import threading
+import time
+
+from podnet.netlink import netns
+
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DO = 2
+ECHO_PORT = 7946
+
+
+def socket_in(ns_path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    with netns.entered(ns_path):
+        return socket.socket(family, kind, proto)
+
+
+class EchoServer:
+    """Answers each TCP connection with the source address it saw, then closes it."""
+
+    def __init__(self, ns_path: str, port: int = ECHO_PORT) -> None:
+        self.sock = socket_in(ns_path, socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("0.0.0.0", port))
+        self.sock.listen(256)
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, (addr, _port) = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(addr.encode() + b"\n")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+def tcp_seen_source(src_ns: str, dst_ip: str, port: int = ECHO_PORT,
+                    timeout: float = 2.0) -> str:
+    """The source address the receiver saw; raises OSError if unreachable."""
+    sock = socket_in(src_ns, socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(timeout)
+        sock.connect((dst_ip, port))
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(64)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode().strip()
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def ping(src_ns: str, dst_ip: str, size: int = 56, dont_fragment: bool = False,
+         timeout: float = 2.0, tries: int = 2) -> bool:
+    """One ICMP echo (of `size` payload bytes, DF set if asked) answered within the timeout."""
+    sock = socket_in(src_ns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    with sock:
+        if dont_fragment:
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        ident = (os.getpid() ^ threading.get_ident()) & 0xFFFF
+        payload = (b"podnet-verify" * (size // 13 + 1))[:size]
+        for seq in range(1, tries + 1):
+            header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+            packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq)
+            try:
+                sock.sendto(packet + payload, (dst_ip, 0))
+            except OSError:
+                return False  # e.g. EMSGSIZE: the path MTU is below the size asked
+            deadline = time.monotonic() + timeout / tries
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                try:
+                    data, (addr, _) = sock.recvfrom(65535)
+                except TimeoutError:
+                    break
+                ihl = (data[0] & 0x0F) * 4
+                rtype, _code, _sum, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+                if rtype == 0 and rid == ident and rseq == seq and addr == dst_ip:
+                    return True
+        return False
