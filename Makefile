@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) -m podnet demo
+	$(PY) -m podnet demo $(if $(KEEP),--keep)
 
 test: setup
 	$(PY) -m ruff check src tests bench

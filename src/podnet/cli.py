@@ -25,9 +25,9 @@ def _cmd_install_cni(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from podnet.demo import run
+    from podnet.demo import main as demo
 
-    return run(keep=args.keep)
+    return demo(keep=args.keep, backend=args.backend)
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -156,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_verify(sub)
 
-    p = sub.add_parser("demo", help="wire two pods on one node and show they connect")
-    p.add_argument("--keep", action="store_true", help="leave the namespaces in place")
+    p = sub.add_parser("demo", help="a 3-node lab, verified and drawn, then taken down")
+    p.add_argument("--keep", action="store_true", help="leave the lab up")
+    p.add_argument("--backend", default="vxlan", choices=["l2", "host-gw", "gateway", "vxlan"])
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -255,7 +255,8 @@ class Lab:
             "agent", "--etcd", self.topo.etcd_url, "--node-name", node.name, "--iface", "eth0",
             "--cni-conf-dir", os.path.join(d, "net.d"), "--cni-socket",
             os.path.join(d, "cni.sock"), "--ipam-data-dir", os.path.join(d, "ipam"),
-            "--state-dir", os.path.join(d, "state"), "--reconcile-interval", "2",
+            "--state-dir", os.path.join(d, "state"),
+            "--reconcile-interval", str(self.topo.reconcile_interval),
             "--ttl", "15"), os.path.join(d, "agent.log"))
         self.save()
 

@@ -48,6 +48,7 @@ class Topology:
     pods: list[PodSpec] = field(default_factory=list)
     etcd_pid: int = 0
     router_pid: int = 0
+    reconcile_interval: float = 2.0
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
@@ -128,7 +129,8 @@ class Topology:
     def from_dict(cls, obj: dict[str, Any]) -> Topology:
         topo = cls(name=obj["name"], backend=obj["backend"], underlay=obj["underlay"],
                    cidr=obj["cidr"], etcd_pid=obj.get("etcd_pid", 0),
-                   router_pid=obj.get("router_pid", 0))
+                   router_pid=obj.get("router_pid", 0),
+                   reconcile_interval=obj.get("reconcile_interval", 2.0))
         topo.nodes = [NodeSpec(**n) for n in obj["nodes"]]
         topo.pods = [PodSpec(**p) for p in obj["pods"]]
         return topo

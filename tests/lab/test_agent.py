@@ -1,0 +1,90 @@
+"""The agent against a real etcd: leases, joins and leaves, outages, hostile leases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from podnet.lab.lab import Lab, status
+from tests.lab.conftest import MakeLab, failures, verify
+from tests.lab.test_lab_ops import sh, subnet_of, wait_for
+
+
+def etcdctl(lab: Lab, *argv: str) -> str:
+    return subprocess.run(["nsenter", f"--net={lab.target_netns('cp')}", "etcdctl",
+                           "--endpoints", lab.topo.etcd_url, *argv], capture_output=True,
+                          text=True, check=True, env={**os.environ, "ETCDCTL_API": "3"}).stdout
+
+
+def test_subnets_distinct_join_within_a_second(make_lab: MakeLab) -> None:
+    lab = make_lab("vxlan", nodes=3, pods=0)
+    subnets = [n["pod_subnet"] for n in status(lab)["nodes"]]
+    assert len(set(subnets)) == 3
+    node = lab.add_node()  # returns once the new agent holds its lease
+    new = subnet_of(lab, node.name)
+    start = time.monotonic()
+    for peer in ("node1", "node2", "node3"):
+        assert wait_for(lambda p=peer: new in sh(lab, p, "ip", "route"), 1.0)
+    assert time.monotonic() - start < 1.0
+
+
+def test_etcd_outage_keeps_data_plane_then_converges(make_lab: MakeLab) -> None:
+    lab = make_lab("vxlan", nodes=2, pods=1)
+    routes = {n: sh(lab, n, "ip", "route") for n in ("node1", "node2")}
+    lab.stop_etcd()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(5)
+        for n in ("node1", "node2"):
+            assert sh(lab, n, "ip", "route") == routes[n]
+        assert all(os.path.exists(f"/proc/{n.agent_pid}") for n in lab.topo.nodes)
+    report = verify(lab)
+    assert report.ok, failures(report)
+    lab.start_etcd()
+    node = lab.add_node()
+    new = subnet_of(lab, node.name)
+    for peer in ("node1", "node2"):
+        assert wait_for(lambda p=peer: new in sh(lab, p, "ip", "route"), 15.0)
+
+
+def test_corrupt_and_hostile_leases_are_skipped(make_lab: MakeLab) -> None:
+    lab = make_lab("vxlan", nodes=2, pods=1)
+    own = subnet_of(lab, "node1")
+    hostile = {
+        "/podnet/subnets/10.244.250.0-24": "{not json",
+        "/podnet/subnets/10.244.251.0-24": json.dumps(  # claims another node's subnet
+            {"subnet": own, "node": "evil", "nodeIP": "192.168.100.66", "attrs": {}}),
+        "/podnet/subnets/10.244.252.0-24": json.dumps(  # outside the cluster network
+            {"subnet": "10.99.0.0/24", "node": "evil2", "nodeIP": "192.168.100.67"}),
+        "/podnet/subnets/10.244.253.0-24": json.dumps(  # a pod address as node IP
+            {"subnet": "10.244.253.0/24", "node": "evil3", "nodeIP": "10.244.1.5"}),
+    }
+    for key, value in hostile.items():
+        etcdctl(lab, "put", key, value)
+    time.sleep(1.0)
+    for n in lab.topo.nodes:
+        assert os.path.exists(f"/proc/{n.agent_pid}")
+        routes = sh(lab, n.name, "ip", "route")
+        assert "10.244.25" not in routes and "10.99.0.0" not in routes
+    log = open(os.path.join(lab.node_dir(lab.topo.node("node2")), "agent.log")).read()
+    assert "skipping lease /podnet/subnets/10.244.250.0-24" in log
+    assert "payload claims subnet" in log
+    report = verify(lab)
+    assert report.ok, failures(report)
+
+
+def test_second_agent_with_same_name_refuses(make_lab: MakeLab, tmp_path: object) -> None:
+    lab = make_lab("vxlan", nodes=1, pods=0)
+    proc = subprocess.run(
+        ["nsenter", f"--net={lab.target_netns('cp')}", sys.executable, "-m", "podnet", "agent",
+         "--etcd", lab.topo.etcd_url, "--node-name", "node1", "--iface", "eth0",
+         "--cni-conf-dir", f"{tmp_path}/net.d", "--state-dir", f"{tmp_path}/state",
+         "--cni-socket", f"{tmp_path}/cni.sock", "--metrics", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0
+    assert "already held by another live agent" in proc.stderr
+    held = json.loads(etcdctl(lab, "get", "--print-value-only", "/podnet/nodes/node1"))
+    assert held["subnet"] == subnet_of(lab, "node1")  # the first agent's lease is untouched
