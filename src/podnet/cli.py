@@ -54,6 +54,8 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
         backend["port"] = args.port
     if args.direct_routing:
         backend["directRouting"] = True
+    if args.gateway_mode:
+        backend["mode"] = args.gateway_mode
     try:
         config = NetworkConfig.make(args.cidr, args.subnet_len, backend)
     except ConfigError as exc:
@@ -88,7 +90,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
                         cni_conf_dir=args.cni_conf_dir, cni_socket=args.cni_socket,
                         ipam_data_dir=args.ipam_data_dir, state_dir=args.state_dir,
                         ttl=args.ttl, reconcile_interval=args.reconcile_interval,
-                        metrics_addr=args.metrics)
+                        metrics_addr=args.metrics, role=args.role)
     if args.leave:
         leave(opts, _store(args))
         return 0
@@ -126,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--port", type=int, help="vxlan: UDP port (default 8472)")
     c.add_argument("--direct-routing", action="store_true",
                    help="vxlan: route on-link peers directly")
+    c.add_argument("--gateway-mode", choices=["bgp", "static"],
+                   help="gateway: announce over BGP (default) or let `agent --role router` "
+                        "route")
     c.set_defaults(func=_cmd_cluster_init)
     c = csub.add_parser("show", help="print the config and every lease")
     _add_store_args(c)
@@ -144,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconcile-interval", type=float, default=10.0)
     p.add_argument("--metrics", default="127.0.0.1:9153", help="HOST:PORT, port 0 disables")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--role", default="node", choices=["node", "router"],
+                   help="router: route every node's pod subnet here (gateway, static mode)")
     p.add_argument("--leave", action="store_true",
                    help="free this node's lease and remove podnet's state from the node, then "
                         "exit")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -41,3 +42,53 @@ def test_status_json_keys(make_lab: MakeLab) -> None:
     assert set(st["nodes"][0]) >= {"name", "netns", "node_ip", "pod_subnet", "agent_pid"}
     assert set(st["pods"][0]) == {"name", "netns", "ip", "node"}
     assert all(os.path.exists(f"/proc/{n['agent_pid']}") for n in st["nodes"])
+
+
+def test_l2_one_domain(make_lab: MakeLab) -> None:
+    lab = make_lab("l2")
+    report = verify(lab)
+    assert report.ok, failures(report)
+    pod = lab.topo.pods[0]
+    out = subprocess.run(["nsenter", f"--net={ns_path(pod.netns(lab.topo.name))}", "ip", "-4",
+                          "-br", "addr", "show", "eth0"], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split()[2].endswith("/16")  # every pod in the one /16
+    node = subprocess.run(["nsenter", f"--net={ns_path(lab.topo.nodes[0].netns(lab.topo.name))}",
+                           "ip", "-4", "-br", "addr"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "podnet-br" in node and "192.168.100.11/24" in node  # the node IP moved with eth0
+
+
+@pytest.mark.parametrize("mode", ["bgp", "static"])
+def test_gateway_router_routes_pod_subnets(make_lab: MakeLab, mode: str) -> None:
+    lab = make_lab("gateway", underlay="routed", gateway_mode=mode)
+    report = verify(lab)
+    assert report.ok, failures(report)
+    routes = subprocess.run(["nsenter", f"--net={lab.target_netns('rt')}", "ip", "route"],
+                            capture_output=True, text=True, check=True).stdout
+    for n in lab.topo.nodes:
+        assert f"via {lab.topo.node_ip(n)}" in routes
+    node_routes = subprocess.run(["nsenter", f"--net={lab.target_netns('node1')}", "ip",
+                                  "route"], capture_output=True, text=True, check=True).stdout
+    pod_routes = [r for r in node_routes.splitlines() if r.startswith("10.244.")]
+    assert len(pod_routes) == 1 and "kube-bridge" in pod_routes[0]  # no peer routes on nodes
+    gone = lab.conflist(lab.topo.node("node2"))["plugins"][0]["ipam"]["subnet"]
+    lab.remove_node("node2")  # withdrawn from the router
+    for _ in range(100):
+        routes = subprocess.run(["nsenter", f"--net={lab.target_netns('rt')}", "ip", "route"],
+                                capture_output=True, text=True, check=True).stdout
+        if gone not in routes:
+            break
+        time.sleep(0.1)
+    assert gone not in routes
+
+
+def test_host_gw_refuses_peer_off_link(make_lab: MakeLab) -> None:
+    lab = make_lab("host-gw", nodes=2, pods=0, underlay="routed")
+    path = os.path.join(lab.node_dir(lab.topo.node("node1")), "agent.log")
+    want = "peer node2 (192.168.102.2) is not on-link"
+    for _ in range(50):  # node2's lease may reach node1 just after the lab is up
+        if want in open(path).read():
+            break
+        time.sleep(0.1)
+    assert want in open(path).read()

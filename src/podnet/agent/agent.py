@@ -41,6 +41,7 @@ class AgentOptions:
     ttl: int = 60
     reconcile_interval: float = 10.0
     metrics_addr: str = "127.0.0.1:9153"
+    role: str = "node"  # or "router": route every lease, hold none (gateway static mode)
 
 
 class Agent:
@@ -66,11 +67,18 @@ class Agent:
             raise RuntimeError("the cluster is not initialised: run `podnet cluster init` first")
         self.config = config
         node = detect(self.opts.node_name, self.opts.iface, self.opts.node_ip)
+        node.state_dir = self.opts.state_dir
+        if self.opts.role == "router":
+            self.backend = manager.create_router(node, config)
+            self._metrics()
+            self._start_loops(self._resync())
+            log.info("routing the pod subnets of %d nodes", len(self.peers))
+            return
         previous = self.state.load()
         if previous.backend and previous.backend != config.backend_type:
             log.info("backend changed from %s to %s: removing what the old one made",
                      previous.backend, config.backend_type)
-            manager.cleanup(previous.backend)
+            manager.cleanup(previous.backend, self.opts.state_dir)
         self.backend = manager.create(node, config)
         attrs = self.backend.setup()
         prefer = previous.held(self.opts.node_name)
@@ -90,11 +98,13 @@ class Agent:
         self.cni = Server(self.opts.cni_socket)
         self.cni.start_thread()
         self._metrics()
-        revision = self._resync()
+        self._start_loops(self._resync())
+        threading.Thread(target=self._renew_loop, name="renew", daemon=True).start()
+
+    def _start_loops(self, revision: int) -> None:
         threading.Thread(target=self._watch_loop, args=(revision,), name="watch",
                          daemon=True).start()
-        for target, name in ((self._renew_loop, "renew"), (self._reconcile_loop, "reconcile")):
-            threading.Thread(target=target, name=name, daemon=True).start()
+        threading.Thread(target=self._reconcile_loop, name="reconcile", daemon=True).start()
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
         delay = 0.5
@@ -259,7 +269,7 @@ def leave(opts: AgentOptions, store: Datastore) -> None:
         with contextlib.suppress(DatastoreError):
             store.release(held)
     if previous.backend:
-        manager.cleanup(previous.backend)
+        manager.cleanup(previous.backend, opts.state_dir)
     firewall.remove()
     with contextlib.suppress(FileNotFoundError):
         os.remove(state.path)

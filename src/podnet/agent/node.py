@@ -34,6 +34,11 @@ def detect(name: str, iface: str | None, node_ip: str | None) -> NodeInfo:
                 raise ValueError(f"interface {iface} does not exist")
             index = found
         addrs = [a for a in links.addresses(ipr, index) if a.version == 4]
+        master = links.link(ipr, index).get_attr("IFLA_MASTER")
+        if not addrs and master:
+            # A port of a bridge that took over its addresses (the l2 backend's node bridge).
+            index = int(master)
+            addrs = [a for a in links.addresses(ipr, index) if a.version == 4]
         if not addrs:
             raise ValueError(f"interface #{index} has no IPv4 address")
         return _info(ipr, name, ipaddress.IPv4Address(addrs[0].ip), index)

@@ -86,6 +86,7 @@ class NodeInfo:
     iface: str  # the underlay interface
     iface_index: int
     mtu: int  # the underlay MTU
+    state_dir: str = "/var/lib/podnet/agent"  # where a backend keeps files of its own
 
 
 class Backend(ABC):

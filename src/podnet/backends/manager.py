@@ -16,6 +16,14 @@ def create(node: NodeInfo, config: NetworkConfig) -> Backend:
         from podnet.backends.hostgw import HostGwBackend
 
         return HostGwBackend(node, config)
+    if kind == "l2":
+        from podnet.backends.l2 import L2Backend
+
+        return L2Backend(node, config)
+    if kind == "gateway":
+        from podnet.backends.gateway import GatewayBackend
+
+        return GatewayBackend(node, config)
     if kind == "gre":
         from podnet.backends.gre import GreBackend
 
@@ -23,8 +31,15 @@ def create(node: NodeInfo, config: NetworkConfig) -> Backend:
     raise BackendError(f"backend {kind!r} is not available in this build")
 
 
-def cleanup(kind: str) -> None:
-    """Remove what a backend of this kind programmed: podnet's routes and devices."""
+def create_router(node: NodeInfo, config: NetworkConfig) -> Backend:
+    """The backend of `podnet agent --role router` (the gateway backend's static mode)."""
+    from podnet.backends.gateway import RouterBackend
+
+    return RouterBackend(node, config)
+
+
+def cleanup(kind: str, state_dir: str) -> None:
+    """Remove what a backend of this kind programmed: podnet's routes, devices, daemons."""
     from pyroute2 import IPRoute
 
     from podnet.backends.base import RTPROT_PODNET
@@ -32,6 +47,14 @@ def cleanup(kind: str) -> None:
 
     ipr = IPRoute(groups=0)
     try:
+        if kind == "l2":
+            from podnet.backends.l2 import undo
+
+            undo(ipr)
+        if kind == "gateway":
+            from podnet.backends.gateway import stop_bird
+
+            stop_bird(state_dir)
         ops = [batch.Op("route", "del", {"dst": f"{m.get_attr('RTA_DST')}/{m['dst_len']}",
                                          "proto": RTPROT_PODNET, "oif": m.get_attr("RTA_OIF")},
                         batch.DEL_IGNORE)
@@ -39,11 +62,7 @@ def cleanup(kind: str) -> None:
         batch.apply(ops)
         for msg in ipr.get_links():
             name = str(msg.get_attr("IFLA_IFNAME"))
-            if name in DEVICES.get(kind, ()) or (kind == "vxlan" and name.startswith("podnet.")):
+            if kind == "vxlan" and name.startswith("podnet."):  # podnet.<vni>
                 ipr.link("del", index=msg["index"])
     finally:
         ipr.close()
-
-
-# Devices a backend creates under fixed names (vxlan's carry the VNI: podnet.<vni>).
-DEVICES: dict[str, tuple[str, ...]] = {"l2": ("podnet-br", "podnet-l2a", "podnet-l2b")}

@@ -46,8 +46,9 @@ def cmd(args: argparse.Namespace) -> int:
 
 def _dispatch(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     if args.lab_command == "up":
-        topo = Topology.make(args.name, args.backend, args.nodes, args.pods_per_node,
-                             args.underlay)
+        underlay = "routed" if args.backend == "gateway" else args.underlay
+        topo = Topology.make(args.name, args.backend, args.nodes, args.pods_per_node, underlay)
+        topo.gateway_mode = args.gateway_mode
         lab = Lab(topo, say)
         try:
             lab.up()
@@ -102,7 +103,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q.add_argument("--nodes", type=int, default=3)
     q.add_argument("--pods-per-node", type=int, default=2)
     q.add_argument("--backend", default="vxlan", choices=["l2", "host-gw", "gateway", "vxlan"])
-    q.add_argument("--underlay", default="switch", choices=["switch", "routed"])
+    q.add_argument("--underlay", default="switch", choices=["switch", "routed"],
+                   help="gateway always builds a routed underlay")
+    q.add_argument("--gateway-mode", default="bgp", choices=["bgp", "static"])
     named("down", "remove a lab (also a half-built one)")
     q = named("status", "what the lab holds")
     q.add_argument("--json", action="store_true")

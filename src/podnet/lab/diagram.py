@@ -28,7 +28,7 @@ def read(lab: Lab) -> list[NodeView]:
             for msg in ipr.get_links():
                 name = str(msg.get_attr("IFLA_IFNAME"))
                 kind = links.kind_of(msg) or "device"
-                if name == "lo" or kind == "veth" and name != "eth0":
+                if name == "lo" or (kind == "veth" and name != "eth0"):
                     continue
                 addrs = [str(a) for a in links.addresses(ipr, msg["index"]) if a.version == 4]
                 view.devices.append(f"{name} ({kind}) {' '.join(addrs)}".strip())

@@ -54,11 +54,14 @@ def _veth(outer_ns: str, outer_name: str, inner_ns: str, inner_name: str, addres
         if address:
             links.add_address(inner, index, address)
         inner.link("set", index=index, state="up")
-        lo = links.index_of(inner, "lo")
-        assert lo is not None
-        inner.link("set", index=lo, state="up")
     finally:
         inner.close()
+
+
+def _new_ns(name: str) -> None:
+    """A namespace of the lab, its loopback up (etcd and echo servers use it)."""
+    netns.create(name)
+    _in_ns(name, lambda ipr: ipr.link("set", index=_index(ipr, "lo"), state="up"))
 
 
 def _in_ns(ns: str, fn: Callable[[Any], object]) -> None:
@@ -147,12 +150,18 @@ class Lab:
         self._underlay()
         self._etcd()
         self.progress(f"cluster init: {t.cidr}, backend {t.backend}")
+        extra = ["--gateway-mode", t.gateway_mode] if t.backend == "gateway" else []
         self._run_in(self.prefix + "cp", self._podnet(
-            "cluster", "init", "--etcd", t.etcd_url, "--cidr", t.cidr, "--backend", t.backend))
+            "cluster", "init", "--etcd", t.etcd_url, "--cidr", t.cidr, "--backend", t.backend,
+            *extra))
+        if t.backend == "gateway":
+            self._router()
         for node in t.nodes:
             self._node(node)
         for node in t.nodes:
             self._wait_agent(node)
+        if t.backend == "gateway":
+            self._wait(self._router_knows_all, 30, "the router did not learn every pod subnet")
         for pod in t.pods:
             self._pod(pod)
         self.save()
@@ -170,8 +179,8 @@ class Lab:
         if t.underlay == "switch":
             sw = self.prefix + "sw"
             self.progress("underlay: switch")
-            netns.create(sw)
-            netns.create(cp)
+            _new_ns(sw)
+            _new_ns(cp)
 
             def make_bridge(ipr: Any) -> None:
                 ipr.link("add", ifname="br0", kind="bridge")
@@ -183,14 +192,57 @@ class Lab:
         else:
             rt = self.prefix + "rt"
             self.progress("underlay: router")
-            netns.create(rt)
-            netns.create(cp)
+            _new_ns(rt)
+            _new_ns(cp)
             _veth(cp, "eth0", rt, "cp", "192.168.99.1/24")
             _in_ns(cp, lambda ipr: links.add_address(ipr, _index(ipr, "eth0"),
                                                      f"{t.etcd_ip}/24"))
             _in_ns(cp, lambda ipr: ipr.route("replace", dst="0.0.0.0/0", gateway="192.168.99.1"))
             with netns.entered(ns_path(rt)):
                 netns.write_sysctl("net/ipv4/ip_forward", "1")
+
+    def _router(self) -> None:
+        """The nodes' default gateway learns the pod subnets: BIRD over BGP, or a podnet agent
+        in the router role (static mode)."""
+        from podnet.backends.gateway import bird_paths, router_bird_config
+
+        t = self.topo
+        rt = self.prefix + "rt"
+        d = os.path.join(self.dir, "router")
+        os.makedirs(d, exist_ok=True)
+        if t.gateway_mode == "bgp":
+            self.progress("router: BIRD, learning pod subnets over BGP")
+            conf, ctl, pidfile = bird_paths(d)
+            with open(conf, "w") as fh:
+                fh.write(router_bird_config("192.168.99.1", t.cidr, 64512, 64513,
+                                            "192.168.0.0/16"))
+            self._run_in(rt, ["bird", "-c", conf, "-s", ctl, "-P", pidfile])
+            self._wait(lambda: os.path.exists(pidfile), 10, "BIRD did not start on the router")
+            with open(pidfile) as fh:
+                t.router_pid = int(fh.read().strip())
+        else:
+            self.progress("router: podnet agent --role router")
+            t.router_pid = _spawn(rt, self._podnet(
+                "agent", "--role", "router", "--etcd", t.etcd_url, "--node-name", "router",
+                "--node-ip", "192.168.99.1", "--state-dir", os.path.join(d, "state"),
+                "--reconcile-interval", str(t.reconcile_interval), "--metrics",
+                "127.0.0.1:0"), os.path.join(d, "agent.log"))
+        self.save()
+
+    def _router_knows_all(self) -> bool:
+        import ipaddress
+
+        subnets = set()
+        for node in self.topo.nodes:
+            ipam = self.conflist(node)["plugins"][0]["ipam"]
+            subnets.add(ipaddress.IPv4Network(ipam["subnet"]))
+        ipr = netns.iproute_in(ns_path(self.prefix + "rt"))
+        try:
+            have = {ipaddress.IPv4Network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}")
+                    for r in ipr.get_routes(family=2, table=254) if r.get_attr("RTA_DST")}
+        finally:
+            ipr.close()
+        return subnets <= have
 
     def _attach(self, sw: str, port: str) -> None:
         def attach(ipr: Any) -> None:
@@ -234,7 +286,7 @@ class Lab:
         t = self.topo
         ns = node.netns(t.name)
         self.progress(f"node {node.name}: {t.node_ip(node)}")
-        netns.create(ns)
+        _new_ns(ns)
         prefix = t.node_net(node).prefixlen
         if t.underlay == "switch":
             _veth(self.prefix + "sw", node.name, ns, "eth0", f"{t.node_ip(node)}/{prefix}")
@@ -278,8 +330,7 @@ class Lab:
     def _pod(self, pod: PodSpec) -> None:
         node = self.topo.node(pod.node)
         ns = pod.netns(self.topo.name)
-        netns.create(ns)
-        _in_ns(ns, lambda ipr: ipr.link("set", index=links.index_of(ipr, "lo"), state="up"))
+        _new_ns(ns)
         result = self.runtime(node).add_list(self.conflist(node), pod.name, ns_path(ns))
         pod.ip = result["ips"][0]["address"].split("/")[0]
         self.progress(f"pod {pod.name}: {pod.ip}")
@@ -289,6 +340,8 @@ class Lab:
         node = self.topo.new_node()
         self._node(node)
         self._wait_agent(node)
+        if self.topo.backend == "gateway":
+            self._wait(self._router_knows_all, 30, "the router did not learn the new subnet")
         self.save()
         return node
 

@@ -49,12 +49,15 @@ class Topology:
     etcd_pid: int = 0
     router_pid: int = 0
     reconcile_interval: float = 2.0
+    gateway_mode: str = "bgp"  # the gateway backend: BIRD on the router, or `agent --role router`
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
             raise ValueError(f"lab name {self.name!r}: 1-16 of a-z, 0-9 and '-'")
         if self.underlay not in ("switch", "routed"):
             raise ValueError(f"underlay {self.underlay!r} is 'switch' or 'routed'")
+        if self.backend == "gateway" and self.underlay != "routed":
+            raise ValueError("the gateway backend needs a router: use --underlay routed")
 
     @classmethod
     def make(cls, name: str, backend: str, nodes: int, pods_per_node: int,
@@ -130,7 +133,8 @@ class Topology:
         topo = cls(name=obj["name"], backend=obj["backend"], underlay=obj["underlay"],
                    cidr=obj["cidr"], etcd_pid=obj.get("etcd_pid", 0),
                    router_pid=obj.get("router_pid", 0),
-                   reconcile_interval=obj.get("reconcile_interval", 2.0))
+                   reconcile_interval=obj.get("reconcile_interval", 2.0),
+                   gateway_mode=obj.get("gateway_mode", "bgp"))
         topo.nodes = [NodeSpec(**n) for n in obj["nodes"]]
         topo.pods = [PodSpec(**p) for p in obj["pods"]]
         return topo

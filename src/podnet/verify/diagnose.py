@@ -37,13 +37,20 @@ def _lacks(status: dict[str, Any], on: str, towards: str) -> list[str]:
     if subnet is None:
         return []
     from podnet.lab.lab import ns_path
+    from podnet.lab.topology import netns_prefix
 
+    if status.get("backend") == "gateway":
+        # Nodes hold only a default route: the router must route the subnet.
+        ipr = netns.iproute_in(ns_path(netns_prefix(status["name"]) + "rt"))
+        try:
+            if not _has_route(ipr, subnet):
+                return [f"the router lacks a route to {subnet} ({towards}'s pods)"]
+            return []
+        finally:
+            ipr.close()
     ipr = netns.iproute_in(ns_path(_node(status, on)["netns"]))
     try:
-        routes = [r for r in ipr.get_routes(family=socket.AF_INET, table=254)
-                  if r.get_attr("RTA_DST") == str(subnet.network_address)
-                  and r["dst_len"] == subnet.prefixlen]
-        if not routes:
+        if not _has_route(ipr, subnet):
             return [f"node {on} lacks a route to {subnet} ({towards}'s pods)"]
         out: list[str] = []
         if status.get("backend") == "vxlan":
@@ -57,3 +64,9 @@ def _lacks(status: dict[str, Any], on: str, towards: str) -> list[str]:
         return out
     finally:
         ipr.close()
+
+
+def _has_route(ipr: Any, subnet: ipaddress.IPv4Network) -> bool:
+    return any(r.get_attr("RTA_DST") == str(subnet.network_address)
+               and r["dst_len"] == subnet.prefixlen
+               for r in ipr.get_routes(family=socket.AF_INET, table=254))

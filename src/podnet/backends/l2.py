@@ -1,0 +1,128 @@
+"""Layer 2: all pods of all nodes in one subnet (the cluster CIDR) and one L2 domain.
+
+As the article draws it, each node has `kube-bridge` for its pods (reused by the CNI plugin)
+joined by a veth pair to a node bridge that holds the node IP and the physical interface. Pods
+reach pods on other nodes by ARP and switching; no routes per peer. Each node leases a range of
+the shared subnet for podnet-ipam, and holds the range's first address as its pods' gateway.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from podnet.backends.base import Backend, Entry, NodeInfo
+from podnet.datastore.model import Lease
+from podnet.netlink import links
+
+log = logging.getLogger("podnet.backend")
+NODE_BRIDGE = "podnet-br"
+POD_BRIDGE = "kube-bridge"
+VETH_POD_SIDE = "podnet-l2a"  # on kube-bridge
+VETH_NODE_SIDE = "podnet-l2b"  # on the node bridge
+
+
+def _ensure_bridge(ipr: IPRoute, name: str, mac: str | None, mtu: int) -> int:
+    msg = links.by_name(ipr, name)
+    if msg is None:
+        spec: dict[str, Any] = {"ifname": name, "kind": "bridge", "mtu": mtu}
+        if mac:
+            spec["address"] = mac
+        ipr.link("add", **spec)
+        msg = links.by_name(ipr, name)
+        assert msg is not None
+        if not mac:  # pinned, so that it does not follow the lowest port MAC
+            ipr.link("set", index=msg["index"], address=links.mac_of(msg))
+    ipr.link("set", index=msg["index"], state="up")
+    return int(msg["index"])
+
+
+def move_addresses(ipr: IPRoute, src: int, dst: int) -> None:
+    """Move IPv4 addresses and the routes through them from one link to another.
+
+    The new place gets them first, so the node is never without its address; routes through
+    the old link (a default route, say) are re-made through the new one.
+    """
+    addrs = [a for a in links.addresses(ipr, src) if a.version == 4]
+    moved = [r for r in ipr.get_routes(family=socket.AF_INET, table=254, oif=src)
+             if r.get_attr("RTA_OIF") == src and r.get_attr("RTA_GATEWAY")]
+    for addr in addrs:
+        links.add_address(ipr, dst, str(addr))
+    for addr in addrs:
+        links.del_address(ipr, src, str(addr))
+    for r in moved:
+        dst_net = f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}"
+        links.add_route(ipr, dst_net, r.get_attr("RTA_GATEWAY"), dst)
+
+
+class L2Backend(Backend):
+    name = "l2"
+
+    def pod_mtu(self) -> int:
+        return self.node.mtu
+
+    def setup(self) -> dict[str, Any]:
+        ipr = IPRoute(groups=0)
+        try:
+            phys = links.link(ipr, self.node.iface_index)
+            if self.node.iface == NODE_BRIDGE:
+                br = self.node.iface_index  # moved on an earlier run
+            else:
+                br = _ensure_bridge(ipr, NODE_BRIDGE, links.mac_of(phys), self.node.mtu)
+                ipr.link("set", index=self.node.iface_index, master=br)
+                move_addresses(ipr, self.node.iface_index, br)
+                self.node = NodeInfo(self.node.name, self.node.ip, NODE_BRIDGE, br,
+                                     self.node.mtu)
+            pod_br = _ensure_bridge(ipr, POD_BRIDGE, None, self.node.mtu)
+            if links.by_name(ipr, VETH_POD_SIDE) is None:
+                ipr.link("add", ifname=VETH_POD_SIDE, kind="veth", mtu=self.node.mtu,
+                         peer={"ifname": VETH_NODE_SIDE, "mtu": self.node.mtu})
+            for name, master in ((VETH_POD_SIDE, pod_br), (VETH_NODE_SIDE, br)):
+                index = links.index_of(ipr, name)
+                ipr.link("set", index=index, master=master, state="up")
+        finally:
+            ipr.close()
+        return {}
+
+    def gateway(self, own: Lease) -> ipaddress.IPv4Address:
+        return own.subnet.network_address + 1
+
+    def start(self, own: Lease) -> None:
+        super().start(own)
+        ipr = IPRoute(groups=0)
+        try:
+            index = links.index_of(ipr, POD_BRIDGE)
+            assert index is not None
+            # This node's gateway for its pods, on the shared subnet: unique per node.
+            links.add_address(ipr, index, f"{self.gateway(own)}/{self.config.network.prefixlen}")
+        finally:
+            ipr.close()
+
+    def entries_for(self, peer: Lease) -> frozenset[Entry]:
+        return frozenset()  # ARP and switching reach every peer's pods
+
+    def cni_plugin_options(self) -> dict[str, Any]:
+        assert self.own is not None
+        rng = self.own.subnet
+        return {"bridge": POD_BRIDGE, "isDefaultGateway": True, "ipam": {
+            "type": "podnet-ipam", "ranges": [[{
+                "subnet": str(self.config.network), "rangeStart": str(rng.network_address + 2),
+                "rangeEnd": str(rng.broadcast_address - 1), "gateway": str(self.gateway(self.own)),
+            }]]}}
+
+
+def undo(ipr: IPRoute) -> None:
+    """Give the physical interface its addresses back and remove the L2 devices."""
+    br = links.index_of(ipr, NODE_BRIDGE)
+    if br is not None:
+        ports = [m for m in ipr.get_links() if m.get_attr("IFLA_MASTER") == br
+                 and m.get_attr("IFLA_IFNAME") != VETH_NODE_SIDE]
+        for port in ports:
+            ipr.link("set", index=port["index"], master=0)
+            move_addresses(ipr, br, int(port["index"]))
+        ipr.link("del", index=br)
+    links.delete_link(ipr, VETH_POD_SIDE)
