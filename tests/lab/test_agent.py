@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from podnet.lab.lab import Lab, status
 from tests.lab.conftest import MakeLab, failures, verify
@@ -69,7 +70,7 @@ def test_corrupt_and_hostile_leases_are_skipped(make_lab: MakeLab) -> None:
         assert os.path.exists(f"/proc/{n.agent_pid}")
         routes = sh(lab, n.name, "ip", "route")
         assert "10.244.25" not in routes and "10.99.0.0" not in routes
-    log = open(os.path.join(lab.node_dir(lab.topo.node("node2")), "agent.log")).read()
+    log = Path(lab.node_dir(lab.topo.node("node2")), "agent.log").read_text()
     assert "skipping lease /podnet/subnets/10.244.250.0-24" in log
     assert "payload claims subnet" in log
     report = verify(lab)

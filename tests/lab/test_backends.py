@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -88,7 +89,7 @@ def test_host_gw_refuses_peer_off_link(make_lab: MakeLab) -> None:
     path = os.path.join(lab.node_dir(lab.topo.node("node1")), "agent.log")
     want = "peer node2 (192.168.102.2) is not on-link"
     for _ in range(50):  # node2's lease may reach node1 just after the lab is up
-        if want in open(path).read():
+        if want in Path(path).read_text():
             break
         time.sleep(0.1)
-    assert want in open(path).read()
+    assert want in Path(path).read_text()
