@@ -18,7 +18,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from podnet.datastore.model import Lease, NetworkConfig
-from podnet.netlink import batch, links
+from podnet.netlink import batch, links, rtmsg
 
 log = logging.getLogger("podnet.backend")
 
@@ -61,20 +61,16 @@ Entry = Route | Neigh | Fdb
 
 def _op(entry: Entry, add: bool) -> batch.Op:
     if isinstance(entry, Route):
-        args: dict[str, Any] = {"dst": entry.dst, "oif": entry.oif, "proto": RTPROT_PODNET}
-        if entry.gw:
-            args["gateway"] = entry.gw
-        if entry.onlink:
-            args["flags"] = RTNH_F_ONLINK
+        args: dict[str, Any] = {"dst": entry.dst, "oif": entry.oif, "proto": RTPROT_PODNET,
+                                "gateway": entry.gw,
+                                "flags": RTNH_F_ONLINK if entry.onlink else 0}
         return batch.Op("route", "replace" if add else "del", args,
                         () if add else batch.DEL_IGNORE)
     if isinstance(entry, Neigh):
-        args = {"dst": entry.dst, "lladdr": entry.lladdr, "ifindex": entry.ifindex,
-                "state": NUD_PERMANENT}
+        args = {"dst": entry.dst, "lladdr": entry.lladdr, "ifindex": entry.ifindex}
         return batch.Op("neigh", "replace" if add else "del", args,
                         () if add else batch.DEL_IGNORE)
-    args = {"lladdr": entry.lladdr, "dst": entry.dst, "ifindex": entry.ifindex,
-            "state": NUD_PERMANENT, "flags": NTF_SELF}
+    args = {"lladdr": entry.lladdr, "dst": entry.dst, "ifindex": entry.ifindex}
     return batch.Op("fdb", "append" if add else "del", args,
                     batch.ADD_IGNORE if add else batch.DEL_IGNORE)
 
@@ -165,24 +161,19 @@ class Backend(ABC):
     def _current(self) -> set[Entry]:
         """What the kernel holds of ours: routes by protocol, neighbours/FDB on our devices."""
         out: set[Entry] = set()
-        ipr = IPRoute(groups=0)
-        try:
-            for msg in ipr.get_routes(family=socket.AF_INET, proto=RTPROT_PODNET):
-                if msg["proto"] != RTPROT_PODNET or msg.get_attr("RTA_TABLE") != 254:
-                    continue
-                dst = f"{msg.get_attr('RTA_DST')}/{msg['dst_len']}"
-                out.add(Route(dst, msg.get_attr("RTA_GATEWAY"), msg.get_attr("RTA_OIF"),
-                              bool(msg["flags"] & RTNH_F_ONLINK)))
-            for index in self.owned_devices():
-                for msg in ipr.get_neighbours(ifindex=index, family=socket.AF_INET):
-                    if msg["state"] & NUD_PERMANENT and msg.get_attr("NDA_LLADDR"):
-                        out.add(Neigh(msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR"),
-                                      index))
-                for msg in ipr.fdb("dump", ifindex=index):
-                    if msg.get_attr("NDA_DST") and msg["ifindex"] == index:
-                        out.add(Fdb(msg.get_attr("NDA_LLADDR"), msg.get_attr("NDA_DST"), index))
-        finally:
-            ipr.close()
+        devices = set(self.owned_devices())
+        with batch.raw_socket() as sock:
+            for r in rtmsg.dump_routes(sock):
+                if r.proto == RTPROT_PODNET and r.table == rtmsg.RT_TABLE_MAIN:
+                    out.add(Route(r.dst, r.gw, r.oif, r.onlink))
+            if not devices:
+                return out
+            for n in rtmsg.dump_neighbours(sock, socket.AF_INET):
+                if n.ifindex in devices and n.state & NUD_PERMANENT and n.dst and n.lladdr:
+                    out.add(Neigh(n.dst, n.lladdr, n.ifindex))
+            for n in rtmsg.dump_neighbours(sock, socket.AF_BRIDGE):
+                if n.ifindex in devices and n.dst and n.lladdr and n.flags & NTF_SELF:
+                    out.add(Fdb(n.lladdr, n.dst, n.ifindex))
         return out
 
 

@@ -43,7 +43,7 @@ def cleanup(kind: str, state_dir: str) -> None:
     from pyroute2 import IPRoute
 
     from podnet.backends.base import RTPROT_PODNET
-    from podnet.netlink import batch
+    from podnet.netlink import batch, rtmsg
 
     ipr = IPRoute(groups=0)
     try:
@@ -55,10 +55,10 @@ def cleanup(kind: str, state_dir: str) -> None:
             from podnet.backends.gateway import stop_bird
 
             stop_bird(state_dir)
-        ops = [batch.Op("route", "del", {"dst": f"{m.get_attr('RTA_DST')}/{m['dst_len']}",
-                                         "proto": RTPROT_PODNET, "oif": m.get_attr("RTA_OIF")},
-                        batch.DEL_IGNORE)
-               for m in ipr.get_routes(family=2, table=254) if m["proto"] == RTPROT_PODNET]
+        with batch.raw_socket() as sock:
+            ops = [batch.Op("route", "del", {"dst": r.dst, "proto": RTPROT_PODNET,
+                                             "oif": r.oif}, batch.DEL_IGNORE)
+                   for r in rtmsg.dump_routes(sock) if r.proto == RTPROT_PODNET]
         batch.apply(ops)
         for msg in ipr.get_links():
             name = str(msg.get_attr("IFLA_IFNAME"))

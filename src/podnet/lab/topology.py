@@ -62,8 +62,8 @@ class Topology:
     @classmethod
     def make(cls, name: str, backend: str, nodes: int, pods_per_node: int,
              underlay: str = "switch") -> Topology:
-        if not 1 <= nodes <= 50:
-            raise ValueError("a lab has 1 to 50 nodes")
+        if not 0 <= nodes <= 50:
+            raise ValueError("a lab has up to 50 nodes")
         topo = cls(name=name, backend=backend, underlay=underlay)
         for _ in range(nodes):
             node = topo.new_node()

@@ -1,0 +1,198 @@
+"""One agent against etcd holding N simulated peer leases (vxlan: a route, a neighbour and an FDB
+entry per peer). Measures, for each N: agent start to every peer programmed, new lease to its
+route installed (p50/p99 over --events events), agent RSS, idle CPU; and, side by side, the same
+entries programmed by `ip -batch` (iproute2) as the baseline for the kernel-side cost.
+
+    .venv/bin/python bench/control_plane.py --peers 100 1000 5000 [--events 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import ipaddress
+import json
+import os
+import socket
+import statistics
+import subprocess
+import threading
+import time
+import uuid
+
+import requests
+
+from podnet.lab.lab import Lab, down
+from podnet.lab.topology import Topology
+from podnet.netlink import netns, rtmsg
+from podnet.netlink.batch import raw_socket
+
+CIDR = ipaddress.IPv4Network("10.0.0.0/8")
+RTMGRP_IPV4_ROUTE = 0x40
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def lease(i: int) -> tuple[str, str]:
+    subnet = ipaddress.IPv4Network((int(CIDR.network_address) + ((i + 10) << 8), 24))
+    peer_ip = ipaddress.IPv4Address(int(ipaddress.IPv4Address("172.16.0.0")) + i + 1)
+    mac = "0a:%02x:%02x:%02x:%02x:01" % ((i >> 16) & 255, (i >> 8) & 255, i & 255, 7)
+    value = json.dumps({"subnet": str(subnet), "node": f"sim{i}", "nodeIP": str(peer_ip),
+                        "attrs": {"vtepMAC": mac}})
+    return f"/podnet/subnets/{subnet.network_address}-24", value
+
+
+def put_leases(url: str, indices: range) -> None:
+    ops = [{"request_put": {"key": b64(k), "value": b64(v)}}
+           for k, v in (lease(i) for i in indices)]
+    for start in range(0, len(ops), 100):  # etcd's default cap on ops per transaction
+        r = requests.post(f"{url}/v3/kv/txn", json={"success": ops[start:start + 100]},
+                          timeout=30)
+        r.raise_for_status()
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def route_count(ns_path: str) -> int:
+    with raw_socket(ns_path) as sock:
+        return sum(1 for r in rtmsg.dump_routes(sock) if r.proto == 88)
+
+
+class RouteWatcher:
+    """Timestamps RTM_NEWROUTE events for given destinations, in the node's namespace."""
+
+    def __init__(self, ns_path: str) -> None:
+        with netns.entered(ns_path):
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+        self.sock.bind((0, RTMGRP_IPV4_ROUTE))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.seen: dict[str, float] = {}
+        self.cond = threading.Condition()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            buf = self.sock.recv(1 << 20)
+            now = time.perf_counter()
+            pos = 0
+            while pos + 16 <= len(buf):
+                length, mtype = rtmsg.HDR.unpack_from(buf, pos)[:2]
+                if mtype == rtmsg.RTM_NEWROUTE:
+                    body = pos + 16
+                    dst_len = buf[body + 1]
+                    attrs = rtmsg._attrs(buf, body + rtmsg.RTMSG.size, pos + length)
+                    if rtmsg.RTA_DST in attrs:
+                        dst = f"{socket.inet_ntoa(attrs[rtmsg.RTA_DST])}/{dst_len}"
+                        with self.cond:
+                            self.seen.setdefault(dst, now)
+                            self.cond.notify_all()
+                pos += length + (-length % 4)
+
+    def wait(self, dst: str, timeout: float = 10) -> float:
+        with self.cond:
+            self.cond.wait_for(lambda: dst in self.seen, timeout)
+            return self.seen[dst]
+
+
+def baseline_ip_batch(ns: str, n: int) -> float:
+    """The same 3N entries through `ip -batch` on a VXLAN device of its own."""
+    dev = "bvx"
+    lines, fdb = [], []
+    for i in range(n):
+        _, value = lease(i)
+        obj = json.loads(value)
+        gw = obj["subnet"].split("/")[0]
+        mac = obj["attrs"]["vtepMAC"]
+        lines += [f"neigh replace {gw} lladdr {mac} dev {dev} nud permanent",
+                  f"route replace {obj['subnet']} via {gw} dev {dev} onlink proto 89"]
+        fdb.append(f"fdb append {mac} dev {dev} dst {obj['nodeIP']} self permanent")
+    path = f"/var/run/netns/{ns}"
+    subprocess.run(["nsenter", f"--net={path}", "ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["nsenter", f"--net={path}", "ip", "link", "add", dev, "type", "vxlan", "id",
+                    "2", "dstport", "8473", "nolearning"], check=True)
+    subprocess.run(["nsenter", f"--net={path}", "ip", "link", "set", dev, "up"], check=True)
+    start = time.perf_counter()
+    subprocess.run(["nsenter", f"--net={path}", "ip", "-batch", "-"], check=True,
+                   input="\n".join(lines).encode())
+    subprocess.run(["nsenter", f"--net={path}", "bridge", "-batch", "-"], check=True,
+                   input="\n".join(fdb).encode())
+    elapsed = time.perf_counter() - start
+    subprocess.run(["nsenter", f"--net={path}", "ip", "link", "del", dev], check=True)
+    return elapsed
+
+
+def run_one(n: int, events: int) -> dict[str, float]:
+    topo = Topology.make(f"bc{uuid.uuid4().hex[:4]}", "vxlan", nodes=0, pods_per_node=0)
+    topo.cidr = str(CIDR)
+    lab = Lab(topo)
+    try:
+        lab.up()
+        cp = lab.target_netns("cp")
+        url = topo.etcd_url
+        with netns.entered(cp):
+            put_leases(url, range(n))
+        # The baseline gets a namespace of its own, a node without an agent.
+        base_ns = f"pnl-{topo.name}-baseline"
+        netns.create(base_ns)
+        baseline = baseline_ip_batch(base_ns, n)
+        start = time.perf_counter()
+        node = lab.add_node()
+        node_ns = lab.target_netns(node.name)
+        while route_count(node_ns) < n:
+            time.sleep(0.02)
+        converge = time.perf_counter() - start
+        watcher = RouteWatcher(node_ns)
+        latencies = []
+        with netns.entered(cp):
+            for i in range(n, n + events):
+                key, value = lease(i)
+                subnet = json.loads(value)["subnet"]
+                t0 = time.perf_counter()
+                requests.post(f"{url}/v3/kv/put", json={"key": b64(key), "value": b64(value)},
+                              timeout=10).raise_for_status()
+                latencies.append((watcher.wait(subnet) - t0) * 1000)
+        time.sleep(2)
+        rss = rss_kb(node.agent_pid) / 1024
+        c0 = cpu_seconds(node.agent_pid)
+        time.sleep(10)
+        idle_cpu = (cpu_seconds(node.agent_pid) - c0) / 10 * 100
+        latencies.sort()
+        return {"peers": n, "converge_s": converge, "baseline_ip_batch_s": baseline,
+                "event_p50_ms": statistics.median(latencies),
+                "event_p99_ms": latencies[min(len(latencies) - 1, round(0.99 * (
+                    len(latencies) - 1)))], "rss_mb": rss, "idle_cpu_pct": idle_cpu}
+    finally:
+        down(topo.name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--peers", type=int, nargs="+", default=[100, 1000, 5000])
+    parser.add_argument("--events", type=int, default=100)
+    args = parser.parse_args()
+    rows = [run_one(n, args.events) for n in args.peers]
+    print("| peers | start to all programmed (s) | ip -batch baseline (s) | ratio | "
+          "event p50 (ms) | event p99 (ms) | RSS (MB) | idle CPU (%) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['peers']} | {r['converge_s']:.2f} | {r['baseline_ip_batch_s']:.2f} | "
+              f"{r['converge_s'] / r['baseline_ip_batch_s']:.1f} | {r['event_p50_ms']:.1f} | "
+              f"{r['event_p99_ms']:.1f} | {r['rss_mb']:.1f} | {r['idle_cpu_pct']:.2f} |")
+    os.makedirs("bench/out", exist_ok=True)
+    with open("bench/out/control_plane.json", "w") as fh:
+        json.dump(rows, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Packing and parsing of the three rtnetlink messages a backend sends by the thousand: IPv4
+routes, neighbours and bridge FDB entries.
+
+pyroute2 is podnet's netlink library, but its encoder costs 0.1-0.5 ms a message in this
+interpreter; a peer set of 5000 nodes is 15000 messages. These fixed layouts are packed with
+`struct` instead (microseconds each), and a unit test decodes them with pyroute2's own parsers
+to prove they say what pyroute2 would. Dumps of the same three tables are parsed the same way,
+so that the reconcile loop stays cheap at scale.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+NLMSG_DONE = 3
+NLMSG_ERROR = 2
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+F_REQUEST, F_ACK, F_ROOT, F_MATCH = 0x1, 0x4, 0x100, 0x200
+F_REPLACE, F_EXCL, F_CREATE, F_APPEND = 0x100, 0x200, 0x400, 0x800
+FLAGS = {
+    "add": F_REQUEST | F_ACK | F_CREATE | F_EXCL,
+    "replace": F_REQUEST | F_ACK | F_CREATE | F_REPLACE,
+    "append": F_REQUEST | F_ACK | F_CREATE | F_APPEND,
+    "del": F_REQUEST | F_ACK,
+}
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+NDA_DST, NDA_LLADDR = 1, 2
+RT_TABLE_MAIN = 254
+RTN_UNICAST = 1
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+RTNH_F_ONLINK = 4
+
+HDR = struct.Struct("=IHHII")
+RTMSG = struct.Struct("=BBBBBBBBI")
+NDMSG = struct.Struct("=BBHiHBB")
+
+
+def _attr(kind: int, data: bytes) -> bytes:
+    length = 4 + len(data)
+    return struct.pack("=HH", length, kind) + data + b"\0" * (-length % 4)
+
+
+def _ip(text: str) -> bytes:
+    return socket.inet_aton(text)
+
+
+def _mac(text: str) -> bytes:
+    return bytes(int(part, 16) for part in text.split(":"))
+
+
+def _message(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
+    return HDR.pack(HDR.size + len(body), mtype, flags, seq, 0) + body
+
+
+def route(command: str, seq: int, dst: str, oif: int, proto: int, gateway: str | None = None,
+          flags: int = 0) -> bytes:
+    addr, _, plen = dst.partition("/")
+    body = RTMSG.pack(socket.AF_INET, int(plen or 32), 0, 0, RT_TABLE_MAIN, proto, 0,
+                      RTN_UNICAST, flags)
+    body += _attr(RTA_TABLE, struct.pack("=I", RT_TABLE_MAIN)) + _attr(RTA_DST, _ip(addr))
+    body += _attr(RTA_OIF, struct.pack("=I", oif))
+    if gateway:
+        body += _attr(RTA_GATEWAY, _ip(gateway))
+    mtype = RTM_DELROUTE if command == "del" else RTM_NEWROUTE
+    return _message(mtype, FLAGS[command], seq, body)
+
+
+def neigh(command: str, seq: int, dst: str, lladdr: str, ifindex: int) -> bytes:
+    body = NDMSG.pack(socket.AF_INET, 0, 0, ifindex, NUD_PERMANENT, 0, 0)
+    body += _attr(NDA_DST, _ip(dst)) + _attr(NDA_LLADDR, _mac(lladdr))
+    return _message(RTM_DELNEIGH if command == "del" else RTM_NEWNEIGH, FLAGS[command], seq,
+                    body)
+
+
+def fdb(command: str, seq: int, lladdr: str, dst: str, ifindex: int) -> bytes:
+    """A bridge FDB entry of a VXLAN device: a neighbour of family AF_BRIDGE."""
+    body = NDMSG.pack(socket.AF_BRIDGE, 0, 0, ifindex, NUD_PERMANENT, NTF_SELF, 0)
+    body += _attr(NDA_LLADDR, _mac(lladdr)) + _attr(NDA_DST, _ip(dst))
+    return _message(RTM_DELNEIGH if command == "del" else RTM_NEWNEIGH, FLAGS[command], seq,
+                    body)
+
+
+# -- dumps ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RouteInfo:
+    dst: str
+    gw: str | None
+    oif: int
+    proto: int
+    table: int
+    onlink: bool
+
+
+@dataclass(frozen=True)
+class NeighInfo:
+    family: int
+    ifindex: int
+    state: int
+    flags: int
+    dst: str | None
+    lladdr: str | None
+
+
+def _attrs(buf: bytes, pos: int, end: int) -> dict[int, bytes]:
+    out = {}
+    while pos + 4 <= end:
+        length, kind = struct.unpack_from("=HH", buf, pos)
+        if length < 4:
+            break
+        out[kind & 0x3FFF] = buf[pos + 4:pos + length]
+        pos += length + (-length % 4)
+    return out
+
+
+def _messages(sock: socket.socket) -> Iterator[tuple[int, bytes, int, int]]:
+    while True:
+        buf = sock.recv(1 << 20)
+        pos = 0
+        while pos + HDR.size <= len(buf):
+            length, mtype, _flags, _seq, _pid = HDR.unpack_from(buf, pos)
+            if mtype == NLMSG_DONE:
+                return
+            if mtype == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", buf, pos + HDR.size)[0]
+                if code:
+                    raise OSError(code, "netlink dump failed")
+                return
+            yield mtype, buf, pos + HDR.size, pos + length
+            pos += length + (-length % 4)
+
+
+def _dump(sock: socket.socket, mtype: int, body: bytes) -> Iterator[tuple[int, bytes, int, int]]:
+    sock.send(_message(mtype, F_REQUEST | F_ROOT | F_MATCH, 1, body))
+    yield from _messages(sock)
+
+
+def dump_routes(sock: socket.socket) -> Iterator[RouteInfo]:
+    for _t, buf, start, end in _dump(sock, RTM_GETROUTE,
+                                     RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)):
+        _fam, dst_len, _s, _tos, table, proto, _scope, rtype, flags = RTMSG.unpack_from(
+            buf, start)
+        if rtype != RTN_UNICAST:
+            continue
+        a = _attrs(buf, start + RTMSG.size, end)
+        if RTA_TABLE in a:
+            table = struct.unpack("=I", a[RTA_TABLE])[0]
+        dst = socket.inet_ntoa(a[RTA_DST]) if RTA_DST in a else "0.0.0.0"
+        gw = socket.inet_ntoa(a[RTA_GATEWAY]) if RTA_GATEWAY in a else None
+        oif = struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else 0
+        yield RouteInfo(f"{dst}/{dst_len}", gw, oif, proto, table,
+                        bool(flags & RTNH_F_ONLINK))
+
+
+def dump_neighbours(sock: socket.socket, family: int) -> Iterator[NeighInfo]:
+    for _t, buf, start, end in _dump(sock, RTM_GETNEIGH, NDMSG.pack(family, 0, 0, 0, 0, 0, 0)):
+        fam, _p1, _p2, ifindex, state, flags, _type = NDMSG.unpack_from(buf, start)
+        a = _attrs(buf, start + NDMSG.size, end)
+        dst = socket.inet_ntoa(a[NDA_DST]) if len(a.get(NDA_DST, b"")) == 4 else None
+        ll = a.get(NDA_LLADDR)
+        yield NeighInfo(fam, ifindex, state, flags, dst,
+                        ":".join(f"{b:02x}" for b in ll) if ll and len(ll) == 6 else None)

@@ -1,0 +1,44 @@
+"""The packed messages say what pyroute2 would: decoded with pyroute2's own parsers."""
+
+from __future__ import annotations
+
+import socket
+
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg as pr_rtmsg
+
+from podnet.netlink import rtmsg
+
+
+def _decode(cls: type, data: bytes) -> object:
+    msg = cls(data)
+    msg.decode()
+    return msg
+
+
+def test_route_decodes_as_pyroute2_reads_it() -> None:
+    data = rtmsg.route("replace", 7, "10.244.3.0/24", oif=5, proto=88, gateway="10.244.3.0",
+                       flags=rtmsg.RTNH_F_ONLINK)
+    msg = _decode(pr_rtmsg, data)
+    assert msg["header"]["type"] == rtmsg.RTM_NEWROUTE  # type: ignore[index]
+    assert msg["header"]["sequence_number"] == 7  # type: ignore[index]
+    assert msg["header"]["flags"] == 0x505  # type: ignore[index]
+    assert (msg["family"], msg["dst_len"], msg["proto"], msg["flags"]) == (  # type: ignore[index]
+        socket.AF_INET, 24, 88, 4)
+    assert msg.get_attr("RTA_DST") == "10.244.3.0"  # type: ignore[attr-defined]
+    assert msg.get_attr("RTA_GATEWAY") == "10.244.3.0"  # type: ignore[attr-defined]
+    assert msg.get_attr("RTA_OIF") == 5  # type: ignore[attr-defined]
+    assert msg.get_attr("RTA_TABLE") == 254  # type: ignore[attr-defined]
+    assert msg["header"]["length"] == len(data)  # type: ignore[index]
+
+
+def test_neigh_and_fdb_decode_as_pyroute2_reads_them() -> None:
+    n = _decode(ndmsg, rtmsg.neigh("del", 1, "10.244.3.0", "0a:01:02:03:04:05", 9))
+    assert n["header"]["type"] == rtmsg.RTM_DELNEIGH  # type: ignore[index]
+    assert (n["family"], n["ifindex"], n["state"]) == (socket.AF_INET, 9, 0x80)  # type: ignore[index]
+    assert n.get_attr("NDA_DST") == "10.244.3.0"  # type: ignore[attr-defined]
+    assert n.get_attr("NDA_LLADDR") == "0a:01:02:03:04:05"  # type: ignore[attr-defined]
+    f = _decode(ndmsg, rtmsg.fdb("append", 2, "0a:01:02:03:04:05", "192.168.1.7", 9))
+    assert (f["family"], f["flags"]) == (socket.AF_BRIDGE, rtmsg.NTF_SELF)  # type: ignore[index]
+    assert f["header"]["flags"] & rtmsg.F_APPEND  # type: ignore[index]
+    assert f.get_attr("NDA_DST") == "192.168.1.7"  # type: ignore[attr-defined]
