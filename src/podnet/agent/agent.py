@@ -230,6 +230,9 @@ class Agent:
         try:
             with self.lock:
                 repaired = self.backend.sync(list(self.peers.values()))
+            if self.config is not None:
+                # Other software may have set a FORWARD policy of DROP since the last run.
+                firewall.open_foreign_forward(self.config.network)
             if repaired:
                 log.warning("reconcile repaired %d kernel entries", repaired)
                 self.metrics.inc("podnet_reconcile_repairs_total", repaired)

@@ -40,6 +40,9 @@ class VxlanBackend(Backend):
         if not 0 < self.vni < 1 << 24 or not 0 < self.port < 65536:
             raise BackendError(f"invalid VXLAN VNI {self.vni} or port {self.port}")
         self.device = f"podnet.{self.vni}"
+        # Off unless asked: encapsulated traffic with offloaded inner checksums is what
+        # flannel #1279/#2152 and Calico #3145 saw dropped or delayed on some kernels and NICs.
+        self.tx_offload = bool(opts.get("txChecksumOffload", False))
         self.index = 0
         self._onlink_cache: dict[ipaddress.IPv4Address, bool] = {}
 
@@ -59,7 +62,7 @@ class VxlanBackend(Backend):
                     ipr.link("add", ifname=self.device, kind="vxlan", vxlan_id=self.vni,
                              vxlan_local=str(self.node.ip), vxlan_port=self.port,
                              vxlan_link=self.node.iface_index, vxlan_learning=0,
-                             address=mac, mtu=self.pod_mtu())
+                             vxlan_udp_csum=0, address=mac, mtu=self.pod_mtu())
                 except NetlinkError as exc:
                     if exc.code == errno.EOPNOTSUPP:
                         raise BackendError("this kernel has no VXLAN support") from None
@@ -70,6 +73,7 @@ class VxlanBackend(Backend):
             ipr.link("set", index=self.index, state="up", mtu=self.pod_mtu())
         finally:
             ipr.close()
+        set_tx_checksum_offload(self.device, self.tx_offload)
         return {"vtepMAC": mac}
 
     def _matches(self, msg: Any, mac: str) -> bool:
@@ -115,3 +119,18 @@ class VxlanBackend(Backend):
         if ip not in self._onlink_cache:
             self._onlink_cache[ip] = on_link(self.node, ip)
         return self._onlink_cache[ip]
+
+
+def set_tx_checksum_offload(device: str, enable: bool) -> None:
+    """`ethtool -K DEVICE tx-checksum-ip-generic on|off`, through pyroute2's ethtool."""
+    from pyroute2.ethtool import Ethtool
+
+    tool = Ethtool()
+    try:
+        features = tool.get_features(device)
+        feature = features.features.get("tx-checksum-ip-generic")
+        if feature is not None and feature.enable != enable:
+            feature.enable = enable
+            tool.set_features(device, features)
+    finally:
+        tool.close()

@@ -46,7 +46,7 @@ table ip {TABLE} {{
   }}
 }}
 """)
-    _open_foreign_forward(cidr)
+    open_foreign_forward(cidr)
 
 
 def add_node(ip: ipaddress.IPv4Address) -> None:
@@ -59,7 +59,7 @@ def remove_node(ip: ipaddress.IPv4Address) -> None:
                    capture_output=True, check=False, timeout=30)
 
 
-def _open_foreign_forward(cidr: ipaddress.IPv4Network) -> None:
+def open_foreign_forward(cidr: ipaddress.IPv4Network) -> None:
     """Accept pod traffic at the top of iptables' FORWARD chain, if that chain exists."""
     proc = subprocess.run(["nft", "-a", "-j", "list", "chain", "ip", "filter", "FORWARD"],
                           capture_output=True, check=False, timeout=30)
