@@ -135,6 +135,7 @@ def baseline_ip_batch(ns: str, n: int) -> float:
 def run_one(n: int, events: int) -> dict[str, float]:
     topo = Topology.make(f"bc{uuid.uuid4().hex[:4]}", "vxlan", nodes=0, pods_per_node=0)
     topo.cidr = str(CIDR)
+    topo.reconcile_interval = 10.0  # the agent's default, so idle CPU is what a user sees
     lab = Lab(topo)
     try:
         lab.up()
@@ -192,6 +193,32 @@ def main() -> None:
     os.makedirs("bench/out", exist_ok=True)
     with open("bench/out/control_plane.json", "w") as fh:
         json.dump(rows, fh, indent=2)
+    if len(rows) > 1:
+        plot(rows, "docs/img/control_plane.png")
+
+
+def plot(rows: list[dict[str, float]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    peers = [r["peers"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(peers, [r["converge_s"] for r in rows], "o-", label="podnet agent: start to all")
+    a.plot(peers, [r["baseline_ip_batch_s"] for r in rows], "s--", label="ip -batch (baseline)")
+    a.set_xlabel("peers")
+    a.set_ylabel("seconds")
+    a.set_title("Programming every peer")
+    a.legend()
+    b.plot(peers, [r["rss_mb"] for r in rows], "o-", color="tab:green")
+    b.set_xlabel("peers")
+    b.set_ylabel("agent RSS (MB)")
+    b.set_title("Agent memory")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

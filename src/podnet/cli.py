@@ -56,6 +56,8 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
         backend["directRouting"] = True
     if args.gateway_mode:
         backend["mode"] = args.gateway_mode
+    if args.vxlan_tx_checksum_offload != "auto":
+        backend["txChecksumOffload"] = args.vxlan_tx_checksum_offload == "on"
     try:
         config = NetworkConfig.make(args.cidr, args.subnet_len, backend)
     except ConfigError as exc:
@@ -128,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--port", type=int, help="vxlan: UDP port (default 8472)")
     c.add_argument("--direct-routing", action="store_true",
                    help="vxlan: route on-link peers directly")
+    c.add_argument("--vxlan-tx-checksum-offload", choices=["auto", "on", "off"], default="auto",
+                   help="vxlan: auto keeps it on kernels from 5.7 (docs/backends.md)")
     c.add_argument("--gateway-mode", choices=["bgp", "static"],
                    help="gateway: announce over BGP (default) or let `agent --role router` "
                         "route")

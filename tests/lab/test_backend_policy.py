@@ -41,21 +41,27 @@ def test_forward_drop_policy_of_other_software(make_lab: MakeLab) -> None:
     assert report.ok, failures(report)
 
 
-def test_vxlan_tx_checksum_offload_off(make_lab: MakeLab) -> None:
-    lab = make_lab("vxlan", nodes=1, pods=0)
-    with netns.entered(lab.target_netns("node1")):
+def _offload(lab: Lab, node: str) -> bool:
+    with netns.entered(lab.target_netns(node)):
         tool = Ethtool()
     try:
-        features = tool.get_features("podnet.1").features
+        return bool(tool.get_features("podnet.1").features["tx-checksum-ip-generic"].enable)
     finally:
         tool.close()
-    assert features["tx-checksum-ip-generic"].enable is False
 
 
-def _reinit(lab: Lab, backend: str) -> None:
+def test_vxlan_tx_checksum_offload_follows_the_option(make_lab: MakeLab) -> None:
+    lab = make_lab("vxlan", nodes=1, pods=0)
+    assert _offload(lab, "node1") is True  # auto, on this kernel (>= 5.7)
+    _reinit(lab, "vxlan", "--vxlan-tx-checksum-offload", "off")
+    lab.restart_agent("node1")
+    assert _offload(lab, "node1") is False
+
+
+def _reinit(lab: Lab, backend: str, *extra: str) -> None:
     subprocess.run(["nsenter", f"--net={lab.target_netns('cp')}", sys.executable, "-m", "podnet",
                     "cluster", "init", "--etcd", lab.topo.etcd_url, "--cidr", lab.topo.cidr,
-                    "--backend", backend], check=True, capture_output=True)
+                    "--backend", backend, *extra], check=True, capture_output=True)
 
 
 def test_backend_change_removes_the_old_one(make_lab: MakeLab) -> None:

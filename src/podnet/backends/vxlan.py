@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
+import platform
+import re
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -20,6 +22,23 @@ from podnet.netlink import links
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 DEFAULT_VNI = 1
 DEFAULT_PORT = 8472
+
+
+def tx_offload_wanted(option: object, kernel_release: str) -> bool:
+    """Whether to keep TX checksum offload on the VXLAN device.
+
+    Kernels before 5.7 miscompute the checksums of encapsulated UDP once netfilter NATs them
+    (fixed by ea64d8d6c675): the traffic is dropped or retried for a minute (Calico #3145,
+    flannel #1279), so `auto` turns offload off there, as Calico does. Newer kernels keep it on:
+    turning it off costs most of the tunnel's throughput (docs/benchmarks.md). An underlay
+    behind NAT has been seen to break it on new kernels too (flannel #2152): `false` for those.
+    """
+    if isinstance(option, bool):
+        return option
+    if option != "auto":
+        raise BackendError(f"txChecksumOffload is true, false or 'auto', not {option!r}")
+    found = re.match(r"(\d+)\.(\d+)", kernel_release)
+    return found is not None and (int(found[1]), int(found[2])) >= (5, 7)
 
 
 def vtep_mac(node: str, vni: int) -> str:
@@ -40,9 +59,8 @@ class VxlanBackend(Backend):
         if not 0 < self.vni < 1 << 24 or not 0 < self.port < 65536:
             raise BackendError(f"invalid VXLAN VNI {self.vni} or port {self.port}")
         self.device = f"podnet.{self.vni}"
-        # Off unless asked: encapsulated traffic with offloaded inner checksums is what
-        # flannel #1279/#2152 and Calico #3145 saw dropped or delayed on some kernels and NICs.
-        self.tx_offload = bool(opts.get("txChecksumOffload", False))
+        self.tx_offload = tx_offload_wanted(opts.get("txChecksumOffload", "auto"),
+                                            platform.release())
         self.index = 0
         self._onlink_cache: dict[ipaddress.IPv4Address, bool] = {}
 

@@ -1,0 +1,68 @@
+"""What the CNI benchmarks share: a node namespace running the cni-server, pod namespaces,
+the installed plugins, all removed afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from podnet.cni.invoke import Runtime
+from podnet.install import install_cni
+from podnet.netlink import netns
+
+
+@dataclass
+class Node:
+    runtime: Runtime
+    socket: str
+    work: str
+    pods: list[str]
+
+
+@contextlib.contextmanager
+def node_with_server(pods: int) -> Iterator[Node]:
+    tag = uuid.uuid4().hex[:4]
+    work = tempfile.mkdtemp(prefix="pnbench-")
+    names = [f"pnb-{tag}-node"] + [f"pnb-{tag}-p{i}" for i in range(pods)]
+    server = None
+    try:
+        node, *paths = (netns.create(n) for n in names)
+        bin_dir = os.path.join(work, "bin")
+        install_cni(bin_dir)
+        sock = os.path.join(work, "cni.sock")
+        server = subprocess.Popen(["nsenter", f"--net={node}", sys.executable, "-m", "podnet",
+                                   "cni-server", "--socket", sock])
+        while not os.path.exists(sock):
+            time.sleep(0.05)
+        yield Node(Runtime(path=[bin_dir, "/usr/lib/cni"], node_netns=node), sock, work, paths)
+    finally:
+        if server:
+            server.terminate()
+            server.wait()
+        for name in names:
+            netns.remove(name)
+
+
+def bridge_conf(kind: str, bridge: str, subnet: str, ipam: str, data_dir: str,
+                **extra: Any) -> dict[str, Any]:
+    return {"cniVersion": "1.0.0", "name": f"bench-{kind}-{bridge}", "type": kind,
+            "bridge": bridge, "isDefaultGateway": True, **extra,
+            "ipam": {"type": ipam, "subnet": subnet, "dataDir": data_dir}}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

@@ -1,0 +1,79 @@
+"""Pure logic of the datastore model, the vxlan options and the lab topology."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from podnet.backends.base import BackendError
+from podnet.backends.vxlan import tx_offload_wanted, vtep_mac
+from podnet.datastore.model import ConfigError, Lease, NetworkConfig
+from podnet.lab.topology import Topology
+
+
+@pytest.mark.parametrize("cidr,length,backend,msg", [
+    ("10.244.0.0/33", 24, "vxlan", "malformed"), ("10.244.0.1/16", 24, "vxlan", "malformed"),
+    ("fd00::/64", 80, "vxlan", "not IPv4"), ("10.244.0.0/16", 16, "vxlan", "cannot fit"),
+    ("10.244.0.0/16", 31, "vxlan", "cannot fit"), ("10.244.0.0/16", 24, "ipip", "unknown"),
+    ("10.0.0.0/30", 31, "vxlan", "too small"),
+])
+def test_config_refused(cidr: str, length: int, backend: str, msg: str) -> None:
+    with pytest.raises(ConfigError, match=msg):
+        NetworkConfig.make(cidr, length, {"type": backend})
+
+
+def test_config_round_trip_and_capacity() -> None:
+    conf = NetworkConfig.make("10.244.0.0/16", None, {"type": "vxlan", "vni": 4})
+    assert conf.subnet_len == 24 and conf.capacity == 256
+    assert NetworkConfig.from_json(conf.to_json()) == conf
+
+
+CONF = NetworkConfig.make("10.244.0.0/16", 24, {"type": "vxlan"})
+
+
+@pytest.mark.parametrize("payload,msg", [
+    ("{", "not valid"), (json.dumps({"subnet": "10.99.0.0/24", "node": "n",
+                                     "nodeIP": "192.168.1.1"}), "not a /24"),
+    (json.dumps({"subnet": "10.244.1.0/25", "node": "n", "nodeIP": "192.168.1.1"}), "not a /24"),
+    (json.dumps({"subnet": "10.244.1.0/24", "node": "n", "nodeIP": "10.244.9.9"}), "inside"),
+    (json.dumps({"subnet": "10.244.1.0/24", "node": "", "nodeIP": "192.168.1.1"}), "node name"),
+    (json.dumps({"subnet": "10.244.1.0/24", "node": "n", "nodeIP": "0.0.0.0"}), "unicast"),
+    (json.dumps({"subnet": "10.244.1.0/24", "node": "n", "nodeIP": "192.168.1.1",
+                 "attrs": []}), "attrs"),
+])
+def test_hostile_lease_refused(payload: str, msg: str) -> None:
+    with pytest.raises(ConfigError, match=msg):
+        Lease.from_json(payload, CONF)
+
+
+@pytest.mark.parametrize("option,kernel,want", [
+    ("auto", "5.4.0-150-generic", False), ("auto", "5.7.0", True), ("auto", "6.18.44", True),
+    (False, "6.18.44", False), (True, "4.19.0", True),
+])
+def test_tx_offload_policy(option: object, kernel: str, want: bool) -> None:
+    assert tx_offload_wanted(option, kernel) is want
+
+
+def test_tx_offload_option_checked() -> None:
+    with pytest.raises(BackendError):
+        tx_offload_wanted("sometimes", "6.1")
+
+
+def test_vtep_mac_is_stable_and_local_unicast() -> None:
+    mac = vtep_mac("node1", 1)
+    assert mac == vtep_mac("node1", 1) != vtep_mac("node2", 1)
+    assert int(mac.split(":")[0], 16) & 0b11 == 0b10  # locally administered, unicast
+
+
+def test_topology_names_and_addresses() -> None:
+    topo = Topology.make("lab1", "vxlan", nodes=2, pods_per_node=2)
+    assert [p.name for p in topo.pods] == ["node1-p1", "node1-p2", "node2-p1", "node2-p2"]
+    assert topo.node_ip(topo.nodes[1]) == "192.168.100.12"
+    routed = Topology.make("lab2", "gateway", nodes=1, pods_per_node=0, underlay="routed")
+    assert routed.gateway(routed.nodes[0]) == "192.168.101.1"
+    assert Topology.from_dict(topo.to_dict()).to_dict() == topo.to_dict()
+    with pytest.raises(ValueError):
+        Topology.make("Bad_Name", "vxlan", 1, 1)
+    with pytest.raises(ValueError, match="router"):
+        Topology.make("lab3", "gateway", 1, 1)
