@@ -38,7 +38,7 @@ def b64(text: str) -> str:
 def lease(i: int) -> tuple[str, str]:
     subnet = ipaddress.IPv4Network((int(CIDR.network_address) + ((i + 10) << 8), 24))
     peer_ip = ipaddress.IPv4Address(int(ipaddress.IPv4Address("172.16.0.0")) + i + 1)
-    mac = "0a:%02x:%02x:%02x:%02x:01" % ((i >> 16) & 255, (i >> 8) & 255, i & 255, 7)
+    mac = f"0a:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}:07:01"
     value = json.dumps({"subnet": str(subnet), "node": f"sim{i}", "nodeIP": str(peer_ip),
                         "attrs": {"vtepMAC": mac}})
     return f"/podnet/subnets/{subnet.network_address}-24", value

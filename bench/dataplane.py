@@ -49,13 +49,13 @@ ECHO_SERVER = """
 import socket
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", %d))
+s.bind(("0.0.0.0", PORT))
 s.listen(1)
 conn, _ = s.accept()
 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 while data := conn.recv(1):
     conn.sendall(data)
-""" % RR_PORT
+""".replace("PORT", str(RR_PORT))
 
 
 def rr_latency_us(src_ns: str, dst_ns: str, dst_ip: str, count: int = 2000) -> float:

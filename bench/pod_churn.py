@@ -54,7 +54,8 @@ def main() -> None:
             for name, (kind, conf, ifname) in variants.items():
                 add, delete = churn(node, kind, conf, ifname, args.parallel)
                 rows[name].append(args.pods / (add + delete))
-    ref = sorted(rows["reference bridge + host-local"])[len(rows["reference bridge + host-local"]) // 2]
+    ref_rows = sorted(rows["reference bridge + host-local"])
+    ref = ref_rows[len(ref_rows) // 2]
     print(f"{args.pods} pods created and deleted, {args.parallel} in parallel, "
           f"median of {args.rounds} rounds\n")
     print("| variant | pods/s (ADD+DEL) | ratio to reference |")
