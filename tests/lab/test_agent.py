@@ -32,25 +32,6 @@ def test_subnets_distinct_join_within_a_second(make_lab: MakeLab) -> None:
     assert time.monotonic() - start < 1.0
 
 
-def test_etcd_outage_keeps_data_plane_then_converges(make_lab: MakeLab) -> None:
-    lab = make_lab("vxlan", nodes=2, pods=1)
-    routes = {n: sh(lab, n, "ip", "route") for n in ("node1", "node2")}
-    lab.stop_etcd()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        time.sleep(5)
-        for n in ("node1", "node2"):
-            assert sh(lab, n, "ip", "route") == routes[n]
-        assert all(os.path.exists(f"/proc/{n.agent_pid}") for n in lab.topo.nodes)
-    report = verify(lab)
-    assert report.ok, failures(report)
-    lab.start_etcd()
-    node = lab.add_node()
-    new = subnet_of(lab, node.name)
-    for peer in ("node1", "node2"):
-        assert wait_for(lambda p=peer: new in sh(lab, p, "ip", "route"), 15.0)
-
-
 def test_corrupt_and_hostile_leases_are_skipped(make_lab: MakeLab) -> None:
     lab = make_lab("vxlan", nodes=2, pods=1)
     own = subnet_of(lab, "node1")

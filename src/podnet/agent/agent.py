@@ -90,7 +90,7 @@ class Agent:
                                   str(node.ip)))
         log.info("leased %s for node %s (%s)", own.subnet, own.node, own.node_ip)
         self.backend.start(own)
-        firewall.apply(config.network, [node.ip])
+        firewall.apply(config.network, [node.ip], self.backend.tunnel_port())
         path = conflist.write(self.opts.cni_conf_dir, conflist.render(
             self.backend.cni_plugin_options(), self.backend.pod_mtu(), self.opts.cni_socket,
             self.opts.ipam_data_dir))
@@ -147,7 +147,7 @@ class Agent:
             self.backend.sync(list(self.peers.values()))
             firewall.apply(self.config.network,
                            [p.node_ip for p in self.peers.values()]
-                           + ([own.node_ip] if own else []))
+                           + ([own.node_ip] if own else []), self.backend.tunnel_port())
         log.info("synced %d peers at revision %d", len(self.peers), revision)
         return revision
 
@@ -229,7 +229,8 @@ class Agent:
         self.metrics.inc("podnet_reconcile_runs_total")
         try:
             with self.lock:
-                repaired = self.backend.sync(list(self.peers.values()))
+                remade = self.backend.repair_devices()
+                repaired = self.backend.sync(list(self.peers.values())) + remade
             if self.config is not None:
                 # Other software may have set a FORWARD policy of DROP since the last run.
                 firewall.open_foreign_forward(self.config.network)

@@ -11,7 +11,7 @@ FILENAME = "10-podnet.conflist"
 
 
 def render(plugin: dict[str, Any], mtu: int, socket: str, data_dir: str | None) -> dict[str, Any]:
-    main = {"type": "podnet", **plugin, "mtu": mtu, "socket": socket}
+    main = {"type": "podnet", **plugin, "mtu": mtu, "socket": socket, "antiSpoof": True}
     if data_dir:
         main["ipam"] = {**main["ipam"], "dataDir": data_dir}
     # 1.0.0: the newest version Debian's portmap (chained after podnet) speaks.

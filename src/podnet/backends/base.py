@@ -110,6 +110,14 @@ class Backend(ABC):
         """The node's own lease is known (addresses, bridges)."""
         self.own = own
 
+    def tunnel_port(self) -> int | None:
+        """The UDP port tunnel packets arrive on, to be accepted only from known nodes."""
+        return None
+
+    def repair_devices(self) -> bool:
+        """Re-make this backend's devices if they were deleted; whether anything was."""
+        return False
+
     @abstractmethod
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         """The kernel entries a peer needs; empty to leave it unprogrammed (logged)."""

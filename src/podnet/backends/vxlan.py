@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
+import logging
 import platform
 import re
 from typing import Any
@@ -18,6 +19,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from podnet.backends.base import Backend, BackendError, Entry, Fdb, Neigh, Route, on_link
 from podnet.datastore.model import Lease
 from podnet.netlink import links
+
+log = logging.getLogger("podnet.backend")
 
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 DEFAULT_VNI = 1
@@ -116,6 +119,23 @@ class VxlanBackend(Backend):
             links.add_address(ipr, self.index, str(want))
         finally:
             ipr.close()
+
+    def tunnel_port(self) -> int | None:
+        return self.port
+
+    def repair_devices(self) -> bool:
+        ipr = IPRoute(groups=0)
+        try:
+            present = links.by_name(ipr, self.device) is not None
+        finally:
+            ipr.close()
+        if present:
+            return False
+        log.warning("%s was deleted: making it anew", self.device)
+        self.setup()
+        if self.own is not None:
+            self.start(self.own)
+        return True
 
     def owned_devices(self) -> list[int]:
         return [self.index]

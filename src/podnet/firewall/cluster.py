@@ -1,5 +1,8 @@
-"""The agent's nftables table: masquerade pod traffic leaving the cluster, never pod-to-pod,
-node-to-pod or pod-to-node; and accept forwarding of pod traffic.
+"""The agent's nftables table `ip podnet`:
+- masquerade pod traffic leaving the cluster, never pod-to-pod, node-to-pod or pod-to-node (the
+  set `nodes` holds every node's IP, kept in step with the leases);
+- accept forwarding of pod traffic;
+- with an overlay, accept tunnel packets (the VXLAN port) only from known nodes.
 
 A FORWARD policy of DROP left by other software (iptables' `filter FORWARD`) would still drop
 pod traffic after our accept, since every base chain on a hook gets its say; so where that chain
@@ -9,19 +12,12 @@ exists, podnet inserts its own accept rules at its top, tagged with a comment.
 from __future__ import annotations
 
 import ipaddress
-import json
-import subprocess
 from collections.abc import Iterable
+
+from podnet.firewall import libnft
 
 TABLE = "podnet"
 TAG = "podnet: allow pod traffic"
-
-
-def _nft(script: str) -> None:
-    proc = subprocess.run(["nft", "-f", "-"], input=script.encode(), capture_output=True,
-                          check=False, timeout=30)
-    if proc.returncode != 0:
-        raise RuntimeError(f"nft: {proc.stderr.decode(errors='replace').strip()}")
 
 
 def _elements(ips: Iterable[ipaddress.IPv4Address]) -> str:
@@ -29,9 +25,15 @@ def _elements(ips: Iterable[ipaddress.IPv4Address]) -> str:
     return f" elements = {{ {', '.join(items)} }}" if items else ""
 
 
-def apply(cidr: ipaddress.IPv4Network, node_ips: Iterable[ipaddress.IPv4Address]) -> None:
+def apply(cidr: ipaddress.IPv4Network, node_ips: Iterable[ipaddress.IPv4Address],
+          tunnel_port: int | None = None) -> None:
     """(Re)write the whole table atomically."""
-    _nft(f"""table ip {TABLE}
+    tunnel = (f"""  chain input {{
+    type filter hook input priority filter - 1; policy accept;
+    udp dport {tunnel_port} ip saddr != @nodes counter drop comment "tunnel from a non-node"
+  }}
+""" if tunnel_port else "")
+    libnft.run(f"""table ip {TABLE}
 delete table ip {TABLE}
 table ip {TABLE} {{
   set nodes {{ type ipv4_addr;{_elements(node_ips)} }}
@@ -44,34 +46,35 @@ table ip {TABLE} {{
     ip saddr {cidr} accept
     ip daddr {cidr} accept
   }}
-}}
+{tunnel}}}
 """)
     open_foreign_forward(cidr)
 
 
 def add_node(ip: ipaddress.IPv4Address) -> None:
-    _nft(f"add element ip {TABLE} nodes {{ {ip} }}\n")
+    libnft.run(f"add element ip {TABLE} nodes {{ {ip} }}\n")
 
 
 def remove_node(ip: ipaddress.IPv4Address) -> None:
-    # Failing because it is absent already is fine: the point is that it is gone.
-    subprocess.run(["nft", "delete", "element", "ip", TABLE, "nodes", f"{{ {ip} }}"],
-                   capture_output=True, check=False, timeout=30)
+    try:
+        libnft.run(f"delete element ip {TABLE} nodes {{ {ip} }}\n")
+    except libnft.NftError:
+        pass  # absent already: the point is that it is gone
 
 
 def open_foreign_forward(cidr: ipaddress.IPv4Network) -> None:
     """Accept pod traffic at the top of iptables' FORWARD chain, if that chain exists."""
-    proc = subprocess.run(["nft", "-a", "-j", "list", "chain", "ip", "filter", "FORWARD"],
-                          capture_output=True, check=False, timeout=30)
-    if proc.returncode != 0:
+    items = libnft.list_json("chain", "ip", "filter", "FORWARD")
+    if not items:
         return
-    rules = [i["rule"] for i in json.loads(proc.stdout).get("nftables", []) if "rule" in i]
-    if any(r.get("comment") == TAG for r in rules):
+    if any(i["rule"].get("comment") == TAG for i in items if "rule" in i):
         return
-    _nft(f'insert rule ip filter FORWARD ip daddr {cidr} accept comment "{TAG}"\n'
-         f'insert rule ip filter FORWARD ip saddr {cidr} accept comment "{TAG}"\n')
+    libnft.run(f'insert rule ip filter FORWARD ip daddr {cidr} accept comment "{TAG}"\n'
+               f'insert rule ip filter FORWARD ip saddr {cidr} accept comment "{TAG}"\n')
 
 
 def remove() -> None:
-    subprocess.run(["nft", "delete", "table", "ip", TABLE], capture_output=True, check=False,
-                   timeout=30)
+    try:
+        libnft.run(f"delete table ip {TABLE}\n")
+    except libnft.NftError:
+        pass

@@ -1,55 +1,80 @@
-"""Running nft in a namespace, and the per-pod masquerade of the plugin's `ipMasq` option."""
+"""The CNI plugin's per-pod rules: masquerade (`ipMasq`) and anti-spoofing on the pod's bridge
+port. Both run in the node's namespace (the caller's host context)."""
 
 from __future__ import annotations
 
 import ipaddress
-import json
-import subprocess
 from collections.abc import Callable
-from typing import Any
 
-from podnet.cni.errors import IO_FAILURE, CNIError
+from podnet.firewall import libnft
 
-Runner = Callable[[list[str], bytes], "subprocess.CompletedProcess[bytes]"]
-
-TABLE = "podnet_cni"
-CHAIN = "postrouting"
-
-
-def apply(run: Runner, script: str) -> None:
-    proc = run(["nft", "-f", "-"], script.encode())
-    if proc.returncode != 0:
-        raise CNIError(IO_FAILURE, f"nft: {proc.stderr.decode(errors='replace').strip()}")
-
-
-def list_json(run: Runner, *what: str) -> list[dict[str, Any]]:
-    proc = run(["nft", "-a", "-j", "list", *what], b"")
-    if proc.returncode != 0:
-        return []
-    items: list[dict[str, Any]] = json.loads(proc.stdout or b"{}").get("nftables", [])
-    return items
+MASQ_TABLE = "podnet_cni"
+MASQ_CHAIN = "postrouting"
+SPOOF_TABLE = "podnet_antispoof"
 
 
 def masq_tag(network: str, container_id: str, ifname: str) -> str:
     return f"{network}:{container_id}:{ifname}"
 
 
-def add_masq(run: Runner, tag: str, addresses: list[str]) -> None:
+def add_masq(tag: str, addresses: list[str]) -> None:
     """Masquerade traffic from the pod's addresses to anywhere outside their subnets."""
-    lines = [f"add table inet {TABLE}",
-             f"add chain inet {TABLE} {CHAIN} {{ type nat hook postrouting priority srcnat; "
-             "policy accept; }"]
+    lines = [f"add table inet {MASQ_TABLE}",
+             f"add chain inet {MASQ_TABLE} {MASQ_CHAIN} {{ type nat hook postrouting priority "
+             "srcnat; policy accept; }"]
     for addr in addresses:
         iface = ipaddress.ip_interface(addr)
         fam = "ip" if iface.version == 4 else "ip6"
-        lines.append(f'add rule inet {TABLE} {CHAIN} {fam} saddr {iface.ip} {fam} daddr != '
-                     f'{iface.network} masquerade comment "{tag}"')
-    apply(run, "\n".join(lines) + "\n")
+        lines.append(f'add rule inet {MASQ_TABLE} {MASQ_CHAIN} {fam} saddr {iface.ip} {fam} '
+                     f'daddr != {iface.network} masquerade comment "{tag}"')
+    libnft.run("\n".join(lines) + "\n")
 
 
-def del_masq(run: Runner, keep: Callable[[str], bool]) -> None:
+def del_masq(keep: Callable[[str], bool]) -> None:
     """Delete the masquerade rules whose tag `keep` rejects."""
-    handles = [item["rule"]["handle"] for item in list_json(run, "chain", "inet", TABLE, CHAIN)
+    handles = [item["rule"]["handle"]
+               for item in libnft.list_json("chain", "inet", MASQ_TABLE, MASQ_CHAIN)
                if "rule" in item and not keep(str(item["rule"].get("comment", "")))]
     if handles:
-        apply(run, "".join(f"delete rule inet {TABLE} {CHAIN} handle {h}\n" for h in handles))
+        libnft.run("".join(f"delete rule inet {MASQ_TABLE} {MASQ_CHAIN} handle {h}\n"
+                           for h in handles))
+
+
+def add_antispoof(port: str, mac: str, addresses: list[str]) -> None:
+    """Frames entering the bridge from the pod's port must carry its MAC and its addresses.
+
+    One chain per port, reached through a verdict map keyed by port name, so a pod's rules are
+    added and removed by name, never by searching the ruleset.
+    """
+    v4 = [str(ipaddress.ip_interface(a).ip) for a in addresses if ":" not in a]
+    v6 = [str(ipaddress.ip_interface(a).ip) for a in addresses if ":" in a]
+    own6 = ", ".join(["fe80::/10", "::", *v6])  # link-local and DAD's unspecified source
+    t = f"bridge {SPOOF_TABLE}"
+    rules = [f"ether saddr != {mac} drop",
+             f"ether type ip ip saddr != {{ {', '.join(v4)} }} drop" if v4
+             else "ether type ip drop",
+             f"ether type arp arp saddr ether != {mac} drop",
+             f"ether type arp arp saddr ip != {{ {', '.join(v4)} }} drop" if v4
+             else "ether type arp drop",
+             f"ether type ip6 ip6 saddr != {{ {own6} }} drop"]
+    libnft.run("\n".join([
+        f"add table {t}",
+        f"add map {t} ports {{ type ifname : verdict; }}",
+        f"add chain {t} prerouting {{ type filter hook prerouting priority -300; "
+        "policy accept; }",
+        f"flush chain {t} prerouting",
+        f"add rule {t} prerouting iifname vmap @ports",
+        f"add chain {t} {port}",
+        f"flush chain {t} {port}",
+        *(f"add rule {t} {port} {r}" for r in rules),
+        f'add element {t} ports {{ "{port}" : jump {port} }}',
+    ]) + "\n")
+
+
+def del_antispoof(port: str) -> None:
+    t = f"bridge {SPOOF_TABLE}"
+    for cmd in (f'delete element {t} ports {{ "{port}" }}', f"delete chain {t} {port}"):
+        try:
+            libnft.run(cmd + "\n")
+        except libnft.NftError:
+            pass  # already gone: DEL is idempotent

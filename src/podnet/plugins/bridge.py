@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
-import secrets
+import hashlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,12 +19,14 @@ from podnet.cni import delegate, protocol
 from podnet.cni.errors import (
     CHECK_MISMATCH,
     INVALID_NETWORK_CONFIG,
+    IO_FAILURE,
     NETLINK_FAILURE,
     CNIError,
 )
 from podnet.cni.protocol import Request
 from podnet.cni.version import Result
 from podnet.firewall import nft
+from podnet.firewall.libnft import NftError
 from podnet.netlink import links
 from podnet.netlink.links import NetlinkError
 from podnet.plugins.context import HostContext
@@ -32,7 +34,7 @@ from podnet.plugins.context import HostContext
 DEFAULT_BRIDGE = "kube-bridge"
 _BOOL_KEYS = {"isGateway": "is_gateway", "isDefaultGateway": "is_default_gateway",
               "forceAddress": "force_address", "hairpinMode": "hairpin",
-              "promiscMode": "promisc", "ipMasq": "ip_masq"}
+              "promiscMode": "promisc", "ipMasq": "ip_masq", "antiSpoof": "anti_spoof"}
 
 
 @dataclass
@@ -44,6 +46,7 @@ class BridgeConf:
     hairpin: bool = False
     promisc: bool = False
     ip_masq: bool = False
+    anti_spoof: bool = False  # podnet's: the pod's port admits only its own MAC and addresses
     mtu: int | None = None
 
     @classmethod
@@ -158,11 +161,11 @@ def _configure_pod_iface(pod: Any, index: int, result: Result, iface_idx: int) -
         links.add_route(pod, route["dst"], gw, index)
 
 
-def _host_veth_name(ipr: Any) -> str:
-    while True:
-        name = "veth" + secrets.token_hex(4)
-        if links.index_of(ipr, name) is None:
-            return name
+def host_veth_name(network: str, container_id: str, ifname: str) -> str:
+    """Derived from the attachment, so DEL and GC know it even when the pod's namespace is gone,
+    and an ADD retried after a crash finds what the first one left."""
+    digest = hashlib.sha256(f"{network}/{container_id}/{ifname}".encode()).hexdigest()
+    return "veth" + digest[:8]
 
 
 def cmd_add(ctx: HostContext, req: Request) -> Result:
@@ -178,7 +181,9 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
             if links.index_of(pod, req.ifname) is not None:
                 raise CNIError(INVALID_NETWORK_CONFIG, f"container interface {req.ifname} "
                                f"already exists in {req.netns}")
-            host_name = _host_veth_name(ctx.host)
+            host_name = host_veth_name(req.config["name"], req.container_id, req.ifname)
+            if links.delete_link(ctx.host, host_name):
+                protocol.log(f"removed {host_name} left by an earlier, interrupted ADD")
             peer: dict[str, Any] = {"ifname": req.ifname, "net_ns_fd": req.netns}
             # Enslaved and up in the same request that makes it: one round trip, not three.
             veth: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer,
@@ -212,9 +217,13 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
                 _ensure_bridge_addr(ctx, br_index, conf.bridge, f"{ipc['gateway']}/{prefix}",
                                     conf.force_address)
             _enable_forwarding(ctx, ipam_result)
+        addresses = [i["address"] for i in ipam_result["ips"]]
+        if conf.anti_spoof:
+            undo.append(lambda: _in_host(ctx, nft.del_antispoof, host_name))
+            _in_host(ctx, nft.add_antispoof, host_name, pod_mac, addresses)
         if conf.ip_masq:
             tag = nft.masq_tag(req.config["name"], req.container_id, req.ifname)
-            nft.add_masq(ctx.run, tag, [i["address"] for i in ipam_result["ips"]])
+            _in_host(ctx, nft.add_masq, tag, addresses)
     except NetlinkError as exc:
         _rollback(undo)
         raise _netlink("ADD", exc) from None
@@ -275,9 +284,21 @@ def cmd_del(ctx: HostContext, req: Request) -> None:
                 links.delete_link(pod, req.ifname)
             except NetlinkError as exc:
                 raise _netlink(f"deleting {req.ifname}", exc) from None
+    if conf.anti_spoof:
+        port = host_veth_name(req.config["name"], req.container_id, req.ifname)
+        _in_host(ctx, nft.del_antispoof, port)
     if conf.ip_masq:
         tag = nft.masq_tag(req.config["name"], req.container_id, req.ifname)
-        nft.del_masq(ctx.run, lambda t: t != tag)
+        _in_host(ctx, nft.del_masq, lambda t: t != tag)
+
+
+def _in_host(ctx: HostContext, fn: Callable[..., object], *args: Any) -> None:
+    """Run a firewall change in the node's namespace; its failure is an I/O error."""
+    try:
+        with ctx.in_host():
+            fn(*args)
+    except NftError as exc:
+        raise CNIError(IO_FAILURE, f"nftables: {exc}") from None
 
 
 def cmd_check(ctx: HostContext, req: Request) -> None:
@@ -351,7 +372,7 @@ def cmd_gc(ctx: HostContext, req: Request) -> None:
     keep = {nft.masq_tag(req.config["name"], str(a.get("containerID")), str(a.get("ifname")))
             for a in valid if isinstance(a, dict)}
     prefix = req.config["name"] + ":"
-    nft.del_masq(ctx.run, lambda t: not t.startswith(prefix) or t in keep)
+    _in_host(ctx, nft.del_masq, lambda t: not t.startswith(prefix) or t in keep)
 
 
 def cmd_status(ctx: HostContext, req: Request) -> None:

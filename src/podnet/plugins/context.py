@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
 
 from pyroute2 import IPRoute
@@ -34,12 +33,6 @@ class HostContext:
     def write_sysctl(self, path: str, value: str) -> None:
         with self.in_host():
             netns.write_sysctl(path, value)
-
-    def run(self, argv: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-        """Run a command in the host namespace."""
-        if self.host_ns is not None:
-            argv = ["nsenter", f"--net={self.host_ns}", *argv]
-        return subprocess.run(argv, input=stdin, capture_output=True, check=False, timeout=30)
 
     @contextlib.contextmanager
     def pod(self, path: str) -> Iterator[IPRoute]:
