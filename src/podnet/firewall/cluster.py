@@ -11,6 +11,7 @@ exists, podnet inserts its own accept rules at its top, tagged with a comment.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from collections.abc import Iterable
 
@@ -56,10 +57,9 @@ def add_node(ip: ipaddress.IPv4Address) -> None:
 
 
 def remove_node(ip: ipaddress.IPv4Address) -> None:
-    try:
+    # Absent already is fine: the point is that it is gone.
+    with contextlib.suppress(libnft.NftError):
         libnft.run(f"delete element ip {TABLE} nodes {{ {ip} }}\n")
-    except libnft.NftError:
-        pass  # absent already: the point is that it is gone
 
 
 def open_foreign_forward(cidr: ipaddress.IPv4Network) -> None:
@@ -74,7 +74,5 @@ def open_foreign_forward(cidr: ipaddress.IPv4Network) -> None:
 
 
 def remove() -> None:
-    try:
+    with contextlib.suppress(libnft.NftError):
         libnft.run(f"delete table ip {TABLE}\n")
-    except libnft.NftError:
-        pass

@@ -3,6 +3,7 @@ port. Both run in the node's namespace (the caller's host context)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from collections.abc import Callable
 
@@ -74,7 +75,5 @@ def add_antispoof(port: str, mac: str, addresses: list[str]) -> None:
 def del_antispoof(port: str) -> None:
     t = f"bridge {SPOOF_TABLE}"
     for cmd in (f'delete element {t} ports {{ "{port}" }}', f"delete chain {t} {port}"):
-        try:
+        with contextlib.suppress(libnft.NftError):  # already gone: DEL is idempotent
             libnft.run(cmd + "\n")
-        except libnft.NftError:
-            pass  # already gone: DEL is idempotent

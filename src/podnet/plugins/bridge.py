@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import hashlib
+import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
