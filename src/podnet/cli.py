@@ -182,7 +182,13 @@ def main(argv: list[str] | None = None) -> int:
 
         plugin_main("podnet")
     args = build_parser().parse_args(argv)
-    rc: int = args.func(args)
+    from podnet.datastore.base import DatastoreError
+
+    try:
+        rc: int = args.func(args)
+    except (DatastoreError, ValueError) as exc:
+        print(f"podnet {args.command}: {exc}", file=sys.stderr)
+        return 1
     return rc
 
 

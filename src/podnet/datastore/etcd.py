@@ -53,13 +53,16 @@ class EtcdStore:
                                   protocol=parsed.scheme, ca_cert=ca_cert, cert_cert=cert,
                                   cert_key=key, timeout=timeout, api_path="/v3/")
         self.timeout = timeout
+        # Per request: requests lets REQUESTS_CA_BUNDLE in the environment override a session's
+        # CA, and the cluster's CA is the one to trust.
+        self._verify: str | bool = ca_cert or True
         self._stream: requests.Response | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
             resp = self.client.session.post(self.client.get_url(path), json=payload,
-                                            timeout=self.timeout)
+                                            timeout=self.timeout, verify=self._verify)
         except requests.RequestException as exc:
             raise DatastoreError(f"etcd unreachable: {exc}") from None
         if resp.status_code != 200:
@@ -188,7 +191,8 @@ class EtcdStore:
             # The stream idles between events: a read timeout ends this call quietly, and the
             # caller (after a health check) watches again from the last revision seen.
             resp = self.client.session.post(self.client.get_url("/watch"), json=create,
-                                            stream=True, timeout=(self.timeout, IDLE))
+                                            stream=True, timeout=(self.timeout, IDLE),
+                                            verify=self._verify)
             self._stream = resp
             for line in resp.iter_lines(chunk_size=None):
                 if stopped():
