@@ -32,6 +32,9 @@ lint: venv
 
 bench: setup
 	$(PY) bench/cni_latency.py
+	$(PY) bench/pod_churn.py
+	$(PY) bench/control_plane.py --peers 100 1000 5000
+	$(PY) bench/dataplane.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

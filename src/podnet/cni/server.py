@@ -41,11 +41,12 @@ def _context_for(ns_path: str) -> HostContext:
     key = netns.ns_id(ns_path)
     ctx = cache.get(key)
     if ctx is None:
-        ctx = HostContext(netns.iproute_in(ns_path), ns_path)
+        ctx = HostContext(ns_path)
+        ctx.fast  # noqa: B018  (made now, while the caller's namespace is sure to exist)
         cache[key] = ctx
         while len(cache) > CACHED_NAMESPACES:
             _, old = cache.popitem(last=False)
-            old.host.close()
+            old.close()
     cache.move_to_end(key)
     # The same namespace may come from another caller next time: enter it through this one.
     ctx.host_ns = ns_path

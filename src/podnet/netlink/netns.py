@@ -12,8 +12,12 @@ import ctypes
 import os
 import socket
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from pyroute2 import IPRoute
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+    from podnet.netlink.fastlink import Rtnl
 
 CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
@@ -47,12 +51,26 @@ def iproute_in(path: str | None) -> IPRoute:
 
     pyroute2 0.9 binds an IPRoute to the thread that made it: use it from that thread only.
     """
+    from pyroute2 import IPRoute  # not at import: the plugin's ADD/DEL path does without it
+
     if path is None:
         return IPRoute(groups=0)
     with entered(path):
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
                              NETLINK_ROUTE)
     return IPRoute(fileno=sock.detach(), groups=0)
+
+
+def rtnl_in(path: str | None) -> Rtnl:
+    """A raw rtnetlink socket (fastlink) in the namespace at `path` (None: the thread's own)."""
+    from podnet.netlink.fastlink import Rtnl
+
+    if path is None:
+        return Rtnl()
+    with entered(path):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             NETLINK_ROUTE)
+    return Rtnl(sock)
 
 
 def ns_id(path: str) -> tuple[int, int]:

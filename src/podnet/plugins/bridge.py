@@ -27,8 +27,7 @@ from podnet.cni.protocol import Request
 from podnet.cni.version import Result
 from podnet.firewall import nft
 from podnet.firewall.libnft import NftError
-from podnet.netlink import links
-from podnet.netlink.links import NetlinkError
+from podnet.netlink.fastlink import Link, Rtnl
 from podnet.plugins.context import HostContext
 
 DEFAULT_BRIDGE = "kube-bridge"
@@ -71,40 +70,41 @@ class BridgeConf:
         return conf
 
 
-def _netlink(what: str, exc: NetlinkError) -> CNIError:
-    return CNIError(NETLINK_FAILURE, f"{what}: {exc.args[-1] if exc.args else exc}")
+def _netlink(what: str, exc: OSError) -> CNIError:
+    return CNIError(NETLINK_FAILURE, f"{what}: {exc.strerror or exc}")
 
 
-def ensure_bridge(ctx: HostContext, conf: BridgeConf) -> tuple[int, str, bool]:
-    """Create the bridge, or reuse an existing one; (index, MAC, whether this call made it)."""
-    ipr = ctx.host
-    msg = links.by_name(ipr, conf.bridge)
-    created = msg is None
-    if msg is None:
+def ensure_bridge(ctx: HostContext, conf: BridgeConf) -> tuple[Link, bool]:
+    """Reuse the bridge, or create it (pyroute2: rare); (its link, whether this call made it)."""
+    link = ctx.fast.get_link(conf.bridge)
+    created = False
+    if link is None:
+        from pyroute2.netlink.exceptions import NetlinkError as PyrouteError
+
         spec: dict[str, Any] = {"ifname": conf.bridge, "kind": "bridge"}
         if conf.mtu:
             spec["mtu"] = conf.mtu
         try:
-            ipr.link("add", **spec)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise _netlink(f"creating bridge {conf.bridge}", exc) from None
-            created = False  # a concurrent ADD made it first
-        msg = links.by_name(ipr, conf.bridge)
-        if msg is None:
+            ctx.host.link("add", **spec)
+            created = True
+        except PyrouteError as exc:
+            if exc.code != errno.EEXIST:  # else a concurrent ADD made it first
+                raise CNIError(NETLINK_FAILURE, f"creating bridge {conf.bridge}: {exc}") from None
+        link = ctx.fast.get_link(conf.bridge)
+        if link is None:
             raise CNIError(NETLINK_FAILURE, f"bridge {conf.bridge} vanished after creation")
-        # An address set explicitly stays; otherwise the kernel gives the bridge the lowest port
-        # MAC, which changes as pods come and go.
-        ipr.link("set", index=msg["index"], address=links.mac_of(msg))
-    index = int(msg["index"])
-    if links.kind_of(msg) != "bridge":
+        if created:
+            # An address set explicitly stays; otherwise the kernel gives the bridge the lowest
+            # port MAC, which changes as pods come and go.
+            ctx.host.link("set", index=link.index, address=link.mac)
+    if link.kind != "bridge":
         raise CNIError(INVALID_NETWORK_CONFIG, f"{conf.bridge!r} already exists but is not a "
                        "bridge")
-    if conf.promisc and not msg["flags"] & 0x100:
-        ipr.link("set", index=index, flags=0x100, mask=0x100)  # IFF_PROMISC
-    if not links.is_up(msg):
-        links.ensure_link_up(ipr, index)
-    return index, links.mac_of(msg), created
+    if conf.promisc and not link.flags & 0x100:
+        ctx.host.link("set", index=link.index, flags=0x100, mask=0x100)  # IFF_PROMISC
+    if not link.flags & 1:
+        ctx.fast.set_up(link.index)
+    return link, created
 
 
 def _delete_bridge_if_unused(ctx: HostContext, index: int) -> None:
@@ -136,7 +136,7 @@ def _gateways(result: Result, conf: BridgeConf) -> None:
 def _ensure_bridge_addr(ctx: HostContext, index: int, name: str, gw_iface: str,
                         force: bool) -> None:
     want = ipaddress.ip_interface(gw_iface)
-    for have in links.addresses(ctx.host, index):
+    for have in ctx.fast.addresses(index):
         if have == want:
             return
         if have.version == want.version and (
@@ -144,21 +144,25 @@ def _ensure_bridge_addr(ctx: HostContext, index: int, name: str, gw_iface: str,
             if not force:
                 raise CNIError(INVALID_NETWORK_CONFIG,
                                f"{name!r} already has an IP address different from {want}")
-            links.del_address(ctx.host, index, str(have))
-    links.add_address(ctx.host, index, str(want))
+            ctx.fast.del_address(index, str(have))
+    ctx.fast.add_address(index, str(want))
 
 
-def _configure_pod_iface(pod: Any, index: int, result: Result, iface_idx: int) -> None:
+def _configure_pod_iface(pod: Rtnl, index: int, result: Result, iface_idx: int) -> None:
     gws: dict[int, str] = {}
     for ipc in result.get("ips", []):
         ipc["interface"] = iface_idx
-        links.add_address(pod, index, ipc["address"])
+        pod.add_address(index, ipc["address"])
         if ipc.get("gateway"):
-            gws.setdefault(links.family_of(ipc["address"]), ipc["gateway"])
-    links.ensure_link_up(pod, index)
+            gws.setdefault(_family(ipc["address"]), ipc["gateway"])
+    pod.set_up(index)
     for route in result.get("routes", []):
-        gw = route.get("gw") or gws.get(links.family_of(route["dst"]))
-        links.add_route(pod, route["dst"], gw, index)
+        gw = route.get("gw") or gws.get(_family(route["dst"]))
+        pod.add_route(route["dst"], gw, index)
+
+
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 def host_veth_name(network: str, container_id: str, ifname: str) -> str:
@@ -174,34 +178,24 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
     prev = req.prev_result
     undo: list[Callable[[], object]] = []
     try:
-        br_index, br_mac, br_created = ensure_bridge(ctx, conf)
+        bridge, br_created = ensure_bridge(ctx, conf)
         if br_created:
-            undo.append(lambda: _delete_bridge_if_unused(ctx, br_index))
-        with ctx.pod(req.netns) as pod:
-            if links.index_of(pod, req.ifname) is not None:
+            undo.append(lambda: _delete_bridge_if_unused(ctx, bridge.index))
+        host_name = host_veth_name(req.config["name"], req.container_id, req.ifname)
+        with ctx.pod_fast(req.netns) as pod, ctx.pod_fd(req.netns) as pod_fd:
+            if pod.get_link(req.ifname) is not None:
                 raise CNIError(INVALID_NETWORK_CONFIG, f"container interface {req.ifname} "
                                f"already exists in {req.netns}")
-            host_name = host_veth_name(req.config["name"], req.container_id, req.ifname)
-            if links.delete_link(ctx.host, host_name):
+            if ctx.fast.delete_link(host_name):
                 protocol.log(f"removed {host_name} left by an earlier, interrupted ADD")
-            peer: dict[str, Any] = {"ifname": req.ifname, "net_ns_fd": req.netns}
             # Enslaved and up in the same request that makes it: one round trip, not three.
-            veth: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer,
-                                    "master": br_index, "state": "up"}
-            if conf.mtu:
-                veth["mtu"] = peer["mtu"] = conf.mtu
-            try:
-                ctx.host.link("add", **veth)
-            except NetlinkError as exc:
-                raise _netlink("creating veth pair", exc) from None
-            undo.append(lambda: links.delete_link(ctx.host, host_name))
-            host_msg = links.by_name(ctx.host, host_name)
-            pod_msg = links.by_name(pod, req.ifname)
-            if host_msg is None or pod_msg is None:
+            ctx.fast.create_veth(host_name, req.ifname, pod_fd, conf.mtu, bridge.index)
+            undo.append(lambda: ctx.fast.delete_link(host_name))
+            host_link, pod_link = ctx.fast.get_link(host_name), pod.get_link(req.ifname)
+            if host_link is None or pod_link is None:
                 raise CNIError(NETLINK_FAILURE, "veth pair vanished after creation")
-            host_index, pod_index = int(host_msg["index"]), int(pod_msg["index"])
             if conf.hairpin:
-                ctx.host.brport("set", index=host_index, mode=1)
+                ctx.host.brport("set", index=host_link.index, mode=1)
 
             ipam_result = delegate.call(req, ipam, "ADD")
             undo.append(lambda: delegate.call(req, ipam, "DEL"))
@@ -209,22 +203,21 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
                 raise CNIError(INVALID_NETWORK_CONFIG, "IPAM plugin returned missing IP config")
             _gateways(ipam_result, conf)
             base = len(prev.get("interfaces", [])) if prev else 0
-            _configure_pod_iface(pod, pod_index, ipam_result, base + 2)
-        pod_mac, host_mac = links.mac_of(pod_msg), links.mac_of(host_msg)
+            _configure_pod_iface(pod, pod_link.index, ipam_result, base + 2)
         if conf.is_gateway:
             for ipc in ipam_result["ips"]:
                 prefix = ipaddress.ip_interface(ipc["address"]).network.prefixlen
-                _ensure_bridge_addr(ctx, br_index, conf.bridge, f"{ipc['gateway']}/{prefix}",
-                                    conf.force_address)
+                _ensure_bridge_addr(ctx, bridge.index, conf.bridge,
+                                    f"{ipc['gateway']}/{prefix}", conf.force_address)
             _enable_forwarding(ctx, ipam_result)
         addresses = [i["address"] for i in ipam_result["ips"]]
         if conf.anti_spoof:
             undo.append(lambda: _in_host(ctx, nft.del_antispoof, host_name))
-            _in_host(ctx, nft.add_antispoof, host_name, pod_mac, addresses)
+            _in_host(ctx, nft.add_antispoof, host_name, pod_link.mac, addresses)
         if conf.ip_masq:
             tag = nft.masq_tag(req.config["name"], req.container_id, req.ifname)
             _in_host(ctx, nft.add_masq, tag, addresses)
-    except NetlinkError as exc:
+    except OSError as exc:
         _rollback(undo)
         raise _netlink("ADD", exc) from None
     except BaseException:
@@ -232,9 +225,9 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
         raise
     ours: Result = {
         "interfaces": [
-            {"name": conf.bridge, "mac": br_mac},
-            {"name": host_name, "mac": host_mac},
-            {"name": req.ifname, "mac": pod_mac, "sandbox": req.netns},
+            {"name": conf.bridge, "mac": bridge.mac},
+            {"name": host_name, "mac": host_link.mac},
+            {"name": req.ifname, "mac": pod_link.mac, "sandbox": req.netns},
         ],
         "ips": ipam_result["ips"],
         "routes": ipam_result.get("routes", []),
@@ -259,7 +252,7 @@ def _merge(prev: Result | None, ours: Result) -> Result:
 
 
 def _enable_forwarding(ctx: HostContext, result: Result) -> None:
-    families = {links.family_of(i["address"]) for i in result["ips"]}
+    families = {_family(i["address"]) for i in result["ips"]}
     if socket.AF_INET in families:
         ctx.write_sysctl("net/ipv4/ip_forward", "1")
     if socket.AF_INET6 in families:
@@ -279,10 +272,10 @@ def cmd_del(ctx: HostContext, req: Request) -> None:
     delegate.call(req, delegate.ipam_type(req), "DEL")
     if req.netns:
         # A DEL whose namespace is gone has nothing left to remove there: the veth went with it.
-        with contextlib.suppress(CNIError), ctx.pod(req.netns) as pod:
+        with contextlib.suppress(CNIError), ctx.pod_fast(req.netns) as pod:
             try:
-                links.delete_link(pod, req.ifname)
-            except NetlinkError as exc:
+                pod.delete_link(req.ifname)
+            except OSError as exc:
                 raise _netlink(f"deleting {req.ifname}", exc) from None
     if conf.anti_spoof:
         port = host_veth_name(req.config["name"], req.container_id, req.ifname)
@@ -302,6 +295,8 @@ def _in_host(ctx: HostContext, fn: Callable[..., object], *args: Any) -> None:
 
 
 def cmd_check(ctx: HostContext, req: Request) -> None:
+    from podnet.netlink import links  # pyroute2: CHECK is not on a pod's start-up path
+
     conf = BridgeConf.parse(req.config)
     prev = req.prev_result
     if prev is None:
@@ -333,6 +328,8 @@ def cmd_check(ctx: HostContext, req: Request) -> None:
 
 def _check_pod(ctx: HostContext, pod: Any, req: Request, prev: Result, pod_pos: int,
                br_index: int | None) -> list[str]:
+    from podnet.netlink import links
+
     problems: list[str] = []
     want = prev["interfaces"][pod_pos]
     index = links.index_of(pod, req.ifname)

@@ -2,6 +2,8 @@
 
 In-process, the host is the plugin process's own namespace. In the cni-server, the host is the
 namespace of the plugin process that called, and the server's worker thread enters it.
+ADD and DEL use raw rtnetlink (`fast`); pyroute2 (`host`) is made only when needed (CHECK, a
+bridge to create), so the in-process plugin does not pay its import on every pod.
 """
 
 from __future__ import annotations
@@ -9,21 +11,43 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-
-from pyroute2 import IPRoute
+from typing import TYPE_CHECKING
 
 from podnet.cni.errors import UNKNOWN_CONTAINER, CNIError
 from podnet.netlink import netns
+from podnet.netlink.fastlink import Rtnl
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 
 class HostContext:
-    def __init__(self, host: IPRoute, host_ns: str | None = None) -> None:
-        self.host = host
+    def __init__(self, host_ns: str | None = None) -> None:
         self.host_ns = host_ns
+        self._fast: Rtnl | None = None
+        self._host: IPRoute | None = None
+
+    @property
+    def fast(self) -> Rtnl:
+        if self._fast is None:
+            self._fast = netns.rtnl_in(self.host_ns)
+        return self._fast
+
+    @property
+    def host(self) -> IPRoute:
+        if self._host is None:
+            self._host = netns.iproute_in(self.host_ns)
+        return self._host
+
+    def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
+        if self._host is not None:
+            self._host.close()
 
     @contextlib.contextmanager
     def in_host(self) -> Iterator[None]:
-        """The calling thread in the host namespace (for /proc/sys)."""
+        """The calling thread in the host namespace (for /proc/sys and nftables)."""
         if self.host_ns is None:
             yield
         else:
@@ -35,8 +59,36 @@ class HostContext:
             netns.write_sysctl(path, value)
 
     @contextlib.contextmanager
+    def pod_fd(self, path: str) -> Iterator[int]:
+        """An open fd of the pod's namespace; error 3 if it does not exist."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise CNIError(UNKNOWN_CONTAINER, f"network namespace {path}: "
+                           f"{exc.strerror}") from None
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def pod_fast(self, path: str) -> Iterator[Rtnl]:
+        """A raw rtnetlink socket in the pod's namespace; error 3 if it does not exist."""
+        if not os.path.exists(path):
+            raise CNIError(UNKNOWN_CONTAINER, f"network namespace {path} does not exist")
+        try:
+            rt = netns.rtnl_in(path)
+        except OSError as exc:
+            raise CNIError(UNKNOWN_CONTAINER, f"cannot enter network namespace {path}: "
+                           f"{exc.strerror}") from None
+        try:
+            yield rt
+        finally:
+            rt.close()
+
+    @contextlib.contextmanager
     def pod(self, path: str) -> Iterator[IPRoute]:
-        """A netlink socket in the pod's namespace; error 3 if it does not exist."""
+        """A pyroute2 socket in the pod's namespace (CHECK); error 3 if it does not exist."""
         if not os.path.exists(path):
             raise CNIError(UNKNOWN_CONTAINER, f"network namespace {path} does not exist")
         try:
@@ -53,8 +105,8 @@ class HostContext:
 @contextlib.contextmanager
 def local() -> Iterator[HostContext]:
     """The context of a plugin acting in its own process."""
-    ipr = IPRoute(groups=0)
+    ctx = HostContext()
     try:
-        yield HostContext(ipr)
+        yield ctx
     finally:
-        ipr.close()
+        ctx.close()

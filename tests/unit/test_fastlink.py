@@ -1,0 +1,63 @@
+"""The plugin's raw requests say what pyroute2 would: decoded with pyroute2's own parsers."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+from podnet.netlink import fastlink
+
+
+class Capture:
+    """A stand-in socket that keeps what is sent and acks it."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def bind(self, _addr: Any) -> None:
+        pass
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(data)
+        return len(data)
+
+    def recv(self, _size: int) -> bytes:
+        import struct
+
+        seq = struct.unpack_from("=I", self.sent[-1], 8)[0]
+        return struct.pack("=IHHIIi", 36, 2, 0, seq, 0, 0) + self.sent[-1][:16]
+
+
+def _decode(cls: type, data: bytes) -> Any:
+    msg = cls(data)
+    msg.decode()
+    return msg
+
+
+def test_create_veth_decodes_as_pyroute2_reads_it() -> None:
+    cap = Capture()
+    rt = fastlink.Rtnl(cap)  # type: ignore[arg-type]
+    rt.create_veth("veth1234abcd", "eth0", 7, 1450, master=3)
+    msg = _decode(ifinfmsg, cap.sent[0])
+    assert msg["header"]["type"] == fastlink.RTM_NEWLINK
+    assert msg["flags"] & fastlink.IFF_UP and msg["change"] & fastlink.IFF_UP
+    assert msg.get_attr("IFLA_IFNAME") == "veth1234abcd"
+    assert msg.get_attr("IFLA_MTU") == 1450 and msg.get_attr("IFLA_MASTER") == 3
+    info = msg.get_attr("IFLA_LINKINFO")
+    assert info.get_attr("IFLA_INFO_KIND") == "veth"
+    peer = info.get_attr("IFLA_INFO_DATA").get_attr("VETH_INFO_PEER")
+    assert peer.get_attr("IFLA_IFNAME") == "eth0"
+    assert peer.get_attr("IFLA_NET_NS_FD") == 7 and peer.get_attr("IFLA_MTU") == 1450
+
+
+def test_address_decodes_as_pyroute2_reads_it() -> None:
+    cap = Capture()
+    rt = fastlink.Rtnl(cap)  # type: ignore[arg-type]
+    rt.add_address(4, "fd00::2/64")
+    msg = _decode(ifaddrmsg, cap.sent[0])
+    assert (msg["family"], msg["prefixlen"], msg["index"]) == (socket.AF_INET6, 64, 4)
+    assert msg["flags"] == fastlink.IFA_F_NODAD
+    assert msg.get_attr("IFA_LOCAL") == "fd00::2"
