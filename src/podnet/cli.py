@@ -63,7 +63,16 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"podnet cluster init: {exc}", file=sys.stderr)
         return 2
-    _store(args).put_config(config)
+    store = _store(args)
+    old = store.get_config()
+    if old is not None and old.network != config.network and not args.force:
+        held = store.snapshot(old)[0]
+        if held:
+            print(f"podnet cluster init: {len(held)} nodes hold leases of {old.network}; a new "
+                  f"network {config.network} would orphan them (--force to replace it anyway)",
+                  file=sys.stderr)
+            return 2
+    store.put_config(config)
     print(f"cluster network {config.network}, /{config.subnet_len} per node "
           f"({config.capacity} nodes), backend {config.backend_type}")
     return 0
@@ -126,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--subnet-len", type=int, help="prefix length of each node's share")
     c.add_argument("--backend", required=True,
                    choices=["l2", "host-gw", "gateway", "vxlan", "gre"])
+    c.add_argument("--force", action="store_true",
+                   help="replace a network that nodes still hold leases of")
     c.add_argument("--vni", type=int, help="vxlan: VNI (default 1)")
     c.add_argument("--port", type=int, help="vxlan: UDP port (default 8472)")
     c.add_argument("--direct-routing", action="store_true",

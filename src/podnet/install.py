@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Any
 
+from podnet.fsutil import write_atomic
+
 PLUGINS = ("podnet", "podnet-ipam")
 DEFAULT_SOCKET = "/run/podnet/cni.sock"
 
@@ -31,14 +33,6 @@ def _import_paths() -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def _write_atomic(path: str, data: str, mode: int) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def example_conflist(name: str = "podnet", subnet: str = "10.244.0.0/24",
                      socket: str = DEFAULT_SOCKET, mtu: int | None = None) -> dict[str, Any]:
     main: dict[str, Any] = {
@@ -59,12 +53,12 @@ def install_cni(bin_dir: str, conf_dir: str | None = None) -> list[str]:
     written = []
     for plugin in PLUGINS:
         target = os.path.join(bin_dir, plugin)
-        _write_atomic(target, _SCRIPT.format(python=sys.executable, plugin=plugin, paths=paths),
+        write_atomic(target, _SCRIPT.format(python=sys.executable, plugin=plugin, paths=paths),
                       0o755)
         written.append(target)
     if conf_dir:
         os.makedirs(conf_dir, exist_ok=True)
         target = os.path.join(conf_dir, "10-podnet.conflist")
-        _write_atomic(target, json.dumps(example_conflist(), indent=2) + "\n", 0o644)
+        write_atomic(target, json.dumps(example_conflist(), indent=2) + "\n", 0o644)
         written.append(target)
     return written

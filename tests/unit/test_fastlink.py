@@ -20,6 +20,9 @@ class Capture:
     def bind(self, _addr: Any) -> None:
         pass
 
+    def setsockopt(self, *_args: Any) -> None:
+        pass
+
     def send(self, data: bytes) -> int:
         self.sent.append(data)
         return len(data)

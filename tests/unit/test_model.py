@@ -16,7 +16,8 @@ from podnet.lab.topology import Topology
     ("10.244.0.0/33", 24, "vxlan", "malformed"), ("10.244.0.1/16", 24, "vxlan", "malformed"),
     ("fd00::/64", 80, "vxlan", "not IPv4"), ("10.244.0.0/16", 16, "vxlan", "cannot fit"),
     ("10.244.0.0/16", 31, "vxlan", "cannot fit"), ("10.244.0.0/16", 24, "ipip", "unknown"),
-    ("10.0.0.0/30", 31, "vxlan", "too small"),
+    ("10.0.0.0/30", 31, "vxlan", "too small"), ("127.0.0.0/16", 24, "vxlan", "reserved"),
+    ("169.254.0.0/16", 24, "vxlan", "reserved"), ("224.0.0.0/8", 24, "vxlan", "reserved"),
 ])
 def test_config_refused(cidr: str, length: int, backend: str, msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -139,16 +140,21 @@ class Agent:
     # -- peers --------------------------------------------------------------------------------
     def _resync(self) -> int:
         assert self.config is not None and self.backend is not None
+        t0 = time.perf_counter()
         leases, revision = self.store.snapshot(self.config)
         own = self.held.lease if self.held else None
+        t1 = time.perf_counter()
         with self.lock:
             self.peers = {k: v for k, v in leases.items()
                           if own is None or v.node != own.node}
             self.backend.sync(list(self.peers.values()))
+            t2 = time.perf_counter()
             firewall.apply(self.config.network,
                            [p.node_ip for p in self.peers.values()]
                            + ([own.node_ip] if own else []), self.backend.tunnel_port())
-        log.info("synced %d peers at revision %d", len(self.peers), revision)
+        log.info("synced %d peers at revision %d (read %.0f ms, kernel %.0f ms, firewall "
+                 "%.0f ms)", len(self.peers), revision, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
+                 (time.perf_counter() - t2) * 1e3)
         return revision
 
     def _on_event(self, ev: Event) -> None:

@@ -6,6 +6,8 @@ import json
 import os
 from typing import Any
 
+from podnet.fsutil import write_atomic
+
 NAME = "podnet"
 FILENAME = "10-podnet.conflist"
 
@@ -22,11 +24,5 @@ def render(plugin: dict[str, Any], mtu: int, socket: str, data_dir: str | None) 
 def write(conf_dir: str, conflist: dict[str, Any]) -> str:
     os.makedirs(conf_dir, exist_ok=True)
     path = os.path.join(conf_dir, FILENAME)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(conflist, fh, indent=2)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(conflist, indent=2) + "\n", 0o644, sync=True)
     return path

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from podnet.datastore.base import Held
 from podnet.datastore.model import Lease
+from podnet.fsutil import write_atomic
 
 
 class AlreadyRunning(Exception):
@@ -65,9 +66,6 @@ class StateFile:
             return NodeState()
 
     def save(self, state: NodeState) -> None:
-        tmp = self.path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"leaseID": state.lease_id, "subnet": state.subnet,
-                       "backend": state.backend, "nodeIP": state.node_ip}, fh)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps({"leaseID": state.lease_id, "subnet": state.subnet,
+                                            "backend": state.backend, "nodeIP": state.node_ip}),
+                     0o600)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 from podnet.datastore.base import Event, Held, LeaseRefused
 from podnet.datastore.model import Lease, NetworkConfig, subnet_key
+from podnet.fsutil import write_atomic
 
 
 class FileStore:
@@ -39,10 +40,7 @@ class FileStore:
             return None
 
     def _write(self, name: str, data: str) -> None:
-        tmp = os.path.join(self.dir, f".{name}.tmp")
-        with open(tmp, "w") as fh:
-            fh.write(data)
-        os.replace(tmp, os.path.join(self.dir, name))
+        write_atomic(os.path.join(self.dir, name), data, 0o600)
 
     def healthy(self) -> bool:
         return os.access(self.dir, os.W_OK)

@@ -10,6 +10,9 @@ from typing import Any
 IPv4Network = ipaddress.IPv4Network
 
 BACKENDS = ("l2", "host-gw", "gateway", "vxlan", "gre")
+# Ranges a pod network must not overlap: they mean something else to every host.
+RESERVED = tuple(ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"))
 
 
 class ConfigError(ValueError):
@@ -34,6 +37,9 @@ class NetworkConfig:
             raise ConfigError(f"cluster CIDR {cidr!r} is malformed: {exc}") from None
         if not isinstance(network, IPv4Network):
             raise ConfigError(f"cluster CIDR {cidr} is not IPv4")
+        for reserved in RESERVED:
+            if network.overlaps(reserved):
+                raise ConfigError(f"cluster CIDR {cidr} overlaps the reserved range {reserved}")
         if network.prefixlen > 28:
             raise ConfigError(f"cluster CIDR {cidr} is too small for a pod network")
         btype = backend.get("type")

@@ -10,6 +10,7 @@ import ipaddress
 import os
 from collections.abc import Iterator
 
+from podnet.fsutil import write_atomic
 from podnet.ipam.config import IPAddress
 
 LINE_BREAK = "\r\n"
@@ -41,14 +42,8 @@ class Store:
             return False
         with os.fdopen(fd, "wb") as fh:
             fh.write((container_id + LINE_BREAK + ifname).encode())
-        self._write_atomic(LAST_PREFIX + str(rangeset), str(ip))
+        write_atomic(os.path.join(self.dir, LAST_PREFIX + str(rangeset)), str(ip))
         return True
-
-    def _write_atomic(self, name: str, data: str) -> None:
-        tmp = os.path.join(self.dir, f".{name}.{os.getpid()}")
-        with open(tmp, "w") as fh:
-            fh.write(data)
-        os.replace(tmp, os.path.join(self.dir, name))
 
     def last_reserved(self, rangeset: int) -> IPAddress | None:
         try:
@@ -74,9 +69,31 @@ class Store:
             yield ip, cid.strip(), ifname.strip()
 
     def get_by_id(self, container_id: str, ifname: str) -> list[IPAddress]:
-        # Files written before ifnames were recorded hold the container id alone.
-        return [ip for ip, cid, ifn in self.allocations()
-                if cid == container_id and ifn in (ifname, "")]
+        # Compared as bytes, without parsing: every ADD reads every allocation (as host-local
+        # does). Files written before ifnames were recorded hold the container id alone.
+        wanted = {(container_id + LINE_BREAK + ifname).encode(), container_id.encode()}
+        out: list[IPAddress] = []
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if not name[:1].isdigit() and ":" not in name:
+                continue  # lock, last_reserved_ip.N
+            try:
+                fd = os.open(os.path.join(self.dir, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                data = os.read(fd, 1024).strip()
+            finally:
+                os.close(fd)
+            if data in wanted:
+                try:
+                    out.append(ipaddress.ip_address(name))
+                except ValueError:
+                    continue
+        return out
 
     def release(self, ip: IPAddress) -> None:
         with contextlib.suppress(FileNotFoundError):

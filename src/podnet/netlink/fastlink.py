@@ -27,6 +27,7 @@ IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFA_F_NODAD = 0x02
 IFF_UP = 0x1
 NLA_F_NESTED = 0x8000
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 RTPROT_STATIC = 4
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 IFINFO = struct.Struct("=BxHiII")
@@ -64,6 +65,8 @@ class Rtnl:
         self.sock = sock or socket.socket(socket.AF_NETLINK,
                                           socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
         self.sock.bind((0, 0))
+        # Dumps filtered by the kernel (an address dump for one link, not for every veth).
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
         self.seq = 0
 
     def close(self) -> None:
@@ -160,7 +163,7 @@ class Rtnl:
         """The addresses on a link (one dump of RTM_GETADDR)."""
         out: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
         self._send(RTM_GETADDR, rtmsg.F_REQUEST | rtmsg.F_ROOT | rtmsg.F_MATCH,
-                   IFADDR.pack(0, 0, 0, 0, 0))
+                   IFADDR.pack(0, 0, 0, 0, index))
         for mtype, buf, start, end in rtmsg._messages(self.sock):
             if mtype != RTM_NEWADDR:
                 continue

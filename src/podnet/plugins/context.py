@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 from podnet.cni.errors import UNKNOWN_CONTAINER, CNIError
 from podnet.netlink import netns
@@ -19,6 +19,8 @@ from podnet.netlink.fastlink import Rtnl
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
+
+T = TypeVar("T")
 
 
 class HostContext:
@@ -74,13 +76,7 @@ class HostContext:
     @contextlib.contextmanager
     def pod_fast(self, path: str) -> Iterator[Rtnl]:
         """A raw rtnetlink socket in the pod's namespace; error 3 if it does not exist."""
-        if not os.path.exists(path):
-            raise CNIError(UNKNOWN_CONTAINER, f"network namespace {path} does not exist")
-        try:
-            rt = netns.rtnl_in(path)
-        except OSError as exc:
-            raise CNIError(UNKNOWN_CONTAINER, f"cannot enter network namespace {path}: "
-                           f"{exc.strerror}") from None
+        rt = _in_pod(path, netns.rtnl_in)
         try:
             yield rt
         finally:
@@ -89,17 +85,21 @@ class HostContext:
     @contextlib.contextmanager
     def pod(self, path: str) -> Iterator[IPRoute]:
         """A pyroute2 socket in the pod's namespace (CHECK); error 3 if it does not exist."""
-        if not os.path.exists(path):
-            raise CNIError(UNKNOWN_CONTAINER, f"network namespace {path} does not exist")
-        try:
-            ipr = netns.iproute_in(path)
-        except OSError as exc:
-            raise CNIError(UNKNOWN_CONTAINER, f"cannot enter network namespace {path}: "
-                           f"{exc.strerror}") from None
+        ipr = _in_pod(path, netns.iproute_in)
         try:
             yield ipr
         finally:
             ipr.close()
+
+
+def _in_pod(path: str, make: Callable[[str], T]) -> T:
+    if not os.path.exists(path):
+        raise CNIError(UNKNOWN_CONTAINER, f"network namespace {path} does not exist")
+    try:
+        return make(path)
+    except OSError as exc:
+        raise CNIError(UNKNOWN_CONTAINER, f"cannot enter network namespace {path}: "
+                       f"{exc.strerror}") from None
 
 
 @contextlib.contextmanager
