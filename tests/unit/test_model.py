@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from podnet.backends.base import BackendError
 from podnet.backends.vxlan import tx_offload_wanted, vtep_mac
@@ -42,6 +44,12 @@ CONF = NetworkConfig.make("10.244.0.0/16", 24, {"type": "vxlan"})
     (json.dumps({"subnet": "10.244.1.0/24", "node": "n", "nodeIP": "0.0.0.0"}), "unicast"),
     (json.dumps({"subnet": "10.244.1.0/24", "node": "n", "nodeIP": "192.168.1.1",
                  "attrs": []}), "attrs"),
+    (json.dumps({"subnet": "10.244.1.0/24", "node": "n", "nodeIP": "1.2.3.999"}), "IPv4"),
+    (json.dumps({"subnet": "10.244.1.0/24", "node": "n", "nodeIP": "010.2.3.4"}), "IPv4"),
+    (json.dumps({"subnet": "10.244.1.0/24x", "node": "n", "nodeIP": "1.2.3.4"}), "valid"),
+    (json.dumps({"subnet": "10.244.1.1/24", "node": "n", "nodeIP": "1.2.3.4"}), "not a /24"),
+    (json.dumps({"subnet": "fd00::/24", "node": "n", "nodeIP": "1.2.3.4"}), "IPv4"),
+    (json.dumps({"subnet": "10.244.1.0/24", "node": "n", "nodeIP": "fd00::1"}), "IPv4"),
 ])
 def test_hostile_lease_refused(payload: str, msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):
@@ -78,3 +86,23 @@ def test_topology_names_and_addresses() -> None:
         Topology.make("Bad_Name", "vxlan", 1, 1)
     with pytest.raises(ValueError, match="router"):
         Topology.make("lab3", "gateway", 1, 1)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                           max_leaves=10)
+lease_like = st.fixed_dictionaries({}, optional={
+    "subnet": st.sampled_from(["10.244.1.0/24", "10.244.1.0/33", "1.2.3", "a/b"]) | json_values,
+    "node": st.text(max_size=5) | json_values,
+    "nodeIP": st.sampled_from(["1.2.3.4", "1.2.3.256", "::1", "1..2.3"]) | json_values,
+    "attrs": json_values})
+
+
+@given(payload=st.one_of(lease_like.map(json.dumps), st.text(max_size=40)))
+def test_any_payload_is_a_lease_or_a_config_error(payload: str) -> None:
+    try:
+        lease = Lease.from_json(payload, CONF)
+    except ConfigError:
+        return
+    assert lease.subnet.subnet_of(CONF.network) and lease.subnet.prefixlen == 24

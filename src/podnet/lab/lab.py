@@ -282,7 +282,7 @@ class Lab:
     def node_dir(self, node: NodeSpec) -> str:
         return os.path.join(self.dir, node.name)
 
-    def _node(self, node: NodeSpec) -> None:
+    def _node(self, node: NodeSpec, start_agent: bool = True) -> None:
         t = self.topo
         ns = node.netns(t.name)
         self.progress(f"node {node.name}: {t.node_ip(node)}")
@@ -298,7 +298,8 @@ class Lab:
                                                      f"{t.node_ip(node)}/{prefix}"))
             _in_ns(ns, lambda ipr: ipr.route("replace", dst="0.0.0.0/0",
                                              gateway=t.gateway(node)))
-        self.start_agent(node)
+        if start_agent:
+            self.start_agent(node)
 
     def start_agent(self, node: NodeSpec) -> None:
         d = self.node_dir(node)
@@ -336,9 +337,13 @@ class Lab:
         self.progress(f"pod {pod.name}: {pod.ip}")
 
     # -- changes ------------------------------------------------------------------------------
-    def add_node(self) -> NodeSpec:
+    def add_node(self, start_agent: bool = True) -> NodeSpec:
+        """A node wired to the underlay; its agent started and up unless asked otherwise."""
         node = self.topo.new_node()
-        self._node(node)
+        self._node(node, start_agent)
+        if not start_agent:
+            self.save()
+            return node
         self._wait_agent(node)
         if self.topo.backend == "gateway":
             self._wait(self._router_knows_all, 30, "the router did not learn the new subnet")
