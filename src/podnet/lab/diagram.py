@@ -52,6 +52,7 @@ def draw(lab: Lab, output: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: searchable, copyable
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
 

@@ -87,6 +87,15 @@ def _spawn(ns: str, argv: list[str], log: str) -> int:
     return proc.pid
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process runs (our exited children are reaped, not counted as alive)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return os.path.exists(f"/proc/{pid}")
+
+
 def _kill(pid: int, timeout: float = 10.0) -> None:
     if pid <= 0:
         return
@@ -316,8 +325,14 @@ class Lab:
     def _wait_agent(self, node: NodeSpec) -> None:
         d = self.node_dir(node)
         conf = os.path.join(d, "net.d", "10-podnet.conflist")
-        self._wait(lambda: os.path.exists(conf) and os.path.exists(os.path.join(d, "cni.sock")),
-                   60, f"the agent of {node.name} did not come up (see {d}/agent.log)")
+        what = f"the agent of {node.name} did not come up (see {d}/agent.log)"
+
+        def up() -> bool:
+            if not _alive(node.agent_pid):
+                raise RuntimeError(what)
+            return os.path.exists(conf) and os.path.exists(os.path.join(d, "cni.sock"))
+
+        self._wait(up, 60, what)
 
     def conflist(self, node: NodeSpec) -> dict[str, Any]:
         with open(os.path.join(self.node_dir(node), "net.d", "10-podnet.conflist")) as fh:

@@ -1,0 +1,102 @@
+"""The lab's own promises: down after a crash finds leftovers by name and is idempotent; the
+diagram is drawn from the live kernel; more nodes than subnets is a clear error; vxlan's
+directRouting routes on-link peers directly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from podnet.lab.lab import LABS_DIR, Lab, down, lab_dir
+from podnet.lab.topology import Topology, netns_prefix
+from podnet.netlink import netns
+from tests.lab.conftest import MakeLab, failures, verify
+from tests.lab.test_backend_policy import _reinit
+from tests.lab.test_lab_ops import sh
+
+
+def test_down_after_a_crash_is_complete_and_idempotent() -> None:
+    name = f"t{uuid.uuid4().hex[:6]}"
+    lab = Lab(Topology.make(name, "vxlan", 2, 1))
+    try:
+        lab.up()
+        # A crash: the state file is gone, the agents and etcd were never stopped.
+        os.remove(os.path.join(LABS_DIR, f"{name}.json"))
+        pids = [n.agent_pid for n in lab.topo.nodes] + [lab.topo.etcd_pid]
+    finally:
+        removed = down(name)
+    assert len(removed) == len(lab.topo.namespaces())
+    assert netns.listed(netns_prefix(name)) == [] and not os.path.exists(lab_dir(name))
+    for pid in pids:
+        assert _gone(pid)
+    assert down(name) == []  # idempotent
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie of this process, if it was our child, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return "zombie" in fh.read().lower()
+    except FileNotFoundError:
+        return True
+
+
+def test_half_built_up_is_removed(tmp_path: object) -> None:
+    name = f"t{uuid.uuid4().hex[:6]}"
+    proc = subprocess.run([sys.executable, "-m", "podnet", "lab", "up", "--name", name,
+                           "--nodes", "51"], capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 and "up to 50 nodes" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert netns.listed(netns_prefix(name)) == []
+
+
+@pytest.mark.parametrize("suffix", ["png", "svg"])
+def test_diagram_from_the_live_kernel(make_lab: MakeLab, tmp_path: object,
+                                      suffix: str) -> None:
+    lab = make_lab("vxlan", nodes=2, pods=1)
+    out = os.path.join(str(tmp_path), f"lab.{suffix}")
+    proc = subprocess.run([sys.executable, "-m", "podnet", "lab", "diagram", "--name",
+                           lab.topo.name, "-o", out], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == out
+    with open(out, "rb") as fh:
+        data = fh.read()
+    if suffix == "svg":
+        text = data.decode()
+        for pod in lab.topo.pods:
+            assert pod.ip in text
+        assert "podnet.1 (vxlan)" in text
+    else:
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_more_nodes_than_subnets_is_a_clear_error() -> None:
+    name = f"t{uuid.uuid4().hex[:6]}"
+    topo = Topology.make(name, "vxlan", 2, 0)
+    topo.cidr = "10.244.0.0/23"  # two /24s
+    lab = Lab(topo)
+    try:
+        lab.up()
+        with pytest.raises(RuntimeError, match="did not come up"):
+            lab.add_node()
+        with open(os.path.join(lab.node_dir(lab.topo.nodes[-1]), "agent.log")) as fh:
+            log = fh.read()
+        assert "no free subnet for node 'node3': all 2 /24 subnets of 10.244.0.0/23 are " \
+               "leased" in log
+    finally:
+        down(name)
+
+
+def test_vxlan_direct_routing_for_on_link_peers(make_lab: MakeLab) -> None:
+    lab = make_lab("vxlan", nodes=2, pods=1)
+    _reinit(lab, "vxlan", "--direct-routing")
+    for node in ("node1", "node2"):
+        lab.restart_agent(node)
+    routes = sh(lab, "node1", "ip", "route")
+    peer = lab.conflist(lab.topo.node("node2"))["plugins"][0]["ipam"]["subnet"]
+    assert f"{peer} via 192.168.100.12 dev eth0 proto 88" in routes  # direct, not tunnelled
+    report = verify(lab)
+    assert report.ok, failures(report)
