@@ -144,9 +144,6 @@ class Backend(ABC):
         with self._lock:
             self._apply(add=frozenset(), remove=self._entries.pop(node, frozenset()))
 
-    def peers_programmed(self) -> int:
-        return sum(1 for e in self._entries.values() if e)
-
     def routes_programmed(self) -> int:
         return sum(1 for es in self._entries.values() for e in es if isinstance(e, Route))
 

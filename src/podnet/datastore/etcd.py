@@ -97,9 +97,6 @@ class EtcdStore:
     def put_config(self, config: NetworkConfig) -> None:
         self._post("/kv/put", {"key": _b64(CONFIG_KEY), "value": _b64(config.to_json())})
 
-    def leases(self, config: NetworkConfig) -> list[Lease]:
-        return list(self.snapshot(config)[0].values())
-
     # -- leases -----------------------------------------------------------------------------
     def _lease_alive(self, lease_id: int) -> bool:
         out = self._post("/kv/lease/timetolive", {"ID": lease_id})

@@ -33,10 +33,6 @@ def link(ipr: IPRoute, index: int) -> Any:
     return ipr.link("get", index=index)[0]
 
 
-def is_up(msg: Any) -> bool:
-    return bool(msg["flags"] & 1)  # IFF_UP
-
-
 def kind_of(msg: Any) -> str | None:
     info = msg.get_attr("IFLA_LINKINFO")
     return None if info is None else info.get_attr("IFLA_INFO_KIND")
@@ -44,10 +40,6 @@ def kind_of(msg: Any) -> str | None:
 
 def mac_of(msg: Any) -> str:
     return str(msg.get_attr("IFLA_ADDRESS"))
-
-
-def ensure_link_up(ipr: IPRoute, index: int) -> None:
-    ipr.link("set", index=index, state="up")
 
 
 def delete_link(ipr: IPRoute, name: str) -> bool:

@@ -88,11 +88,6 @@ def write_sysctl(path: str, value: str) -> None:
         fh.write(value)
 
 
-def read_sysctl(path: str) -> str:
-    with open("/proc/sys/" + path) as fh:
-        return fh.read().strip()
-
-
 NETNS_DIR = "/var/run/netns"
 
 

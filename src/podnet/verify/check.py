@@ -4,7 +4,6 @@ A failure is traced to what is missing on the path (diagnose.py)."""
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -164,6 +163,3 @@ def render(report: Report, endpoints: list[Endpoint]) -> str:
                  + ("PASS" if report.ok else "FAIL"))
     return "\n".join(lines)
 
-
-def in_subnet(ip: str, subnet: str) -> bool:
-    return ipaddress.ip_address(ip) in ipaddress.ip_network(subnet, strict=False)
