@@ -11,8 +11,33 @@ from pathlib import Path
 
 import pytest
 
-from podnet.lab.lab import ns_path
+from podnet.lab.lab import Lab, ns_path
 from tests.lab.conftest import MakeLab, failures, verify
+
+
+def join_and_leave(lab: Lab) -> None:
+    """A node that joins is reachable from all within seconds; one that leaves is gone from
+    every peer's tables."""
+    node = lab.add_node()
+    lab.add_pod(node.name)
+    report = verify(lab)
+    assert report.ok, failures(report)
+    # l2 programs nothing per peer (switching learns), so there only the FDB entries count.
+    gone = lab.conflist(node)["plugins"][0]["ipam"].get("subnet") or "no subnet"
+    gone_ip = lab.topo.node_ip(node)
+    lab.remove_node(node.name)
+    for peer in lab.topo.nodes:
+        ns = ns_path(peer.netns(lab.topo.name))
+        for _ in range(50):
+            tables = "".join(subprocess.run(["nsenter", f"--net={ns}", *cmd], capture_output=True,
+                                            text=True, check=True).stdout
+                             for cmd in (["ip", "route"], ["bridge", "fdb", "show"]))
+            if gone not in tables and f"dst {gone_ip} " not in tables:
+                break
+            time.sleep(0.1)
+        assert gone not in tables and f"dst {gone_ip} " not in tables
+    report = verify(lab)
+    assert report.ok, failures(report)
 
 
 @pytest.mark.parametrize("backend", ["vxlan", "host-gw"])
@@ -22,6 +47,7 @@ def test_backend_connects_every_pair(make_lab: MakeLab, backend: str) -> None:
     assert report.ok, failures(report)
     assert len(report.pairs) == 6 * 5 + 2 * 3 * 6
     assert all(p.seen_source for p in report.pairs)
+    join_and_leave(lab)
 
 
 def test_vxlan_mtu_and_device(make_lab: MakeLab) -> None:
@@ -58,6 +84,7 @@ def test_l2_one_domain(make_lab: MakeLab) -> None:
                            "ip", "-4", "-br", "addr"], capture_output=True, text=True,
                           check=True).stdout
     assert "podnet-br" in node and "192.168.100.11/24" in node  # the node IP moved with eth0
+    join_and_leave(lab)
 
 
 @pytest.mark.parametrize("mode", ["bgp", "static"])
