@@ -18,7 +18,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from podnet.datastore.model import Lease, NetworkConfig
-from podnet.netlink import batch, links, rtmsg
+from podnet.netlink import batch, rtmsg
 
 log = logging.getLogger("podnet.backend")
 
@@ -96,6 +96,7 @@ class Backend(ABC):
         self.own: Lease | None = None
         self._entries: dict[str, frozenset[Entry]] = {}  # by peer node name
         self._lock = threading.Lock()
+        self._connected: list[tuple[ipaddress.IPv4Network, int]] | None = None
 
     # -- what a backend says --------------------------------------------------------------
     @abstractmethod
@@ -147,9 +148,26 @@ class Backend(ABC):
     def routes_programmed(self) -> int:
         return sum(1 for es in self._entries.values() for e in es if isinstance(e, Route))
 
+    def connected_link(self, ip: ipaddress.IPv4Address) -> int | None:
+        """The interface whose directly connected subnet holds `ip`, or None (not on-link).
+
+        One address dump per sync, shared by every peer, rather than one per peer.
+        """
+        if self._connected is None:
+            ipr = IPRoute(groups=0)
+            try:
+                self._connected = [
+                    (ipaddress.IPv4Network(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}",
+                                           strict=False), int(m["index"]))
+                    for m in ipr.get_addr(family=socket.AF_INET)]
+            finally:
+                ipr.close()
+        return next((index for net, index in self._connected if ip in net), None)
+
     def sync(self, peers: list[Lease]) -> int:
         """Make the kernel hold exactly the peers' entries; returns how many were repaired."""
         with self._lock:
+            self._connected = None  # addresses may have moved since the last run
             self._entries = {p.node: self.entries_for(p) for p in peers}
             want: set[Entry] = set().union(*self._entries.values()) if self._entries else set()
             have = self._current()
@@ -181,12 +199,3 @@ class Backend(ABC):
                     out.add(Fdb(n.lladdr, n.dst, n.ifindex))
         return out
 
-
-def on_link(node: NodeInfo, ip: ipaddress.IPv4Address) -> bool:
-    """Whether `ip` lies in a subnet directly connected through the underlay interface."""
-    ipr = IPRoute(groups=0)
-    try:
-        return any(ip in a.network for a in links.addresses(ipr, node.iface_index)
-                   if a.version == 4)
-    finally:
-        ipr.close()

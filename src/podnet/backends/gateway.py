@@ -159,14 +159,8 @@ class RouterBackend(Backend):
         return self.node.mtu
 
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
-        ipr = IPRoute(groups=0)
-        try:
-            found = ipr.route("get", dst=str(peer.node_ip))
-            oif = int(found[0].get_attr("RTA_OIF"))
-            via = found[0].get_attr("RTA_GATEWAY")
-        finally:
-            ipr.close()
-        if via is not None:
+        oif = self.connected_link(peer.node_ip)
+        if oif is None:
             log.error("router: node %s (%s) is not directly connected; not routing %s",
                       peer.node, peer.node_ip, peer.subnet)
             return frozenset()

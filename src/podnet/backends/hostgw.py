@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from podnet.backends.base import Backend, Entry, Route, on_link
+from podnet.backends.base import Backend, Entry, Route
 from podnet.datastore.model import Lease
 
 log = logging.getLogger("podnet.backend")
@@ -18,7 +18,7 @@ class HostGwBackend(Backend):
         return self.node.mtu
 
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
-        if not on_link(self.node, peer.node_ip):
+        if self.connected_link(peer.node_ip) != self.node.iface_index:
             log.error("host-gw: peer %s (%s) is not on-link through %s; its pod subnet %s "
                       "cannot be routed directly (use vxlan with directRouting instead)",
                       peer.node, peer.node_ip, self.node.iface, peer.subnet)

@@ -16,7 +16,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from podnet.backends.base import Backend, BackendError, Entry, Fdb, Neigh, Route, on_link
+from podnet.backends.base import Backend, BackendError, Entry, Fdb, Neigh, Route
 from podnet.datastore.model import Lease
 from podnet.netlink import links
 
@@ -65,7 +65,6 @@ class VxlanBackend(Backend):
         self.tx_offload = tx_offload_wanted(opts.get("txChecksumOffload", "auto"),
                                             platform.release())
         self.index = 0
-        self._onlink_cache: dict[ipaddress.IPv4Address, bool] = {}
 
     def pod_mtu(self) -> int:
         return self.node.mtu - VXLAN_OVERHEAD
@@ -141,7 +140,7 @@ class VxlanBackend(Backend):
         return [self.index]
 
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
-        if self.direct and self._on_link(peer.node_ip):
+        if self.direct and self.connected_link(peer.node_ip) == self.node.iface_index:
             return frozenset({Route(str(peer.subnet), str(peer.node_ip), self.node.iface_index)})
         mac = peer.attrs.get("vtepMAC")
         if not isinstance(mac, str):
@@ -152,11 +151,6 @@ class VxlanBackend(Backend):
             Fdb(mac, str(peer.node_ip), self.index),
             Route(str(peer.subnet), gw, self.index, onlink=True),
         })
-
-    def _on_link(self, ip: ipaddress.IPv4Address) -> bool:
-        if ip not in self._onlink_cache:
-            self._onlink_cache[ip] = on_link(self.node, ip)
-        return self._onlink_cache[ip]
 
 
 def set_tx_checksum_offload(device: str, enable: bool) -> None:

@@ -8,6 +8,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
+from podnet.cni import delegate
 from podnet.cni.errors import CNIError
 
 
@@ -31,11 +32,7 @@ class Runtime:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def find(self, plugin_type: str) -> str:
-        for directory in self.path:
-            candidate = os.path.join(directory, plugin_type)
-            if os.access(candidate, os.X_OK):
-                return candidate
-        raise FileNotFoundError(f"plugin {plugin_type} not in {self.path}")
+        return delegate.find(plugin_type, self.path)
 
     def exec(self, plugin_type: str, command: str, conf: dict[str, Any] | bytes,
              container_id: str = "", netns: str = "", ifname: str = "eth0",

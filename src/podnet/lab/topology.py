@@ -18,24 +18,26 @@ def netns_prefix(lab: str) -> str:
     return f"pnl-{lab}-"
 
 
+class _InLab:
+    name: str
+
+    def netns(self, lab: str) -> str:
+        """Its namespace: the lab's prefix and its name."""
+        return f"{netns_prefix(lab)}{self.name}"
+
+
 @dataclass
-class PodSpec:
+class PodSpec(_InLab):
     name: str
     node: str
     ip: str = ""
 
-    def netns(self, lab: str) -> str:
-        return f"{netns_prefix(lab)}{self.name}"
-
 
 @dataclass
-class NodeSpec:
+class NodeSpec(_InLab):
     name: str
     index: int
     agent_pid: int = 0
-
-    def netns(self, lab: str) -> str:
-        return f"{netns_prefix(lab)}{self.name}"
 
 
 @dataclass
