@@ -11,9 +11,11 @@ import uuid
 
 import pytest
 
-from podnet.lab.lab import LABS_DIR, Lab, down, lab_dir
+from podnet.lab.lab import LABS_DIR, Lab, down, lab_dir, status
 from podnet.lab.topology import Topology, netns_prefix
 from podnet.netlink import netns
+from podnet.verify.check import endpoints_of
+from podnet.verify.diagnose import explain
 from tests.lab.conftest import MakeLab, failures, verify
 from tests.lab.test_backend_policy import _reinit
 from tests.lab.test_lab_ops import sh
@@ -100,3 +102,9 @@ def test_vxlan_direct_routing_for_on_link_peers(make_lab: MakeLab) -> None:
     assert f"{peer} via 192.168.100.12 dev eth0 proto 88" in routes  # direct, not tunnelled
     report = verify(lab)
     assert report.ok, failures(report)
+    # A direct route needs no VTEP entries: the diagnosis must not ask for them.
+    st = status(lab)
+    by_name = {e.name: e for e in endpoints_of(st)}
+    assert explain(by_name["node1-p1"], by_name["node2-p1"], st) == [
+        "node1 and node2 hold every route and entry for each other: a hop dropped it "
+        "(firewall, MTU, or the underlay)"]

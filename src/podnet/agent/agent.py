@@ -96,10 +96,13 @@ class Agent:
             self.backend.cni_plugin_options(), self.backend.pod_mtu(), self.opts.cni_socket,
             self.opts.ipam_data_dir))
         log.info("wrote %s", path)
+        self._metrics()
+        revision = self._resync()
+        # The socket appearing means ready: peers are programmed. Until then the shim falls back
+        # to the plugin in-process, so pods still start.
         self.cni = Server(self.opts.cni_socket)
         self.cni.start_thread()
-        self._metrics()
-        self._start_loops(self._resync())
+        self._start_loops(revision)
         threading.Thread(target=self._renew_loop, name="renew", daemon=True).start()
 
     def _start_loops(self, revision: int) -> None:

@@ -43,17 +43,19 @@ def _lacks(status: dict[str, Any], on: str, towards: str) -> list[str]:
         # Nodes hold only a default route: the router must route the subnet.
         ipr = netns.iproute_in(ns_path(netns_prefix(status["name"]) + "rt"))
         try:
-            if not _has_route(ipr, subnet):
+            if _route(ipr, subnet) is None:
                 return [f"the router lacks a route to {subnet} ({towards}'s pods)"]
             return []
         finally:
             ipr.close()
     ipr = netns.iproute_in(ns_path(_node(status, on)["netns"]))
     try:
-        if not _has_route(ipr, subnet):
+        route = _route(ipr, subnet)
+        if route is None:
             return [f"node {on} lacks a route to {subnet} ({towards}'s pods)"]
         out: list[str] = []
-        if status.get("backend") == "vxlan":
+        # Only a route into the tunnel needs the VTEP's entries; directRouting goes via eth0.
+        if status.get("backend") == "vxlan" and _is_tunnel(ipr, route):
             gw = str(subnet.network_address)
             if not any(n.get_attr("NDA_DST") == gw for n in ipr.get_neighbours(
                     family=socket.AF_INET) if n["state"] & 0x80):
@@ -66,7 +68,13 @@ def _lacks(status: dict[str, Any], on: str, towards: str) -> list[str]:
         ipr.close()
 
 
-def _has_route(ipr: Any, subnet: ipaddress.IPv4Network) -> bool:
-    return any(r.get_attr("RTA_DST") == str(subnet.network_address)
-               and r["dst_len"] == subnet.prefixlen
-               for r in ipr.get_routes(family=socket.AF_INET, table=254))
+def _route(ipr: Any, subnet: ipaddress.IPv4Network) -> Any:
+    return next((r for r in ipr.get_routes(family=socket.AF_INET, table=254)
+                 if r.get_attr("RTA_DST") == str(subnet.network_address)
+                 and r["dst_len"] == subnet.prefixlen), None)
+
+
+def _is_tunnel(ipr: Any, route: Any) -> bool:
+    links = ipr.get_links(route.get_attr("RTA_OIF"))
+    info = links[0].get_attr("IFLA_LINKINFO") if links else None
+    return info is not None and info.get_attr("IFLA_INFO_KIND") == "vxlan"
