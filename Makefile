@@ -35,6 +35,7 @@ bench: setup
 	$(PY) bench/pod_churn.py
 	$(PY) bench/control_plane.py --peers 100 1000 5000
 	$(PY) bench/dataplane.py
+	$(PY) bench/dataplane.py --link-gbit 0
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,8 +1,12 @@
 """The data plane against the underlay, per backend, side by side in one lab: TCP throughput
-(iperf3, one stream and four) and request/response latency, pod to pod across nodes against node
-to node on the same underlay; several repetitions, medians.
+(iperf3, one stream and four) and latency (ICMP echo, TCP 1-byte request/response), pod to pod
+across nodes against node to node on the same underlay and, for host-gw and vxlan, against pods
+wired the way flannel wires them (flannel_like.py); several repetitions, medians.
 
-    .venv/bin/python bench/dataplane.py [--backends vxlan host-gw l2 gateway] [--reps 3]
+The underlay's links are shaped to `--link-gbit` (3) like NICs (see shape_links); with
+`--link-gbit 0` they are as fast as the CPU, and throughput measures CPU cost per byte.
+
+    .venv/bin/python bench/dataplane.py [--backends ...] [--reps 5] [--link-gbit 3]
 """
 
 from __future__ import annotations
@@ -10,36 +14,55 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
 import sys
 import time
 import uuid
+from typing import Any
+
+import flannel_like
 
 from podnet.lab.lab import Lab, down, ns_path
 from podnet.lab.topology import Topology
+from podnet.netlink import links, netns
 from podnet.verify import probes
 
 PORT = 5201
 RR_PORT = 7947
 
 
+def listening(pid: int, port: int) -> bool:
+    """Whether process pid's network namespace has a TCP socket listening on port."""
+    try:
+        with open(f"/proc/{pid}/net/tcp") as fh:
+            rows = [line.split() for line in fh.readlines()[1:]]
+    except FileNotFoundError:
+        return False
+    return any(r[1].endswith(f":{port:04X}") and r[3] == "0A" for r in rows)
+
+
 def iperf(src_ns: str, dst_ns: str, dst_ip: str, streams: int, seconds: int) -> float:
+    """Gbit/s received."""
     server = subprocess.Popen(["nsenter", f"--net={dst_ns}", "iperf3", "-s", "-p",
                                str(PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(50):
-            try:
-                probes.tcp_seen_source(src_ns, dst_ip, PORT, timeout=0.2)
-            except OSError:
-                time.sleep(0.05)
-                continue
-            break
-        out = subprocess.run(["nsenter", f"--net={src_ns}", "iperf3", "-c", dst_ip, "-p",
-                              str(PORT), "-t", str(seconds), "-P", str(streams), "-J"],
+        # Wait for its listening socket without connecting: a probe connection would hold
+        # up iperf3's next test by seconds.
+        for _ in range(100):
+            if listening(server.pid, PORT):
+                break
+            time.sleep(0.02)
+        out = subprocess.run(["nsenter", f"--net={src_ns}", "iperf3", "-c",
+                              dst_ip, "-p", str(PORT), "-t", str(seconds), "-P", str(streams),
+                              "-J"],
                              capture_output=True, text=True, check=True, timeout=seconds + 30)
-        return float(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
+        report = json.loads(out.stdout)
+        if "error" in report:
+            raise RuntimeError(f"iperf3 to {dst_ip}: {report['error']}")
+        return float(report["end"]["sum_received"]["bits_per_second"]) / 1e9
     finally:
         server.kill()
         server.wait()
@@ -83,14 +106,37 @@ def rr_latency_us(src_ns: str, dst_ns: str, dst_ip: str, count: int = 2000) -> f
     return statistics.median(samples)
 
 
-def icmp_rtt_us(src_ns: str, dst_ip: str, count: int = 500) -> float:
-    """Average ICMP echo round trip: the kernel answers, so this is the network's own latency."""
-    out = subprocess.run(["nsenter", f"--net={src_ns}", "ping", "-q", "-c", str(count), "-i",
-                          "0.002", dst_ip], capture_output=True, text=True, check=True).stdout
-    return float(out.strip().splitlines()[-1].split("=")[1].split("/")[1]) * 1000
+def icmp_rtt_us(src_ns: str, dst_ip: str, count: int = 1000) -> tuple[float, float]:
+    """ICMP echo round trip, 10th percentile and median: the kernel answers, so this is the
+    network's own latency. The median also holds the wake-ups of this VM's idle CPUs, which
+    move it by a third between runs; the 10th percentile is the path's steady cost."""
+    out = subprocess.run(["nsenter", f"--net={src_ns}", "ping", "-c", str(count), "-i",
+                          "0.001", dst_ip], capture_output=True, text=True, check=True).stdout
+    rtts = sorted(float(m.group(1)) * 1e3 for m in re.finditer(r"time=([0-9.]+)", out))
+    return rtts[len(rtts) // 10], statistics.median(rtts)
 
 
-def measure(backend: str, reps: int, seconds: int) -> dict[str, float]:
+def shape_links(lab: Lab, gbit: float) -> None:
+    """Make the underlay's links gbit/s wide, as a NIC is: a token bucket on each switch (or
+    router) port towards a node. Unshaped, a veth is as fast as the CPU, so every extra hop
+    of any pod network costs throughput; shaped, the question is a user's: how much of the
+    link do pods get."""
+    hub = lab.prefix + ("sw" if lab.topo.underlay == "switch" else "rt")
+    ipr = netns.iproute_in(ns_path(hub))
+    try:
+        for node in lab.topo.nodes:
+            index = links.index_of(ipr, node.name)
+            # A burst of 1 MB holds 16 of the 64 KB segments TSO hands a veth.
+            ipr.tc("add", "tbf", index, handle=0x10000, rate=f"{int(gbit * 1000)}mbit",
+                   burst=1 << 20, latency="5ms")
+    finally:
+        ipr.close()
+
+
+PATHS = ("node", "pod", "ref")
+
+
+def measure(backend: str, reps: int, seconds: int, link_gbit: float) -> dict[str, Any]:
     underlay = "routed" if backend == "gateway" else "switch"
     topo = Topology.make(f"dp{uuid.uuid4().hex[:4]}", backend, 2, 1, underlay)
     lab = Lab(topo)
@@ -98,49 +144,80 @@ def measure(backend: str, reps: int, seconds: int) -> dict[str, float]:
         lab.up()
         n1, n2 = (ns_path(n.netns(topo.name)) for n in topo.nodes)
         p1, p2 = (ns_path(p.netns(topo.name)) for p in topo.pods)
-        pod2_ip = topo.pods[1].ip
-        node2_ip = topo.node_ip(topo.nodes[1])
+        ends = {"node": (n1, n2, topo.node_ip(topo.nodes[1])), "pod": (p1, p2, topo.pods[1].ip)}
+        if backend in ("host-gw", "vxlan"):
+            (r1, _), (r2, r2_ip) = flannel_like.build(lab, backend)
+            ends["ref"] = (r1, r2, r2_ip)
+        if link_gbit:
+            shape_links(lab, link_gbit)
         time.sleep(1)
-        res: dict[str, list[float]] = {k: [] for k in (
-            "node_1", "pod_1", "node_4", "pod_4", "node_rr", "pod_rr", "node_icmp",
-            "pod_icmp")}
-        for _ in range(reps):  # interleaved: underlay, then pods, each repetition
-            res["node_1"].append(iperf(n1, n2, node2_ip, 1, seconds))
-            res["pod_1"].append(iperf(p1, p2, pod2_ip, 1, seconds))
-            res["node_4"].append(iperf(n1, n2, node2_ip, 4, seconds))
-            res["pod_4"].append(iperf(p1, p2, pod2_ip, 4, seconds))
-            res["node_rr"].append(rr_latency_us(n1, n2, node2_ip))
-            res["pod_rr"].append(rr_latency_us(p1, p2, pod2_ip))
-            res["node_icmp"].append(icmp_rtt_us(n1, node2_ip))
-            res["pod_icmp"].append(icmp_rtt_us(p1, pod2_ip))
-        med = {k: statistics.median(v) for k, v in res.items()}
-        return {"backend": backend, **med,
-                "ratio_1": med["pod_1"] / med["node_1"], "ratio_4": med["pod_4"] / med["node_4"],
-                "latency_overhead": med["pod_icmp"] / med["node_icmp"] - 1,
-                "rr_overhead": med["pod_rr"] / med["node_rr"] - 1}
+        res: dict[str, list[float]] = {f"{k}_{m}": [] for k in ends
+                                       for m in ("1", "4", "icmp10", "icmp50", "rr")}
+        for _ in range(reps):  # interleaved: each path once per repetition
+            for streams in (1, 4):
+                for k, (a, b, ip) in ends.items():
+                    res[f"{k}_{streams}"].append(iperf(a, b, ip, streams, seconds))
+            for k, (a, b, ip) in ends.items():
+                p10, p50 = icmp_rtt_us(a, ip)
+                res[f"{k}_icmp10"].append(p10)
+                res[f"{k}_icmp50"].append(p50)
+                res[f"{k}_rr"].append(rr_latency_us(a, b, ip))
+        med: dict[str, Any] = {k: statistics.median(v) for k, v in res.items()}
+        med["backend"] = backend
+        for m in ("1", "4"):
+            med[f"ratio_{m}"] = med[f"pod_{m}"] / med[f"node_{m}"]
+        for m in ("icmp10", "icmp50", "rr"):
+            med[f"over_{m}"] = med[f"pod_{m}"] / med[f"node_{m}"] - 1
+        if "ref" in ends:
+            for m in ("1", "4"):
+                med[f"vs_ref_{m}"] = med[f"pod_{m}"] / med[f"ref_{m}"]
+            for m in ("icmp10", "icmp50", "rr"):
+                med[f"vs_ref_{m}"] = med[f"pod_{m}"] / med[f"ref_{m}"] - 1
+        return med
     finally:
         down(topo.name)
+
+
+def _fmt(r: dict[str, Any], key: str, spec: str) -> str:
+    return format(r[key], spec) if key in r else "-"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backends", nargs="+", default=["vxlan", "host-gw", "l2", "gateway"])
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument("--link-gbit", type=float, default=3.0,
+                        help="the underlay links' width; 0: unshaped, as fast as the CPU")
     args = parser.parse_args()
-    rows = [measure(b, args.reps, args.seconds) for b in args.backends]
-    print("| backend | underlay 1 stream (Gbit/s) | pods 1 stream | ratio | underlay 4 streams |"
-          " pods 4 streams | ratio | underlay ICMP RTT (us) | pods ICMP RTT (us) | overhead |"
-          " underlay TCP RR (us) | pods TCP RR (us) | overhead |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = [measure(b, args.reps, args.seconds, args.link_gbit) for b in args.backends]
+    print(f"Underlay links: {f'{args.link_gbit:g} Gbit/s' if args.link_gbit else 'unshaped'}; "
+          f"{args.reps} repetitions of {args.seconds} s")
+    print("Throughput (Gbit/s, median); ratio = podnet pods / underlay; vs ref = podnet pods / "
+          "flannel-like pods")
+    print("| backend | streams | underlay | podnet pods | ratio | flannel-like pods | vs ref |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['backend']} | {r['node_1']:.2f} | {r['pod_1']:.2f} | {r['ratio_1']:.2f} | "
-              f"{r['node_4']:.2f} | {r['pod_4']:.2f} | {r['ratio_4']:.2f} | "
-              f"{r['node_icmp']:.0f} | {r['pod_icmp']:.0f} | {r['latency_overhead'] * 100:+.0f}% "
-              f"| {r['node_rr']:.0f} | {r['pod_rr']:.0f} | {r['rr_overhead'] * 100:+.0f}% |")
+        for m in ("1", "4"):
+            print(f"| {r['backend']} | {m} | {r[f'node_{m}']:.2f} | {r[f'pod_{m}']:.2f} | "
+                  f"{r[f'ratio_{m}']:.2f} | {_fmt(r, f'ref_{m}', '.2f')} | "
+                  f"{_fmt(r, f'vs_ref_{m}', '.2f')} |")
+    print()
+    print("Latency (us; medians over the repetitions); overhead = podnet pods / underlay - 1; "
+          "vs ref = podnet pods / flannel-like pods - 1")
+    print("| backend | probe | underlay | podnet pods | overhead | flannel-like pods | vs ref |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        for m, name in (("icmp10", "ICMP echo p10"), ("icmp50", "ICMP echo p50"),
+                        ("rr", "TCP 1-byte RR p50")):
+            print(f"| {r['backend']} | {name} | {r[f'node_{m}']:.0f} | {r[f'pod_{m}']:.0f} | "
+                  f"{r[f'over_{m}'] * 100:+.0f}% | {_fmt(r, f'ref_{m}', '.0f')} | "
+                  f"{_fmt(r, f'vs_ref_{m}', '+.0%')} |")
     os.makedirs("bench/out", exist_ok=True)
-    with open("bench/out/dataplane.json", "w") as fh:
-        json.dump(rows, fh, indent=2)
+    tag = f"{args.link_gbit:g}gbit" if args.link_gbit else "unshaped"
+    with open(f"bench/out/dataplane-{tag}.json", "w") as fh:
+        json.dump({"link_gbit": args.link_gbit, "reps": args.reps, "seconds": args.seconds,
+                   "rows": rows}, fh, indent=2)
 
 
 if __name__ == "__main__":
