@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -35,24 +36,29 @@ def test_subnets_distinct_join_within_a_second(make_lab: MakeLab) -> None:
 def test_corrupt_and_hostile_leases_are_skipped(make_lab: MakeLab) -> None:
     lab = make_lab("vxlan", nodes=2, pods=1)
     own = subnet_of(lab, "node1")
+    # Keys of subnets no node holds (leases are spread at random over the /16).
+    held = {subnet_of(lab, n.name) for n in lab.topo.nodes}
+    a, b, c, d = [str(net) for net in ipaddress.IPv4Network("10.244.0.0/16").subnets(8)
+                  if str(net) not in held][-4:]
+    key = "/podnet/subnets/{}".format
     hostile = {
-        "/podnet/subnets/10.244.250.0-24": "{not json",
-        "/podnet/subnets/10.244.251.0-24": json.dumps(  # claims another node's subnet
+        key(a.replace("/", "-")): "{not json",
+        key(b.replace("/", "-")): json.dumps(  # claims another node's subnet
             {"subnet": own, "node": "evil", "nodeIP": "192.168.100.66", "attrs": {}}),
-        "/podnet/subnets/10.244.252.0-24": json.dumps(  # outside the cluster network
+        key(c.replace("/", "-")): json.dumps(  # outside the cluster network
             {"subnet": "10.99.0.0/24", "node": "evil2", "nodeIP": "192.168.100.67"}),
-        "/podnet/subnets/10.244.253.0-24": json.dumps(  # a pod address as node IP
-            {"subnet": "10.244.253.0/24", "node": "evil3", "nodeIP": "10.244.1.5"}),
+        key(d.replace("/", "-")): json.dumps(  # a pod address as node IP
+            {"subnet": d, "node": "evil3", "nodeIP": "10.244.1.5"}),
     }
-    for key, value in hostile.items():
-        etcdctl(lab, "put", key, value)
+    for k, value in hostile.items():
+        etcdctl(lab, "put", k, value)
     time.sleep(1.0)
     for n in lab.topo.nodes:
         assert os.path.exists(f"/proc/{n.agent_pid}")
         routes = sh(lab, n.name, "ip", "route")
-        assert "10.244.25" not in routes and "10.99.0.0" not in routes
+        assert not [net for net in (a, b, c, d, "10.99.0.0/24") if f"{net} " in routes], routes
     log = Path(lab.node_dir(lab.topo.node("node2")), "agent.log").read_text()
-    assert "skipping lease /podnet/subnets/10.244.250.0-24" in log
+    assert f"skipping lease {key(a.replace('/', '-'))}" in log
     assert "payload claims subnet" in log
     report = verify(lab)
     assert report.ok, failures(report)

@@ -91,7 +91,7 @@ class Agent:
                                   str(node.ip)))
         log.info("leased %s for node %s (%s)", own.subnet, own.node, own.node_ip)
         self.backend.start(own)
-        firewall.apply(config.network, [node.ip], self.backend.tunnel_port())
+        firewall.apply(config.network, [node.ip], self.backend.tunnel_match())
         path = conflist.write(self.opts.cni_conf_dir, conflist.render(
             self.backend.cni_plugin_options(), self.backend.pod_mtu(), self.opts.cni_socket,
             self.opts.ipam_data_dir))
@@ -154,7 +154,7 @@ class Agent:
             t2 = time.perf_counter()
             firewall.apply(self.config.network,
                            [p.node_ip for p in self.peers.values()]
-                           + ([own.node_ip] if own else []), self.backend.tunnel_port())
+                           + ([own.node_ip] if own else []), self.backend.tunnel_match())
         log.info("synced %d peers at revision %d (read %.0f ms, kernel %.0f ms, firewall "
                  "%.0f ms)", len(self.peers), revision, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
                  (time.perf_counter() - t2) * 1e3)

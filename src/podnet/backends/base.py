@@ -111,8 +111,9 @@ class Backend(ABC):
         """The node's own lease is known (addresses, bridges)."""
         self.own = own
 
-    def tunnel_port(self) -> int | None:
-        """The UDP port tunnel packets arrive on, to be accepted only from known nodes."""
+    def tunnel_match(self) -> str | None:
+        """An nftables match for arriving tunnel packets (`udp dport 8472`), which are then
+        accepted only from known nodes."""
         return None
 
     def repair_devices(self) -> bool:

@@ -62,7 +62,7 @@ def cleanup(kind: str, state_dir: str) -> None:
         batch.apply(ops)
         for msg in ipr.get_links():
             name = str(msg.get_attr("IFLA_IFNAME"))
-            if kind == "vxlan" and name.startswith("podnet."):  # podnet.<vni>
+            if kind in ("vxlan", "gre") and name.startswith("podnet."):  # .<vni>, .gre
                 ipr.link("del", index=msg["index"])
     finally:
         ipr.close()

@@ -5,18 +5,14 @@ host-gw does and tunnels only the rest."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import ipaddress
 import logging
 import platform
 import re
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
-from podnet.backends.base import Backend, BackendError, Entry, Fdb, Neigh, Route
+from podnet.backends.base import BackendError, Entry, Fdb, Route
+from podnet.backends.tunnel import TunnelBackend
 from podnet.datastore.model import Lease
 from podnet.netlink import links
 
@@ -50,7 +46,7 @@ def vtep_mac(node: str, vni: int) -> str:
     return ":".join(f"{b:02x}" for b in (0x0A, *digest[:5]))  # locally administered, unicast
 
 
-class VxlanBackend(Backend):
+class VxlanBackend(TunnelBackend):
     name = "vxlan"
 
     def __init__(self, *args: Any) -> None:
@@ -62,82 +58,34 @@ class VxlanBackend(Backend):
         if not 0 < self.vni < 1 << 24 or not 0 < self.port < 65536:
             raise BackendError(f"invalid VXLAN VNI {self.vni} or port {self.port}")
         self.device = f"podnet.{self.vni}"
+        self.mac = vtep_mac(self.node.name, self.vni)
         self.tx_offload = tx_offload_wanted(opts.get("txChecksumOffload", "auto"),
                                             platform.release())
-        self.index = 0
 
     def pod_mtu(self) -> int:
         return self.node.mtu - VXLAN_OVERHEAD
 
     def setup(self) -> dict[str, Any]:
-        mac = vtep_mac(self.node.name, self.vni)
-        ipr = IPRoute(groups=0)
-        try:
-            msg = links.by_name(ipr, self.device)
-            if msg is not None and not self._matches(msg, mac):
-                ipr.link("del", index=msg["index"])  # changed options: make it anew
-                msg = None
-            if msg is None:
-                try:
-                    ipr.link("add", ifname=self.device, kind="vxlan", vxlan_id=self.vni,
-                             vxlan_local=str(self.node.ip), vxlan_port=self.port,
-                             vxlan_link=self.node.iface_index, vxlan_learning=0,
-                             vxlan_udp_csum=0, address=mac, mtu=self.pod_mtu())
-                except NetlinkError as exc:
-                    if exc.code == errno.EOPNOTSUPP:
-                        raise BackendError("this kernel has no VXLAN support") from None
-                    raise
-                msg = links.by_name(ipr, self.device)
-                assert msg is not None
-            self.index = int(msg["index"])
-            ipr.link("set", index=self.index, state="up", mtu=self.pod_mtu())
-        finally:
-            ipr.close()
+        self.ensure_device()
         set_tx_checksum_offload(self.device, self.tx_offload)
-        return {"vtepMAC": mac}
+        return {"vtepMAC": self.mac}
 
-    def _matches(self, msg: Any, mac: str) -> bool:
+    def device_spec(self) -> dict[str, Any]:
+        return {"kind": "vxlan", "vxlan_id": self.vni, "vxlan_local": str(self.node.ip),
+                "vxlan_port": self.port, "vxlan_link": self.node.iface_index,
+                "vxlan_learning": 0, "vxlan_udp_csum": 0, "address": self.mac}
+
+    def device_matches(self, msg: Any) -> bool:
         info = msg.get_attr("IFLA_LINKINFO")
         data = info.get_attr("IFLA_INFO_DATA") if info else None
         return (links.kind_of(msg) == "vxlan" and data is not None
                 and data.get_attr("IFLA_VXLAN_ID") == self.vni
                 and data.get_attr("IFLA_VXLAN_PORT") == self.port
                 and data.get_attr("IFLA_VXLAN_LOCAL") == str(self.node.ip)
-                and links.mac_of(msg) == mac)
+                and links.mac_of(msg) == self.mac)
 
-    def start(self, own: Lease) -> None:
-        super().start(own)
-        ipr = IPRoute(groups=0)
-        try:
-            # The subnet's network address on the device: the source of tunnelled node traffic,
-            # and the next hop peers route this subnet through.
-            want = ipaddress.ip_interface(f"{own.subnet.network_address}/32")
-            for have in links.addresses(ipr, self.index):
-                if have != want:
-                    links.del_address(ipr, self.index, str(have))
-            links.add_address(ipr, self.index, str(want))
-        finally:
-            ipr.close()
-
-    def tunnel_port(self) -> int | None:
-        return self.port
-
-    def repair_devices(self) -> bool:
-        ipr = IPRoute(groups=0)
-        try:
-            present = links.by_name(ipr, self.device) is not None
-        finally:
-            ipr.close()
-        if present:
-            return False
-        log.warning("%s was deleted: making it anew", self.device)
-        self.setup()
-        if self.own is not None:
-            self.start(self.own)
-        return True
-
-    def owned_devices(self) -> list[int]:
-        return [self.index]
+    def tunnel_match(self) -> str | None:
+        return f"udp dport {self.port}"
 
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         if self.direct and self.connected_link(peer.node_ip) == self.node.iface_index:
@@ -145,12 +93,7 @@ class VxlanBackend(Backend):
         mac = peer.attrs.get("vtepMAC")
         if not isinstance(mac, str):
             return frozenset()
-        gw = str(peer.subnet.network_address)
-        return frozenset({
-            Neigh(gw, mac, self.index),
-            Fdb(mac, str(peer.node_ip), self.index),
-            Route(str(peer.subnet), gw, self.index, onlink=True),
-        })
+        return self.tunnelled(peer, mac) | {Fdb(mac, str(peer.node_ip), self.index)}
 
 
 def set_tx_checksum_offload(device: str, enable: bool) -> None:

@@ -29,13 +29,13 @@ def _elements(ips: Iterable[ipaddress.IPv4Address]) -> str:
 
 
 def apply(cidr: ipaddress.IPv4Network, node_ips: Iterable[ipaddress.IPv4Address],
-          tunnel_port: int | None = None) -> None:
+          tunnel_match: str | None = None) -> None:
     """(Re)write the whole table atomically."""
     tunnel = (f"""  chain input {{
     type filter hook input priority filter - 1; policy accept;
-    udp dport {tunnel_port} ip saddr != @nodes counter drop comment "tunnel from a non-node"
+    {tunnel_match} ip saddr != @nodes counter drop comment "tunnel from a non-node"
   }}
-""" if tunnel_port else "")
+""" if tunnel_match else "")
     libnft.run(f"""table ip {TABLE}
 delete table ip {TABLE}
 table ip {TABLE} {{

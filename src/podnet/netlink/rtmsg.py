@@ -50,7 +50,16 @@ def _ip(text: str) -> bytes:
 
 
 def _mac(text: str) -> bytes:
+    """A link-layer address: a MAC, or an IPv4 address (a GRE device's peers)."""
+    if "." in text:
+        return socket.inet_aton(text)
     return bytes(int(part, 16) for part in text.split(":"))
+
+
+def _lladdr(raw: bytes | None) -> str | None:
+    if raw and len(raw) == 6:
+        return ":".join(f"{b:02x}" for b in raw)
+    return socket.inet_ntoa(raw) if raw and len(raw) == 4 else None
 
 
 def _message(mtype: int, flags: int, seq: int, body: bytes) -> bytes:
@@ -161,6 +170,4 @@ def dump_neighbours(sock: socket.socket, family: int) -> Iterator[NeighInfo]:
         fam, _p1, _p2, ifindex, state, flags, _type = NDMSG.unpack_from(buf, start)
         a = _attrs(buf, start + NDMSG.size, end)
         dst = socket.inet_ntoa(a[NDA_DST]) if len(a.get(NDA_DST, b"")) == 4 else None
-        ll = a.get(NDA_LLADDR)
-        yield NeighInfo(fam, ifindex, state, flags, dst,
-                        ":".join(f"{b:02x}" for b in ll) if ll and len(ll) == 6 else None)
+        yield NeighInfo(fam, ifindex, state, flags, dst, _lladdr(a.get(NDA_LLADDR)))
