@@ -6,7 +6,6 @@ host-gw does and tunnels only the rest."""
 from __future__ import annotations
 
 import hashlib
-import logging
 import platform
 import re
 from typing import Any
@@ -15,8 +14,6 @@ from podnet.backends.base import BackendError, Entry, Fdb, Route
 from podnet.backends.tunnel import TunnelBackend
 from podnet.datastore.model import Lease
 from podnet.netlink import links
-
-log = logging.getLogger("podnet.backend")
 
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 DEFAULT_VNI = 1
