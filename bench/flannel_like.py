@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import os
 
+from pyroute2 import IPRoute
+
 from podnet.lab.lab import Lab, ns_path
 from podnet.netlink import links, netns
 
@@ -34,23 +36,20 @@ def build(lab: Lab, mode: str) -> list[tuple[str, str]]:
                      "dataDir": os.path.join(lab.dir, "ref-ipam")}}]}
         result = lab.runtime(node).add_list(conf, name, path)
         pods.append((path, result["ips"][0]["address"].split("/")[0]))
-    if mode == "vxlan":
-        _vxlan(lab)
     for i, node in enumerate(nodes):
-        with netns.entered(ns_path(node.netns(lab.topo.name))):
-            ipr = netns.iproute_in(None)
-            try:
-                for j, peer in enumerate(nodes):
-                    if j == i:
-                        continue
-                    dst = str(subnets[j + 1])
-                    if mode == "vxlan":
-                        links.add_route(ipr, dst, _vtep(j), links.index_of(ipr, "refvx"),
-                                        flags=4)  # onlink: the VTEP has no connected route
-                    else:
-                        links.add_route(ipr, dst, lab.topo.node_ip(peer), None)
-            finally:
-                ipr.close()
+        ipr = netns.iproute_in(ns_path(node.netns(lab.topo.name)))
+        try:
+            tunnel = _vxlan(ipr, lab, i) if mode == "vxlan" else None
+            for j, peer in enumerate(nodes):
+                if j == i:
+                    continue
+                if tunnel is not None:
+                    links.add_route(ipr, str(subnets[j + 1]), _vtep(j), tunnel,
+                                    flags=4)  # onlink: the VTEP has no connected route
+                else:
+                    links.add_route(ipr, str(subnets[j + 1]), lab.topo.node_ip(peer), None)
+        finally:
+            ipr.close()
     return pods
 
 
@@ -62,25 +61,21 @@ def _mac(i: int) -> str:
     return f"02:fa:00:00:{(i + 1) >> 8:02x}:{(i + 1) & 0xff:02x}"
 
 
-def _vxlan(lab: Lab) -> None:
+def _vxlan(ipr: IPRoute, lab: Lab, i: int) -> int:
+    """Node i's VXLAN device with every peer's FDB and neighbour entry; its index."""
     nodes = lab.topo.nodes
-    for i, node in enumerate(nodes):
-        with netns.entered(ns_path(node.netns(lab.topo.name))):
-            ipr = netns.iproute_in(None)
-            try:
-                ipr.link("add", ifname="refvx", kind="vxlan", vxlan_id=VNI,
-                         vxlan_local=lab.topo.node_ip(node), vxlan_port=PORT,
-                         vxlan_link=links.index_of(ipr, "eth0"), vxlan_learning=0,
-                         address=_mac(i), mtu=1500 - VXLAN_OVERHEAD)
-                index = links.index_of(ipr, "refvx")
-                assert index is not None
-                ipr.link("set", index=index, state="up")
-                links.add_address(ipr, index, f"{_vtep(i)}/32")
-                for j, peer in enumerate(nodes):
-                    if j != i:
-                        ipr.neigh("replace", dst=_vtep(j), lladdr=_mac(j), ifindex=index,
-                                  state=0x80)  # permanent
-                        ipr.fdb("replace", ifindex=index, lladdr=_mac(j), state=0x80,
-                                flags=2, dst=lab.topo.node_ip(peer))  # NTF_SELF: the device's
-            finally:
-                ipr.close()
+    ipr.link("add", ifname="refvx", kind="vxlan", vxlan_id=VNI,
+             vxlan_local=lab.topo.node_ip(nodes[i]), vxlan_port=PORT,
+             vxlan_link=links.index_of(ipr, "eth0"), vxlan_learning=0, address=_mac(i),
+             mtu=1500 - VXLAN_OVERHEAD)
+    index = links.index_of(ipr, "refvx")
+    assert index is not None
+    ipr.link("set", index=index, state="up")
+    links.add_address(ipr, index, f"{_vtep(i)}/32")
+    for j, peer in enumerate(nodes):
+        if j != i:
+            ipr.neigh("replace", dst=_vtep(j), lladdr=_mac(j), ifindex=index,
+                      state=0x80)  # permanent
+            ipr.fdb("replace", ifindex=index, lladdr=_mac(j), state=0x80,
+                    flags=2, dst=lab.topo.node_ip(peer))  # NTF_SELF: the device's
+    return index

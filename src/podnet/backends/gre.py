@@ -43,8 +43,7 @@ class GreBackend(TunnelBackend):
                 "gre_link": self.node.iface_index}
 
     def device_matches(self, msg: Any) -> bool:
-        info = msg.get_attr("IFLA_LINKINFO")
-        data = info.get_attr("IFLA_INFO_DATA") if info else None
+        data = links.info_data(msg)
         return (links.kind_of(msg) == "gre" and data is not None
                 and data.get_attr("IFLA_GRE_LOCAL") == str(self.node.ip)
                 and data.get_attr("IFLA_GRE_REMOTE") in (None, "0.0.0.0"))

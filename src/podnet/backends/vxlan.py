@@ -73,8 +73,7 @@ class VxlanBackend(TunnelBackend):
                 "vxlan_learning": 0, "vxlan_udp_csum": 0, "address": self.mac}
 
     def device_matches(self, msg: Any) -> bool:
-        info = msg.get_attr("IFLA_LINKINFO")
-        data = info.get_attr("IFLA_INFO_DATA") if info else None
+        data = links.info_data(msg)
         return (links.kind_of(msg) == "vxlan" and data is not None
                 and data.get_attr("IFLA_VXLAN_ID") == self.vni
                 and data.get_attr("IFLA_VXLAN_PORT") == self.port

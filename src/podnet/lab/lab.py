@@ -405,7 +405,7 @@ class Lab:
         with contextlib.suppress(FileNotFoundError):
             os.remove(sock)
         self.start_agent(node)
-        self._wait(lambda: os.path.exists(sock), 60, f"the agent of {name} did not restart")
+        self._wait_agent(node)
 
     def stop_etcd(self) -> None:
         _kill(self.topo.etcd_pid)

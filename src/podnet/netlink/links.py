@@ -38,6 +38,12 @@ def kind_of(msg: Any) -> str | None:
     return None if info is None else info.get_attr("IFLA_INFO_KIND")
 
 
+def info_data(msg: Any) -> Any | None:
+    """The kind's own attributes of a link (IFLA_INFO_DATA: a VXLAN's VNI, a GRE's local)."""
+    info = msg.get_attr("IFLA_LINKINFO")
+    return None if info is None else info.get_attr("IFLA_INFO_DATA")
+
+
 def mac_of(msg: Any) -> str:
     return str(msg.get_attr("IFLA_ADDRESS"))
 

@@ -73,23 +73,13 @@ class HostContext:
         finally:
             os.close(fd)
 
-    @contextlib.contextmanager
-    def pod_fast(self, path: str) -> Iterator[Rtnl]:
+    def pod_fast(self, path: str) -> contextlib.closing[Rtnl]:
         """A raw rtnetlink socket in the pod's namespace; error 3 if it does not exist."""
-        rt = _in_pod(path, netns.rtnl_in)
-        try:
-            yield rt
-        finally:
-            rt.close()
+        return contextlib.closing(_in_pod(path, netns.rtnl_in))
 
-    @contextlib.contextmanager
-    def pod(self, path: str) -> Iterator[IPRoute]:
+    def pod(self, path: str) -> contextlib.closing[IPRoute]:
         """A pyroute2 socket in the pod's namespace (CHECK); error 3 if it does not exist."""
-        ipr = _in_pod(path, netns.iproute_in)
-        try:
-            yield ipr
-        finally:
-            ipr.close()
+        return contextlib.closing(_in_pod(path, netns.iproute_in))
 
 
 def _in_pod(path: str, make: Callable[[str], T]) -> T:

@@ -7,7 +7,7 @@ import ipaddress
 import socket
 from typing import TYPE_CHECKING, Any
 
-from podnet.netlink import netns
+from podnet.netlink import links, netns
 
 if TYPE_CHECKING:
     from podnet.verify.check import Endpoint
@@ -75,6 +75,5 @@ def _route(ipr: Any, subnet: ipaddress.IPv4Network) -> Any:
 
 
 def _is_tunnel(ipr: Any, route: Any) -> bool:
-    links = ipr.get_links(route.get_attr("RTA_OIF"))
-    info = links[0].get_attr("IFLA_LINKINFO") if links else None
-    return info is not None and info.get_attr("IFLA_INFO_KIND") == "vxlan"
+    found = ipr.get_links(route.get_attr("RTA_OIF"))
+    return bool(found) and links.kind_of(found[0]) == "vxlan"
