@@ -56,6 +56,8 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
         backend["directRouting"] = True
     if args.gateway_mode:
         backend["mode"] = args.gateway_mode
+    if args.fast_path == "off":
+        backend["fastPath"] = False
     if args.vxlan_tx_checksum_offload != "auto":
         backend["txChecksumOffload"] = args.vxlan_tx_checksum_offload == "on"
     try:
@@ -120,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="podnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("cni-server", help="serve the CNI plugin's fast path on a unix socket")
+    p = sub.add_parser("cni-server",
+                       help="serve the CNI plugin on a unix socket (the agent embeds one)")
     p.add_argument("--socket", default=DEFAULT_SOCKET)
     p.set_defaults(func=_cmd_cni_server)
     p = sub.add_parser("install-cni", help="install the plugin executables (and a conflist)")
@@ -146,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--gateway-mode", choices=["bgp", "static"],
                    help="gateway: announce over BGP (default) or let `agent --role router` "
                         "route")
+    c.add_argument("--fast-path", choices=["on", "off"], default="on",
+                   help="host-gw, gateway, vxlan: pods of different nodes skip the bridges "
+                        "through eBPF where the kernel can (docs/fastpath.md)")
     c.set_defaults(func=_cmd_cluster_init)
     c = csub.add_parser("show", help="print the config and every lease")
     _add_store_args(c)

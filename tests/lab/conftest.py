@@ -20,12 +20,13 @@ def make_lab() -> Iterator[MakeLab]:
     made: list[str] = []
 
     def make(backend: str = "vxlan", nodes: int = 3, pods: int = 2, underlay: str = "switch",
-             reconcile: float = 2.0, gateway_mode: str = "bgp") -> Lab:
+             reconcile: float = 2.0, gateway_mode: str = "bgp", fast_path: bool = True) -> Lab:
         name = f"t{uuid.uuid4().hex[:6]}"
         made.append(name)
         topo = Topology.make(name, backend, nodes, pods, underlay)
         topo.reconcile_interval = reconcile
         topo.gateway_mode = gateway_mode
+        topo.fast_path = fast_path
         lab = Lab(topo)
         lab.up()
         return lab

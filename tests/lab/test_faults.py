@@ -12,6 +12,8 @@ import subprocess
 import time
 from typing import Any
 
+import pytest
+
 from podnet.lab.lab import Lab, ns_path
 from podnet.netlink import links, netns
 from tests.lab.conftest import MakeLab, failures, verify
@@ -222,11 +224,18 @@ def test_vxlan_port_only_from_nodes(make_lab: MakeLab) -> None:
         receiver.close()
 
 
-def test_pod_cannot_spoof_its_source(make_lab: MakeLab) -> None:
-    lab = make_lab("vxlan", nodes=1, pods=2)
-    src, dst = pod_ns(lab, 0), pod_ns(lab, 1)
-    own_ip, dst_ip = lab.topo.pods[0].ip, lab.topo.pods[1].ip
-    own_mac, dst_mac = _link_mac(src, "eth0"), _link_mac(dst, "eth0")
+@pytest.mark.parametrize("where", ["same node", "other node"])
+def test_pod_cannot_spoof_its_source(make_lab: MakeLab, where: str) -> None:
+    # Towards another node the frame meets the eBPF fast path first: it must pass a spoofed
+    # frame on to the bridge's rules rather than send it.
+    lab = make_lab("vxlan", nodes=1 if where == "same node" else 2, pods=2)
+    src, own_ip, other_ip = pod_ns(lab, 0), lab.topo.pods[0].ip, lab.topo.pods[1].ip
+    target = 1 if where == "same node" else 2
+    dst, dst_ip = pod_ns(lab, target), lab.topo.pods[target].ip
+    own_mac = _link_mac(src, "eth0")
+    # The next hop's MAC: the pod itself on the same bridge, else the node's bridge (gateway).
+    next_hop = (_link_mac(dst, "eth0") if where == "same node"
+                else _link_mac(lab.target_netns("node1"), "kube-bridge"))
     with netns.entered(src):
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     sock.bind(("eth0", 0))
@@ -236,13 +245,15 @@ def test_pod_cannot_spoof_its_source(make_lab: MakeLab) -> None:
     def frames(src_mac: str, src_ip: str) -> int:
         receiver.count()  # drain
         for _ in range(5):
-            sock.send(_mac(dst_mac) + _mac(src_mac) + b"\x08\x00" + _ip_icmp(src_ip, dst_ip))
+            sock.send(_mac(next_hop) + _mac(src_mac) + b"\x08\x00" + _ip_icmp(src_ip, dst_ip))
         return receiver.count()
 
     with sock:
         assert frames(own_mac, own_ip) == 5  # its own addresses pass
         spoofed_ip = dst_ip.rsplit(".", 1)[0] + ".200"
         assert frames(own_mac, spoofed_ip) == 0  # another source address: dropped
+        if where == "other node":
+            assert frames(own_mac, other_ip) == 0  # a neighbour pod's address: dropped
         assert frames("0a:bb:cc:dd:ee:ff", own_ip) == 0  # another MAC: dropped
     receiver.close()
 

@@ -69,6 +69,12 @@ def test_tx_offload_option_checked() -> None:
         tx_offload_wanted("sometimes", "6.1")
 
 
+def test_fast_path_option_checked() -> None:
+    assert NetworkConfig.make("10.244.0.0/16", None, {"type": "host-gw", "fastPath": False})
+    with pytest.raises(ConfigError, match="fastPath"):
+        NetworkConfig.make("10.244.0.0/16", None, {"type": "host-gw", "fastPath": "no"})
+
+
 def test_vtep_mac_is_stable_and_local_unicast() -> None:
     mac = vtep_mac("node1", 1)
     assert mac == vtep_mac("node1", 1) != vtep_mac("node2", 1)

@@ -1,6 +1,7 @@
 """`podnet agent`: one per node. Leases the node's pod subnet, learns every peer's lease through
 a datastore watch, keeps the backend's kernel state in step (event-driven, with a reconcile loop
-against drift), writes the CNI conflist and serves the CNI plugin's fast path."""
+against drift), writes the CNI conflist, serves the CNI plugin and keeps the eBPF fast path
+attached."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from podnet.backends.base import Backend
 from podnet.cni.server import Server
 from podnet.datastore.base import Datastore, DatastoreError, Event, Held
 from podnet.datastore.model import Lease, NetworkConfig
+from podnet.fastpath import node as fastpath
 from podnet.firewall import cluster as firewall
 
 log = logging.getLogger("podnet.agent")
@@ -59,6 +61,7 @@ class Agent:
         self.backend: Backend | None = None
         self.held: Held | None = None
         self.cni: Server | None = None
+        self.fast: fastpath.FastPath | None = None
 
     # -- start-up -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -92,9 +95,12 @@ class Agent:
         log.info("leased %s for node %s (%s)", own.subnet, own.node, own.node_ip)
         self.backend.start(own)
         firewall.apply(config.network, [node.ip], self.backend.tunnel_match())
+        plugin = self.backend.cni_plugin_options()
+        self.fast = self._start_fast_path(config, plugin["bridge"])
+        if self.fast is not None:
+            plugin["fastPathUplink"] = node.iface  # where the plugin finds the pod map
         path = conflist.write(self.opts.cni_conf_dir, conflist.render(
-            self.backend.cni_plugin_options(), self.backend.pod_mtu(), self.opts.cni_socket,
-            self.opts.ipam_data_dir))
+            plugin, self.backend.pod_mtu(), self.opts.cni_socket, self.opts.ipam_data_dir))
         log.info("wrote %s", path)
         self._metrics()
         revision = self._resync()
@@ -104,6 +110,21 @@ class Agent:
         self.cni.start_thread()
         self._start_loops(revision)
         threading.Thread(target=self._renew_loop, name="renew", daemon=True).start()
+
+    def _start_fast_path(self, config: NetworkConfig,
+                         bridge: str) -> fastpath.FastPath | None:
+        assert self.backend is not None
+        uplinks = self.backend.fast_path_uplinks()
+        if not uplinks or not config.backend.get("fastPath", True):
+            fastpath.remove()  # one an earlier config had
+            return None
+        fast = fastpath.FastPath(bridge, self.backend.pod_mtu(), config.network)
+        try:
+            fast.ensure(uplinks)
+        except Exception as exc:  # an optimisation only: whatever stops it, pods still connect
+            log.warning("eBPF fast path unavailable, pods take the normal path: %r", exc)
+            return None
+        return fast
 
     def _start_loops(self, revision: int) -> None:
         threading.Thread(target=self._watch_loop, args=(revision,), name="watch",
@@ -240,6 +261,9 @@ class Agent:
             with self.lock:
                 remade = self.backend.repair_devices()
                 repaired = self.backend.sync(list(self.peers.values())) + remade
+                if self.fast is not None:
+                    uplinks = self.backend.fast_path_uplinks()
+                    repaired += self.fast.ensure(uplinks) + self.fast.sweep(uplinks)
             if self.config is not None:
                 # Other software may have set a FORWARD policy of DROP since the last run.
                 firewall.open_foreign_forward(self.config.network)

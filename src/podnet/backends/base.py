@@ -116,6 +116,11 @@ class Backend(ABC):
         accepted only from known nodes."""
         return None
 
+    def fast_path_uplinks(self) -> list[int]:
+        """The devices packets from other nodes arrive on, where the eBPF fast path hands them
+        straight to pods; empty where this backend's traffic cannot take it."""
+        return [self.node.iface_index]
+
     def repair_devices(self) -> bool:
         """Re-make this backend's devices if they were deleted; whether anything was."""
         return False

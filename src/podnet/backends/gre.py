@@ -48,6 +48,10 @@ class GreBackend(TunnelBackend):
                 and data.get_attr("IFLA_GRE_LOCAL") == str(self.node.ip)
                 and data.get_attr("IFLA_GRE_REMOTE") in (None, "0.0.0.0"))
 
+    def fast_path_uplinks(self) -> list[int]:
+        # Untested without ip_gre on any machine here: GRE keeps the normal path.
+        return []
+
     def tunnel_match(self) -> str | None:
         return "ip protocol gre"
 

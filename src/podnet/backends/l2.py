@@ -105,6 +105,10 @@ class L2Backend(Backend):
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         return frozenset()  # ARP and switching reach every peer's pods
 
+    def fast_path_uplinks(self) -> list[int]:
+        # Pods of other nodes are on-link: the design is switching, which the bridges do.
+        return []
+
     def cni_plugin_options(self) -> dict[str, Any]:
         assert self.own is not None
         rng = self.own.subnet

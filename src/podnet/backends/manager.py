@@ -43,8 +43,10 @@ def cleanup(kind: str, state_dir: str) -> None:
     from pyroute2 import IPRoute
 
     from podnet.backends.base import RTPROT_PODNET
+    from podnet.fastpath import node as fastpath
     from podnet.netlink import batch, rtmsg
 
+    fastpath.remove()
     ipr = IPRoute(groups=0)
     try:
         if kind == "l2":

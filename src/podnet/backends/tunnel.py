@@ -82,6 +82,10 @@ class TunnelBackend(Backend):
             self.start(self.own)
         return True
 
+    def fast_path_uplinks(self) -> list[int]:
+        # Decapsulated packets arrive on the device; direct-routed ones on the uplink.
+        return [self.node.iface_index, self.index]
+
     def owned_devices(self) -> list[int]:
         return [self.index]
 

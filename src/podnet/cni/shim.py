@@ -1,6 +1,6 @@
 """The exec'd plugin process: it relays the request to the node's cni-server.
 
-Its fast path imports nothing beyond the interpreter's start-up modules and `_socket` (json, re,
+Relaying, it imports nothing beyond the interpreter's start-up modules and `_socket` (json, re,
 enum and the `socket` wrapper each cost milliseconds on every pod start). Where no server
 answers, it does the same work in-process (importing netlink), only slower.
 

@@ -46,6 +46,8 @@ class NetworkConfig:
         btype = backend.get("type")
         if btype not in BACKENDS:
             raise ConfigError(f"unknown backend {btype!r}; choose one of {', '.join(BACKENDS)}")
+        if not isinstance(backend.get("fastPath", True), bool):
+            raise ConfigError("backend option fastPath must be true or false")
         if subnet_len is None:
             # l2 leases ranges of one shared subnet; the others a routed subnet per node.
             subnet_len = min(network.prefixlen + 8, 28) if btype == "l2" else 24

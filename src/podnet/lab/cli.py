@@ -49,6 +49,7 @@ def _dispatch(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         underlay = "routed" if args.backend == "gateway" else args.underlay
         topo = Topology.make(args.name, args.backend, args.nodes, args.pods_per_node, underlay)
         topo.gateway_mode = args.gateway_mode
+        topo.fast_path = args.fast_path == "on"
         lab = Lab(topo, say)
         try:
             lab.up()
@@ -106,6 +107,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     q.add_argument("--underlay", default="switch", choices=["switch", "routed"],
                    help="gateway always builds a routed underlay")
     q.add_argument("--gateway-mode", default="bgp", choices=["bgp", "static"])
+    q.add_argument("--fast-path", default="on", choices=["on", "off"],
+                   help="the eBPF fast path between pods of different nodes")
     named("down", "remove a lab (also a half-built one)")
     q = named("status", "what the lab holds")
     q.add_argument("--json", action="store_true")

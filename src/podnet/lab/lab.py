@@ -160,6 +160,8 @@ class Lab:
         self._etcd()
         self.progress(f"cluster init: {t.cidr}, backend {t.backend}")
         extra = ["--gateway-mode", t.gateway_mode] if t.backend == "gateway" else []
+        if not t.fast_path:
+            extra += ["--fast-path", "off"]
         self._run_in(self.prefix + "cp", self._podnet(
             "cluster", "init", "--etcd", t.etcd_url, "--cidr", t.cidr, "--backend", t.backend,
             *extra))

@@ -52,6 +52,7 @@ class Topology:
     router_pid: int = 0
     reconcile_interval: float = 2.0
     gateway_mode: str = "bgp"  # the gateway backend: BIRD on the router, or `agent --role router`
+    fast_path: bool = True  # the eBPF fast path (backend option `fastPath`)
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
@@ -136,7 +137,8 @@ class Topology:
                    cidr=obj["cidr"], etcd_pid=obj.get("etcd_pid", 0),
                    router_pid=obj.get("router_pid", 0),
                    reconcile_interval=obj.get("reconcile_interval", 2.0),
-                   gateway_mode=obj.get("gateway_mode", "bgp"))
+                   gateway_mode=obj.get("gateway_mode", "bgp"),
+                   fast_path=obj.get("fast_path", True))
         topo.nodes = [NodeSpec(**n) for n in obj["nodes"]]
         topo.pods = [PodSpec(**p) for p in obj["pods"]]
         return topo

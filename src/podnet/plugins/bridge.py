@@ -47,6 +47,7 @@ class BridgeConf:
     ip_masq: bool = False
     anti_spoof: bool = False  # podnet's: the pod's port admits only its own MAC and addresses
     mtu: int | None = None
+    fast_path_uplink: str | None = None  # podnet's: where the agent's eBPF fast path sits
 
     @classmethod
     def parse(cls, config: dict[str, Any]) -> BridgeConf:
@@ -65,6 +66,11 @@ class BridgeConf:
                                 or not 68 <= mtu <= 65535):
             raise CNIError(INVALID_NETWORK_CONFIG, f"mtu {mtu!r} must be an integer 68..65535")
         conf.mtu = mtu
+        uplink = config.get("fastPathUplink")
+        if uplink is not None and (not isinstance(uplink, str)
+                                   or not protocol.valid_ifname(uplink)):
+            raise CNIError(INVALID_NETWORK_CONFIG, f"invalid fastPathUplink {uplink!r}")
+        conf.fast_path_uplink = uplink
         # isDefaultGateway implies isGateway, as in the reference plugin.
         conf.is_gateway = conf.is_gateway or conf.is_default_gateway
         return conf
@@ -217,6 +223,12 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
         if conf.ip_masq:
             tag = nft.masq_tag(req.config["name"], req.container_id, req.ifname)
             _in_host(ctx, nft.add_masq, tag, addresses)
+        if conf.fast_path_uplink:
+            from podnet.fastpath import podmap  # ctypes: only where the agent enabled it
+
+            uplink, index = conf.fast_path_uplink, host_link.index
+            undo.append(lambda: podmap.remove_pod(ctx.fast, uplink, index))
+            podmap.add_pod(ctx.fast, uplink, index, host_link.mac, pod_link.mac, addresses)
     except OSError as exc:
         _rollback(undo)
         raise _netlink("ADD", exc) from None
@@ -270,6 +282,18 @@ def _rollback(undo: list[Callable[[], object]]) -> None:
 def cmd_del(ctx: HostContext, req: Request) -> None:
     conf = BridgeConf.parse(req.config)
     delegate.call(req, delegate.ipam_type(req), "DEL")
+    if conf.fast_path_uplink:
+        # Before the veth goes: its index says which entries are this pod's. Without the veth
+        # (namespace already gone) the agent's sweep removes them.
+        host = ctx.fast.get_link(host_veth_name(req.config["name"], req.container_id,
+                                                req.ifname))
+        if host is not None:
+            from podnet.fastpath import podmap
+
+            try:
+                podmap.remove_pod(ctx.fast, conf.fast_path_uplink, host.index)
+            except OSError as exc:
+                raise _netlink("removing the pod from the fast path", exc) from None
     if req.netns:
         # A DEL whose namespace is gone has nothing left to remove there: the veth went with it.
         with contextlib.suppress(CNIError), ctx.pod_fast(req.netns) as pod:
@@ -321,13 +345,13 @@ def cmd_check(ctx: HostContext, req: Request) -> None:
             problems.append(f"bridge {conf.bridge} has MAC {links.mac_of(br)}, "
                             f"prevResult says {want['mac']}")
     with ctx.pod(req.netns) as pod:
-        problems += _check_pod(ctx, pod, req, prev, pod_pos, br_index)
+        problems += _check_pod(ctx, pod, req, conf, prev, pod_pos, br_index)
     if problems:
         raise CNIError(CHECK_MISMATCH, "; ".join(problems))
 
 
-def _check_pod(ctx: HostContext, pod: Any, req: Request, prev: Result, pod_pos: int,
-               br_index: int | None) -> list[str]:
+def _check_pod(ctx: HostContext, pod: Any, req: Request, conf: BridgeConf, prev: Result,
+               pod_pos: int, br_index: int | None) -> list[str]:
     from podnet.netlink import links
 
     problems: list[str] = []
@@ -350,6 +374,12 @@ def _check_pod(ctx: HostContext, pod: Any, req: Request, prev: Result, pod_pos: 
         problems.append(f"the host end of {req.ifname} is missing")
     elif br_index is not None and peers[0].get_attr("IFLA_MASTER") != br_index:
         problems.append(f"host veth {peers[0].get_attr('IFLA_IFNAME')} is not on the bridge")
+    elif conf.fast_path_uplink:
+        from podnet.fastpath import podmap
+
+        problems += podmap.check_pod(
+            ctx.fast, conf.fast_path_uplink, peer_index, links.mac_of(msg),
+            [i["address"] for i in prev.get("ips", []) if i.get("interface") == pod_pos])
     have = {str(a) for a in links.addresses(pod, index)}
     for ipc in prev.get("ips", []):
         if ipc.get("interface") == pod_pos and ipc["address"] not in have:

@@ -1,0 +1,124 @@
+"""The agent's side of the fast path: load the program with this node's constants, attach it
+to the uplinks and every pod's veth, keep the pod map free of pods that are gone, and take it
+all away again."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from podnet.fastpath import bpf, podmap, program
+from podnet.netlink import links, tc
+from podnet.netlink.fastlink import Rtnl
+
+log = logging.getLogger("podnet.fastpath")
+
+
+class FastPath:
+    def __init__(self, bridge: str, mtu: int, cluster: ipaddress.IPv4Network) -> None:
+        self.bridge = bridge
+        self.mtu = mtu
+        self.cluster = cluster
+        self.prog_id: int | None = None
+        self._loaded_for: tuple[tuple[int, ...], int] | None = None
+
+    def ensure(self, uplinks: list[int]) -> bool:
+        """Attach to the uplinks and pod ports where it is not (first start, a device made
+        anew, a filter someone removed); whether anything had to be. Raises bpf.BpfError
+        where the kernel will not load it."""
+        ipr = IPRoute(groups=0)
+        rtnl = Rtnl()
+        try:
+            bridge = self._bridge(ipr)
+            wanted = (tuple(uplinks), bridge)
+            if self._loaded_for == wanted and all(
+                    tc.ingress_program(rtnl, u) == self.prog_id for u in uplinks):
+                return False
+            self._load(rtnl, uplinks, bridge, self._ports(ipr, bridge))
+            self._loaded_for = wanted
+            return True
+        finally:
+            rtnl.close()
+            ipr.close()
+
+    def _load(self, rtnl: Rtnl, uplinks: list[int], bridge: int, ports: list[int]) -> None:
+        # The map of a program already attached (an earlier agent's) keeps its pods' entries.
+        map_fd = None
+        for u in uplinks:
+            with podmap.attached(rtnl, u) as fast:
+                if fast is not None:
+                    map_fd = os.dup(fast.map_fd)
+                    break
+        if map_fd is None:
+            map_fd = bpf.create_hash_map(podmap.NAME, podmap.KEY_SIZE, podmap.VALUE_SIZE,
+                                         podmap.MAX_PODS)
+        try:
+            prog_fd = bpf.load_program(tc.FILTER_NAME,
+                                       program.build(map_fd, uplinks, bridge, self.cluster))
+            try:
+                for index in uplinks + ports:
+                    tc.attach_ingress(rtnl, index, prog_fd)
+                self.prog_id = bpf.object_id(prog_fd, "prog")
+            finally:
+                os.close(prog_fd)
+        finally:
+            os.close(map_fd)
+        log.info("fast path attached to %d uplinks and %d pod ports", len(uplinks), len(ports))
+
+    def _bridge(self, ipr: IPRoute) -> int:
+        """The pods' bridge, made now if no pod has made it yet: the program routes as if
+        packets arrived on it, so it must exist first."""
+        index = links.index_of(ipr, self.bridge)
+        if index is None:
+            ipr.link("add", ifname=self.bridge, kind="bridge", mtu=self.mtu)
+            msg = links.by_name(ipr, self.bridge)
+            assert msg is not None
+            index = int(msg["index"])
+            # Pinned, as the plugin pins a bridge it makes: else it takes the lowest port MAC.
+            ipr.link("set", index=index, address=links.mac_of(msg), state="up")
+        return index
+
+    @staticmethod
+    def _ports(ipr: IPRoute, bridge: int) -> list[int]:
+        return [int(m["index"]) for m in ipr.get_links()
+                if m.get_attr("IFLA_MASTER") == bridge and links.kind_of(m) == "veth"]
+
+    def sweep(self, uplinks: list[int]) -> int:
+        """Drop map entries whose veth is gone or off the bridge (a pod whose namespace was
+        deleted without a CNI DEL); how many."""
+        ipr = IPRoute(groups=0)
+        rtnl = Rtnl()
+        try:
+            index = links.index_of(ipr, self.bridge)
+            ports = set(self._ports(ipr, index)) if index is not None else set()
+            with podmap.attached(rtnl, uplinks[0]) as fast:
+                if fast is None:
+                    return 0
+                stale = [ip for ip, e in fast.entries().items() if e.ifindex not in ports]
+                for ip in stale:
+                    fast.delete(ip)
+                return len(stale)
+        finally:
+            rtnl.close()
+            ipr.close()
+
+
+def remove() -> None:
+    """Detach podnet's program from every link of this node (the map goes with it)."""
+    ipr = IPRoute(groups=0)
+    rtnl = Rtnl()
+    try:
+        msgs: list[Any] = list(ipr.get_links())
+        for m in msgs:
+            index = int(m["index"])
+            with contextlib.suppress(OSError):
+                if tc.ingress_program(rtnl, index) is not None:  # ours, by its name
+                    tc.detach_ingress(rtnl, index)
+    finally:
+        rtnl.close()
+        ipr.close()

@@ -1,0 +1,160 @@
+"""The pod map: which pod of this node owns an address, for the fast path's program. Keys are
+IPv4 addresses (network order), values the pod's host-side veth, the pod's MAC and the veth's.
+
+The map has no name on disk: it is found through the program at the node uplink's ingress (the
+program's id from tc, then the map's id from the program), so it lives exactly as long as the
+fast path is attached, needs no BPF filesystem, and each network namespace (each lab node)
+finds its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from podnet.fastpath import bpf, program
+from podnet.netlink import tc
+from podnet.netlink.fastlink import Rtnl
+
+NAME = "podnet_pods"
+KEY_SIZE, VALUE_SIZE = 4, program.VALUE_SIZE
+MAX_PODS = 4096
+VALUE = struct.Struct("=I6s6s")
+
+
+@dataclass(frozen=True)
+class PodEntry:
+    ifindex: int  # the pod's host-side veth
+    pod_mac: str
+    host_mac: str
+
+    def pack(self) -> bytes:
+        return VALUE.pack(self.ifindex, _mac(self.pod_mac), _mac(self.host_mac))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> PodEntry:
+        ifindex, pod, host = VALUE.unpack(raw)
+        return cls(ifindex, _text(pod), _text(host))
+
+
+def _mac(text: str) -> bytes:
+    return bytes(int(b, 16) for b in text.split(":"))
+
+
+def _text(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def key(ip: ipaddress.IPv4Address) -> bytes:
+    return ip.packed
+
+
+@dataclass
+class Attached:
+    """The fast path found at an uplink: its program's and its map's file descriptors."""
+    prog_fd: int
+    map_fd: int
+
+    def entries(self) -> dict[ipaddress.IPv4Address, PodEntry]:
+        out = {}
+        for raw in bpf.map_keys(self.map_fd, KEY_SIZE):
+            value = bpf.map_lookup(self.map_fd, raw, VALUE_SIZE)
+            if value is not None:  # deleted between the two calls
+                out[ipaddress.IPv4Address(raw)] = PodEntry.unpack(value)
+        return out
+
+    def get(self, ip: ipaddress.IPv4Address) -> PodEntry | None:
+        raw = bpf.map_lookup(self.map_fd, key(ip), VALUE_SIZE)
+        return None if raw is None else PodEntry.unpack(raw)
+
+    def put(self, ip: ipaddress.IPv4Address, entry: PodEntry) -> None:
+        bpf.map_update(self.map_fd, key(ip), entry.pack())
+
+    def delete(self, ip: ipaddress.IPv4Address) -> bool:
+        return bpf.map_delete(self.map_fd, key(ip))
+
+
+@contextlib.contextmanager
+def attached(rtnl: Rtnl, uplink: int) -> Iterator[Attached | None]:
+    """The fast path at this uplink, or None where none is attached."""
+    prog_id = tc.ingress_program(rtnl, uplink)
+    if prog_id is None:
+        yield None
+        return
+    prog_fd = bpf.program_fd(prog_id)
+    try:
+        ids = bpf.program_map_ids(prog_fd)
+        if not ids:
+            yield None
+            return
+        map_fd = bpf.map_fd(ids[0])
+        try:
+            yield Attached(prog_fd, map_fd)
+        finally:
+            os.close(map_fd)
+    finally:
+        os.close(prog_fd)
+
+
+# -- the CNI plugin's side -----------------------------------------------------------------------
+def add_pod(rtnl: Rtnl, uplink_name: str, host_index: int, host_mac: str, pod_mac: str,
+            addresses: list[str]) -> bool:
+    """Put a new pod on the fast path: its addresses into the map, the program on its veth.
+    False where the node has no fast path attached (the pod uses the normal path)."""
+    link = rtnl.get_link(uplink_name)
+    if link is None:
+        return False
+    with attached(rtnl, link.index) as fast:
+        if fast is None:
+            return False
+        for ip in _ipv4(addresses):
+            fast.put(ip, PodEntry(host_index, pod_mac, host_mac))
+        tc.attach_ingress(rtnl, host_index, fast.prog_fd)
+    return True
+
+
+def remove_pod(rtnl: Rtnl, uplink_name: str, host_index: int) -> int:
+    """Drop a pod's entries (those pointing at its veth); how many there were."""
+    link = rtnl.get_link(uplink_name)
+    if link is None:
+        return 0
+    with attached(rtnl, link.index) as fast:
+        if fast is None:
+            return 0
+        gone = [ip for ip, e in fast.entries().items() if e.ifindex == host_index]
+        for ip in gone:
+            fast.delete(ip)
+        return len(gone)
+
+
+def check_pod(rtnl: Rtnl, uplink_name: str, host_index: int, pod_mac: str,
+              addresses: list[str]) -> list[str]:
+    """What is wrong with a pod's fast-path state (nothing where the node has none)."""
+    link = rtnl.get_link(uplink_name)
+    if link is None:
+        return [f"fast path uplink {uplink_name} is missing"]
+    with attached(rtnl, link.index) as fast:
+        if fast is None:
+            return []
+        problems = []
+        for ip in _ipv4(addresses):
+            entry = fast.get(ip)
+            if entry is None or entry.ifindex != host_index or entry.pod_mac != pod_mac:
+                problems.append(f"fast path: pod map entry for {ip} is {entry}, want veth "
+                                f"{host_index} with MAC {pod_mac}")
+        if tc.ingress_program(rtnl, host_index) != bpf.object_id(fast.prog_fd, "prog"):
+            problems.append("fast path: the program is not attached to the pod's veth")
+        return problems
+
+
+def _ipv4(addresses: list[str]) -> list[ipaddress.IPv4Address]:
+    out = []
+    for a in addresses:
+        ip = ipaddress.ip_interface(a).ip
+        if isinstance(ip, ipaddress.IPv4Address):
+            out.append(ip)
+    return out

@@ -1,0 +1,97 @@
+"""Traffic-control messages for the fast path, in raw rtnetlink as fastlink's are (a pod's ADD
+pays for them): the clsact qdisc, one direct-action BPF filter at a link's ingress, and which
+program that filter runs (TCA_BPF_ID, which pyroute2 0.9 does not decode)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+from podnet.netlink import rtmsg
+from podnet.netlink.fastlink import NetlinkError, Rtnl, _nest
+
+RTM_NEWQDISC, RTM_DELQDISC = 36, 37
+RTM_NEWTFILTER, RTM_DELTFILTER, RTM_GETTFILTER = 44, 45, 46
+TCMSG = struct.Struct("=BxxxiIII")  # family, ifindex, handle, parent, info
+TCA_KIND, TCA_OPTIONS = 1, 2
+TCA_BPF_FD, TCA_BPF_NAME, TCA_BPF_FLAGS, TCA_BPF_ID = 6, 7, 8, 11
+TCA_BPF_FLAG_ACT_DIRECT = 1
+TC_H_CLSACT = 0xFFFFFFF1
+TC_H_INGRESS = 0xFFFFFFF2  # clsact's ingress hook
+CLSACT_HANDLE = 0xFFFF0000
+ETH_P_IP = 0x0800
+PRIO, HANDLE = 1, 1
+FILTER_NAME = "podnet_fast"
+
+
+def _str(text: str) -> bytes:
+    return text.encode() + b"\0"
+
+
+def _filter_info() -> int:
+    # priority in the high half; the protocol in network order in the low: the program only
+    # ever sees IPv4, ARP never wakes it
+    return (PRIO << 16) | socket.htons(ETH_P_IP)
+
+
+def qdisc_message(ifindex: int) -> bytes:
+    return TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0) + rtmsg._attr(
+        TCA_KIND, _str("clsact"))
+
+
+def filter_message(ifindex: int, prog_fd: int) -> bytes:
+    options = (rtmsg._attr(TCA_BPF_FD, struct.pack("=I", prog_fd))
+               + rtmsg._attr(TCA_BPF_NAME, _str(FILTER_NAME))
+               + rtmsg._attr(TCA_BPF_FLAGS, struct.pack("=I", TCA_BPF_FLAG_ACT_DIRECT)))
+    return (TCMSG.pack(socket.AF_UNSPEC, ifindex, HANDLE, TC_H_INGRESS, _filter_info())
+            + rtmsg._attr(TCA_KIND, _str("bpf")) + _nest(TCA_OPTIONS, options))
+
+
+def attach_ingress(rtnl: Rtnl, ifindex: int, prog_fd: int) -> None:
+    """Run the program at the link's ingress, replacing the one podnet put there before."""
+    try:
+        rtnl.request(RTM_NEWQDISC, rtmsg.F_CREATE | rtmsg.F_EXCL, qdisc_message(ifindex))
+    except NetlinkError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+    rtnl.request(RTM_NEWTFILTER, rtmsg.F_CREATE | rtmsg.F_REPLACE,
+                 filter_message(ifindex, prog_fd))
+
+
+def detach_ingress(rtnl: Rtnl, ifindex: int) -> bool:
+    """Remove podnet's filter (others' stay, and so does the qdisc); False if it was not
+    there."""
+    body = TCMSG.pack(socket.AF_UNSPEC, ifindex, HANDLE, TC_H_INGRESS, _filter_info())
+    try:
+        rtnl.request(RTM_DELTFILTER, 0, body + rtmsg._attr(TCA_KIND, _str("bpf")))
+    except NetlinkError as exc:
+        if exc.errno in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+            return False
+        raise
+    return True
+
+
+def ingress_program(rtnl: Rtnl, ifindex: int) -> int | None:
+    """The id of the program podnet's filter runs at the link's ingress, or None."""
+    rtnl.seq += 1
+    rtnl.sock.send(rtmsg._message(
+        RTM_GETTFILTER, rtmsg.F_REQUEST | rtmsg.F_ROOT | rtmsg.F_MATCH, rtnl.seq,
+        TCMSG.pack(socket.AF_UNSPEC, ifindex, 0, TC_H_INGRESS, 0)))
+    found = None
+    try:
+        for mtype, buf, start, end in rtmsg._messages(rtnl.sock):
+            if mtype != RTM_NEWTFILTER:
+                continue
+            attrs = rtmsg._attrs(buf, start + TCMSG.size, end)
+            if attrs.get(TCA_KIND) != _str("bpf") or TCA_OPTIONS not in attrs:
+                continue
+            opts = rtmsg._attrs(attrs[TCA_OPTIONS], 0, len(attrs[TCA_OPTIONS]))
+            if opts.get(TCA_BPF_NAME, b"").rstrip(b"\0") == FILTER_NAME.encode() and \
+                    TCA_BPF_ID in opts:
+                found = struct.unpack("=I", opts[TCA_BPF_ID][:4])[0]
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOENT, errno.ENODEV):  # no clsact, no link
+            return None
+        raise
+    return found

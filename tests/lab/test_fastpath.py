@@ -1,0 +1,134 @@
+"""The eBPF fast path in the lab: pods of different nodes talk past the bridges with IP's
+semantics intact, and the pod map follows pods, agents and devices."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import time
+
+import pytest
+
+from podnet.fastpath import podmap
+from podnet.lab.lab import Lab, ns_path
+from podnet.netlink import netns, tc
+from tests.lab.conftest import MakeLab, failures, verify
+from tests.lab.test_lab_ops import sh, wait_for
+
+
+def state(lab: Lab, node: str) -> tuple[int | None, dict[str, int | None],
+                                        dict[str, int]]:
+    """(the uplink's program id, each pod veth's program id, the pod map: address -> veth)."""
+    rtnl = netns.rtnl_in(lab.target_netns(node))
+    try:
+        uplink = rtnl.get_link("eth0")
+        assert uplink is not None
+        links = json.loads(sh(lab, node, "ip", "-j", "link", "show", "master", "kube-bridge"))
+        veths = {link["ifname"]: tc.ingress_program(rtnl, link["ifindex"]) for link in links}
+        with podmap.attached(rtnl, uplink.index) as fast:
+            entries = {} if fast is None else {str(ip): e.ifindex
+                                               for ip, e in fast.entries().items()}
+        return tc.ingress_program(rtnl, uplink.index), veths, entries
+    finally:
+        rtnl.close()
+
+
+def bridge_rx(lab: Lab, node: str) -> int:
+    link = json.loads(sh(lab, node, "ip", "-j", "-s", "link", "show", "kube-bridge"))[0]
+    return int(link["stats64"]["rx"]["packets"])
+
+
+def ping(lab: Lab, pod: int, dst: str, *args: str) -> subprocess.CompletedProcess[str]:
+    ns = ns_path(lab.topo.pods[pod].netns(lab.topo.name))
+    return subprocess.run(["nsenter", f"--net={ns}", "ping", "-W", "2", *args, dst],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("backend", ["host-gw", "vxlan"])
+def test_pods_of_different_nodes_skip_the_bridges(make_lab: MakeLab, backend: str) -> None:
+    lab = make_lab(backend, nodes=2, pods=2)
+    assert lab.conflist(lab.topo.nodes[0])["plugins"][0]["fastPathUplink"] == "eth0"
+    for node in ("node1", "node2"):
+        prog, veths, entries = state(lab, node)
+        assert prog is not None and len(veths) == 2 and set(veths.values()) == {prog}
+        assert sorted(entries) == sorted(p.ip for p in lab.topo.pods if p.node == node)
+    before = {n: bridge_rx(lab, n) for n in ("node1", "node2")}
+    remote = lab.topo.pods[2].ip  # node2's first pod
+    out = ping(lab, 0, remote, "-c", "200", "-i", "0.002", "-q")
+    assert " 0% packet loss" in out.stdout, out.stdout
+    for n in ("node1", "node2"):  # 400 packets crossed; at most ARP went through a bridge
+        assert bridge_rx(lab, n) - before[n] < 20
+    # The TTL counts the two routers the normal path has: the packet dies where it would.
+    expired = ping(lab, 0, remote, "-c", "1", "-t", "2")
+    assert expired.returncode != 0 and "Time to live exceeded" in expired.stdout
+    assert ping(lab, 0, remote, "-c", "1", "-t", "3").returncode == 0
+    report = verify(lab)  # every pair, source addresses seen as sent
+    assert report.ok, failures(report)
+    assert all(p.seen_source for p in report.pairs)
+
+
+def test_pod_map_follows_pods_agents_and_devices(make_lab: MakeLab) -> None:
+    lab = make_lab("vxlan", nodes=2, pods=1)
+    pod = lab.add_pod("node1")
+    assert pod.ip in state(lab, "node1")[2]
+    lab.remove_pod(pod)
+    assert pod.ip not in state(lab, "node1")[2]
+
+    # A pod whose namespace vanished without a DEL: the agent's sweep drops its entry.
+    gone = lab.add_pod("node1")
+    netns.remove(gone.netns(lab.topo.name))
+    lab.topo.pods.remove(gone)
+    assert wait_for(lambda: gone.ip not in state(lab, "node1")[2], 10.0)
+
+    # A restarted agent keeps the map (pods started meanwhile stay fast) and re-attaches.
+    entries = state(lab, "node1")[2]
+    lab.restart_agent("node1")
+    prog, veths, after = state(lab, "node1")
+    assert after == entries and set(veths.values()) == {prog}
+
+    # The tunnel device deleted and re-made by the agent gets the program again.
+    sh(lab, "node1", "ip", "link", "del", "podnet.1")
+
+    def tunnel_attached() -> bool:
+        rtnl = netns.rtnl_in(lab.target_netns("node1"))
+        try:
+            dev = rtnl.get_link("podnet.1")
+            return dev is not None and tc.ingress_program(rtnl, dev.index) is not None
+        finally:
+            rtnl.close()
+
+    assert wait_for(tunnel_attached, 15.0)
+    time.sleep(0.5)
+    report = verify(lab)
+    assert report.ok, failures(report)
+
+
+def test_check_reports_a_pod_off_the_fast_path(make_lab: MakeLab) -> None:
+    lab = make_lab("host-gw", nodes=1, pods=0)
+    node = lab.topo.nodes[0]
+    conflist = lab.conflist(node)
+    ns = netns.create(f"pnl-{lab.topo.name}-chk")
+    rt = lab.runtime(node)
+    try:
+        result = rt.add_list(conflist, "chk", ns)
+        rt.check_list(conflist, "chk", ns, result)
+        ip = ipaddress.ip_interface(result["ips"][0]["address"]).ip
+        veth = next(i["name"] for i in result["interfaces"] if i["name"].startswith("veth"))
+        sh(lab, "node1", "tc", "filter", "del", "dev", veth, "ingress")
+        with pytest.raises(Exception, match="program is not attached"):
+            rt.check_list(conflist, "chk", ns, result)
+        rt.del_list(conflist, "chk", ns)
+        assert str(ip) not in state(lab, "node1")[2]
+    finally:
+        netns.remove(ns)
+
+
+def test_fast_path_off_by_config(make_lab: MakeLab) -> None:
+    lab = make_lab("host-gw", nodes=2, pods=1, fast_path=False)
+    assert "fastPathUplink" not in lab.conflist(lab.topo.nodes[0])["plugins"][0]
+    for node in ("node1", "node2"):
+        prog, veths, _ = state(lab, node)
+        assert prog is None and set(veths.values()) == {None}
+    report = verify(lab)
+    assert report.ok, failures(report)
