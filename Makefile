@@ -36,6 +36,7 @@ bench: setup
 	$(PY) bench/control_plane.py --peers 100 1000 5000
 	$(PY) bench/dataplane.py
 	$(PY) bench/dataplane.py --link-gbit 0
+	$(PY) bench/dataplane.py --fast-path off
 
 clean:
 	rm -rf $(VENV) build *.egg-info

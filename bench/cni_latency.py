@@ -1,6 +1,7 @@
-"""ADD and DEL latency of podnet (through the cni-server, and in-process) against the reference
-bridge + host-local, side by side in one run on one node, with the interpreter's bare start as
-the floor. Writes bench/out/cni_latency.json and prints a Markdown table.
+"""ADD and DEL latency of podnet (through the cni-server, also with the eBPF fast path to join,
+and in-process) against the reference bridge + host-local, side by side in one run on one node,
+with the interpreter's bare start as the floor. Writes bench/out/cni_latency.json and prints a
+Markdown table.
 
     .venv/bin/python bench/cni_latency.py [--pods 100]
 """
@@ -8,6 +9,7 @@ the floor. Writes bench/out/cni_latency.json and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import subprocess
@@ -17,6 +19,23 @@ import time
 from common import bridge_conf, median, node_with_server, pct
 
 from podnet.cni.invoke import Runtime
+from podnet.fastpath.node import FastPath
+from podnet.netlink import links, netns
+
+
+def attach_fast_path(node_ns: str, bridge: str, cidr: str) -> str:
+    """The fast path as an agent attaches it, on a stand-in uplink; the uplink's name."""
+    with netns.entered(node_ns):
+        ipr = netns.iproute_in(None)
+        try:
+            ipr.link("add", ifname="up0", kind="veth", peer={"ifname": "up1"})
+            index = links.index_of(ipr, "up0")
+            assert index is not None
+            ipr.link("set", index=index, state="up")
+        finally:
+            ipr.close()
+        FastPath(bridge, 1500, ipaddress.IPv4Network(cidr)).ensure([index])
+    return "up0"
 
 
 def timed_run(argv: list[str]) -> float:
@@ -48,6 +67,10 @@ def main() -> None:
                 socket=node.socket)),
             "podnet in-process": ("podnet", bridge_conf(
                 "podnet", "pnbr1", "10.203.0.0/16", "podnet-ipam", ipam_dir)),
+            "podnet via cni-server, fast path": ("podnet", bridge_conf(
+                "podnet", "pnbr2", "10.204.0.0/16", "podnet-ipam", ipam_dir,
+                socket=node.socket, fastPathUplink=attach_fast_path(
+                    node.runtime.node_netns, "pnbr2", "10.204.0.0/16"))),
         }
         floor = [timed_run([sys.executable, "-I", "-S", "-c", "pass"]) for _ in range(50)]
         results: dict[str, dict[str, list[float]]] = {v: {"ADD": [], "DEL": []}

@@ -7,6 +7,7 @@ The underlay's links are shaped to `--link-gbit` (3) like NICs (see shape_links)
 `--link-gbit 0` they are as fast as the CPU, and throughput measures CPU cost per byte.
 
     .venv/bin/python bench/dataplane.py [--backends ...] [--reps 5] [--link-gbit 3]
+                                        [--fast-path off]
 """
 
 from __future__ import annotations
@@ -136,9 +137,11 @@ def shape_links(lab: Lab, gbit: float) -> None:
 PATHS = ("node", "pod", "ref")
 
 
-def measure(backend: str, reps: int, seconds: int, link_gbit: float) -> dict[str, Any]:
+def measure(backend: str, reps: int, seconds: int, link_gbit: float,
+            fast_path: bool) -> dict[str, Any]:
     underlay = "routed" if backend == "gateway" else "switch"
     topo = Topology.make(f"dp{uuid.uuid4().hex[:4]}", backend, 2, 1, underlay)
+    topo.fast_path = fast_path
     lab = Lab(topo)
     try:
         lab.up()
@@ -189,10 +192,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--link-gbit", type=float, default=3.0,
                         help="the underlay links' width; 0: unshaped, as fast as the CPU")
+    parser.add_argument("--fast-path", choices=["on", "off"], default="on",
+                        help="podnet's eBPF fast path (docs/fastpath.md)")
     args = parser.parse_args()
-    rows = [measure(b, args.reps, args.seconds, args.link_gbit) for b in args.backends]
+    fast = args.fast_path == "on"
+    rows = [measure(b, args.reps, args.seconds, args.link_gbit, fast) for b in args.backends]
     print(f"Underlay links: {f'{args.link_gbit:g} Gbit/s' if args.link_gbit else 'unshaped'}; "
-          f"{args.reps} repetitions of {args.seconds} s")
+          f"{args.reps} repetitions of {args.seconds} s; podnet's fast path {args.fast_path}")
     print("Throughput (Gbit/s, median); ratio = podnet pods / underlay; vs ref = podnet pods / "
           "flannel-like pods")
     print("| backend | streams | underlay | podnet pods | ratio | flannel-like pods | vs ref |")
@@ -215,9 +221,10 @@ def main() -> None:
                   f"{_fmt(r, f'vs_ref_{m}', '+.0%')} |")
     os.makedirs("bench/out", exist_ok=True)
     tag = f"{args.link_gbit:g}gbit" if args.link_gbit else "unshaped"
+    tag += "" if fast else "-nofast"
     with open(f"bench/out/dataplane-{tag}.json", "w") as fh:
         json.dump({"link_gbit": args.link_gbit, "reps": args.reps, "seconds": args.seconds,
-                   "rows": rows}, fh, indent=2)
+                   "fast_path": fast, "rows": rows}, fh, indent=2)
 
 
 if __name__ == "__main__":

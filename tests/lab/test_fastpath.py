@@ -34,9 +34,15 @@ def state(lab: Lab, node: str) -> tuple[int | None, dict[str, int | None],
         rtnl.close()
 
 
-def bridge_rx(lab: Lab, node: str) -> int:
-    link = json.loads(sh(lab, node, "ip", "-j", "-s", "link", "show", "kube-bridge"))[0]
-    return int(link["stats64"]["rx"]["packets"])
+def normal_path_packets(lab: Lab, node: str) -> int:
+    """Packets the normal path carried between this node's pods and the uplink: routed, they
+    are received by the bridge device; switched (l2), they cross the link between the pod
+    bridge and the node bridge."""
+    if lab.topo.backend == "l2":
+        stats = json.loads(sh(lab, node, "ip", "-j", "-s", "link", "show", "podnet-l2a"))[0]
+        return int(stats["stats64"]["rx"]["packets"] + stats["stats64"]["tx"]["packets"])
+    stats = json.loads(sh(lab, node, "ip", "-j", "-s", "link", "show", "kube-bridge"))[0]
+    return int(stats["stats64"]["rx"]["packets"])
 
 
 def ping(lab: Lab, pod: int, dst: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -45,24 +51,29 @@ def ping(lab: Lab, pod: int, dst: str, *args: str) -> subprocess.CompletedProces
                           capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("backend", ["host-gw", "vxlan"])
+@pytest.mark.parametrize("backend", ["host-gw", "vxlan", "l2"])
 def test_pods_of_different_nodes_skip_the_bridges(make_lab: MakeLab, backend: str) -> None:
     lab = make_lab(backend, nodes=2, pods=2)
     assert lab.conflist(lab.topo.nodes[0])["plugins"][0]["fastPathUplink"] == "eth0"
     for node in ("node1", "node2"):
         prog, veths, entries = state(lab, node)
-        assert prog is not None and len(veths) == 2 and set(veths.values()) == {prog}
+        pods = [p for p in veths if p.startswith("veth")]  # l2: also the node bridge's link
+        assert prog is not None and len(pods) == 2 and {veths[p] for p in pods} == {prog}
         assert sorted(entries) == sorted(p.ip for p in lab.topo.pods if p.node == node)
-    before = {n: bridge_rx(lab, n) for n in ("node1", "node2")}
+    before = {n: normal_path_packets(lab, n) for n in ("node1", "node2")}
     remote = lab.topo.pods[2].ip  # node2's first pod
-    out = ping(lab, 0, remote, "-c", "200", "-i", "0.002", "-q")
+    out = ping(lab, 0, remote, "-c", "1000", "-i", "0.001", "-q")
     assert " 0% packet loss" in out.stdout, out.stdout
-    for n in ("node1", "node2"):  # 400 packets crossed; at most ARP went through a bridge
-        assert bridge_rx(lab, n) - before[n] < 20
-    # The TTL counts the two routers the normal path has: the packet dies where it would.
-    expired = ping(lab, 0, remote, "-c", "1", "-t", "2")
-    assert expired.returncode != 0 and "Time to live exceeded" in expired.stdout
-    assert ping(lab, 0, remote, "-c", "1", "-t", "3").returncode == 0
+    # 2000 packets crossed each node; what the normal path carried meanwhile is ARP and a
+    # fresh lab's IPv6 neighbour and multicast chatter, which floods the l2 domain.
+    for n in ("node1", "node2"):
+        assert normal_path_packets(lab, n) - before[n] < 200
+    if backend == "l2":  # switched: no hop counts
+        assert ping(lab, 0, remote, "-c", "1", "-t", "1").returncode == 0
+    else:  # routed twice: the packet dies where the normal path would drop it
+        expired = ping(lab, 0, remote, "-c", "1", "-t", "2")
+        assert expired.returncode != 0 and "Time to live exceeded" in expired.stdout
+        assert ping(lab, 0, remote, "-c", "1", "-t", "3").returncode == 0
     report = verify(lab)  # every pair, source addresses seen as sent
     assert report.ok, failures(report)
     assert all(p.seen_source for p in report.pairs)

@@ -84,10 +84,27 @@ def test_program_holds_the_nodes_constants() -> None:
     calls = [imm for op, _r, _o, imm in insns if op == 0x85]
     assert program.REDIRECT_PEER in calls and program.REDIRECT_NEIGH in calls
     assert program.FIB_LOOKUP in calls
+    assert any(op == 0x73 and off == program.IP_TTL for op, _r, off, _i in insns)  # TTL - 1
     assert insns[-1][0] == 0x95 and insns[-2] == (0xB7, 0, 0, program.TC_ACT_OK)
     for pos, (op, _r, off, _i) in enumerate(insns):  # every jump lands inside
         if op & 0x07 in (asm.JMP, asm.JMP32) and op not in (0x85, 0x95):
             assert 0 <= pos + 1 + off < len(insns)
+
+
+def test_switched_program_forwards_frames_as_they_are() -> None:
+    cluster = ipaddress.IPv4Network("10.244.0.0/16")
+    code = program.build(map_fd=9, uplinks=[2], bridge=4, cluster=cluster,
+                         switched_by="02:11:22:33:44:55")
+    insns = [asm.INSN.unpack_from(code, i) for i in range(0, len(code), 8)]
+    calls = [imm for op, _r, _o, imm in insns if op == 0x85]
+    assert program.REDIRECT in calls and program.SKB_CHANGE_TYPE in calls
+    assert program.FIB_LOOKUP not in calls and program.REDIRECT_NEIGH not in calls
+    imms = {(op, imm) for op, _regs, _off, imm in insns}
+    assert (0x56, int.from_bytes(bytes.fromhex("02112233"), "little")) in imms  # bridge MAC
+    assert (0x15, int.from_bytes(bytes.fromhex("4455"), "little")) in imms
+    assert (0xB7, 2) in imms  # out of uplink 2
+    assert not any(op == 0x72 or (op == 0x73 and off == program.IP_TTL)
+                   for op, _r, off, _i in insns)  # no TTL write: a switch makes none
 
 
 def test_pod_entry_layout() -> None:

@@ -98,7 +98,7 @@ class Agent:
         plugin = self.backend.cni_plugin_options()
         self.fast = self._start_fast_path(config, plugin["bridge"])
         if self.fast is not None:
-            plugin["fastPathUplink"] = node.iface  # where the plugin finds the pod map
+            plugin["fastPathUplink"] = self.fast.uplink
         path = conflist.write(self.opts.cni_conf_dir, conflist.render(
             plugin, self.backend.pod_mtu(), self.opts.cni_socket, self.opts.ipam_data_dir))
         log.info("wrote %s", path)
@@ -118,7 +118,9 @@ class Agent:
         if not uplinks or not config.backend.get("fastPath", True):
             fastpath.remove()  # one an earlier config had
             return None
-        fast = fastpath.FastPath(bridge, self.backend.pod_mtu(), config.network)
+        fast = fastpath.FastPath(bridge, self.backend.pod_mtu(), config.network,
+                                 switched=self.backend.switched)
+        fast.skip_ports = self.backend.bridge_links()
         try:
             fast.ensure(uplinks)
         except Exception as exc:  # an optimisation only: whatever stops it, pods still connect

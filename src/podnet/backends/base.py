@@ -89,6 +89,7 @@ class Backend(ABC):
     """One way of connecting the nodes' pod subnets. Called by the agent, under its lock."""
 
     name: str = ""
+    switched = False  # pods of other nodes are reached by switching (l2), not routing
 
     def __init__(self, node: NodeInfo, config: NetworkConfig) -> None:
         self.node = node
@@ -120,6 +121,10 @@ class Backend(ABC):
         """The devices packets from other nodes arrive on, where the eBPF fast path hands them
         straight to pods; empty where this backend's traffic cannot take it."""
         return [self.node.iface_index]
+
+    def bridge_links(self) -> list[int]:
+        """Veths on the pod bridge that are not pods'."""
+        return []
 
     def repair_devices(self) -> bool:
         """Re-make this backend's devices if they were deleted; whether anything was."""

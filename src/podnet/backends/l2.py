@@ -105,9 +105,26 @@ class L2Backend(Backend):
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         return frozenset()  # ARP and switching reach every peer's pods
 
+    switched = True
+
     def fast_path_uplinks(self) -> list[int]:
-        # Pods of other nodes are on-link: the design is switching, which the bridges do.
-        return []
+        # The physical port of the node bridge: its ingress runs before the bridge's.
+        ipr = IPRoute(groups=0)
+        try:
+            br = links.index_of(ipr, NODE_BRIDGE)
+            return [int(m["index"]) for m in ipr.get_links()
+                    if br is not None and m.get_attr("IFLA_MASTER") == br
+                    and m.get_attr("IFLA_IFNAME") != VETH_NODE_SIDE]
+        finally:
+            ipr.close()
+
+    def bridge_links(self) -> list[int]:
+        ipr = IPRoute(groups=0)
+        try:
+            index = links.index_of(ipr, VETH_POD_SIDE)
+            return [] if index is None else [index]
+        finally:
+            ipr.close()
 
     def cni_plugin_options(self) -> dict[str, Any]:
         assert self.own is not None

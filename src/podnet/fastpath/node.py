@@ -20,12 +20,16 @@ log = logging.getLogger("podnet.fastpath")
 
 
 class FastPath:
-    def __init__(self, bridge: str, mtu: int, cluster: ipaddress.IPv4Network) -> None:
+    def __init__(self, bridge: str, mtu: int, cluster: ipaddress.IPv4Network,
+                 switched: bool = False) -> None:
         self.bridge = bridge
         self.mtu = mtu
         self.cluster = cluster
+        self.switched = switched  # the l2 design: frames are switched, not routed
+        self.uplink = ""  # the first uplink's name: where the plugin finds the pod map
         self.prog_id: int | None = None
-        self._loaded_for: tuple[tuple[int, ...], int] | None = None
+        self.skip_ports: list[int] = []
+        self._loaded_for: tuple[tuple[int, ...], int, str | None] | None = None
 
     def ensure(self, uplinks: list[int]) -> bool:
         """Attach to the uplinks and pod ports where it is not (first start, a device made
@@ -35,18 +39,21 @@ class FastPath:
         rtnl = Rtnl()
         try:
             bridge = self._bridge(ipr)
-            wanted = (tuple(uplinks), bridge)
+            self.uplink = str(links.link(ipr, uplinks[0]).get_attr("IFLA_IFNAME"))
+            mac = links.mac_of(links.link(ipr, bridge)) if self.switched else None
+            wanted = (tuple(uplinks), bridge, mac)
             if self._loaded_for == wanted and all(
                     tc.ingress_program(rtnl, u) == self.prog_id for u in uplinks):
                 return False
-            self._load(rtnl, uplinks, bridge, self._ports(ipr, bridge))
+            self._load(rtnl, uplinks, bridge, mac, self._ports(ipr, bridge))
             self._loaded_for = wanted
             return True
         finally:
             rtnl.close()
             ipr.close()
 
-    def _load(self, rtnl: Rtnl, uplinks: list[int], bridge: int, ports: list[int]) -> None:
+    def _load(self, rtnl: Rtnl, uplinks: list[int], bridge: int, bridge_mac: str | None,
+              ports: list[int]) -> None:
         # The map of a program already attached (an earlier agent's) keeps its pods' entries.
         map_fd = None
         for u in uplinks:
@@ -59,7 +66,8 @@ class FastPath:
                                          podmap.MAX_PODS)
         try:
             prog_fd = bpf.load_program(tc.FILTER_NAME,
-                                       program.build(map_fd, uplinks, bridge, self.cluster))
+                                       program.build(map_fd, uplinks, bridge, self.cluster,
+                                                     bridge_mac))
             try:
                 for index in uplinks + ports:
                     tc.attach_ingress(rtnl, index, prog_fd)
@@ -83,10 +91,12 @@ class FastPath:
             ipr.link("set", index=index, address=links.mac_of(msg), state="up")
         return index
 
-    @staticmethod
-    def _ports(ipr: IPRoute, bridge: int) -> list[int]:
+    def _ports(self, ipr: IPRoute, bridge: int) -> list[int]:
+        """The pods' veths on the bridge (not the l2 design's link to the node bridge)."""
+        skip = set(self.skip_ports)
         return [int(m["index"]) for m in ipr.get_links()
-                if m.get_attr("IFLA_MASTER") == bridge and links.kind_of(m) == "veth"]
+                if m.get_attr("IFLA_MASTER") == bridge and links.kind_of(m) == "veth"
+                and m["index"] not in skip]
 
     def sweep(self, uplinks: list[int]) -> int:
         """Drop map entries whose veth is gone or off the bridge (a pod whose namespace was

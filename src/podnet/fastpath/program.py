@@ -9,6 +9,11 @@ device) and of every pod's host-side veth.
   destination up in the node's routing table and send it out of the route's device with the
   neighbour the kernel keeps (`bpf_fib_lookup`, `bpf_redirect_neigh`): no bridge, no forwarding.
 
+In the l2 design frames are switched, not routed (`switched_by` is the pod bridge's MAC): a frame
+from another node addressed to a pod's MAC goes to the pod as it came, and a pod's frame to
+another pod's MAC (not to the bridge's, not multicast) leaves by the uplink as it is; no TTL or
+MAC changes, as a switch makes none.
+
 Everything else (ARP, pods of this node, the node itself, the world, a TTL about to expire,
 a route the program cannot use) passes to the normal path unchanged: the fast path only ever
 skips hops the normal path would take to the same place.
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
 
 from podnet.fastpath.asm import R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Program
 
@@ -31,7 +35,8 @@ FRAME_MIN = 34  # Ethernet + the fixed IPv4 header
 ETH_P_IP_RAW = 0x0008  # 0x0800 as a little-endian load of network-order bytes reads it
 PACKET_HOST = 0
 # helpers (linux/bpf.h's __BPF_FUNC_MAPPER order)
-MAP_LOOKUP_ELEM, FIB_LOOKUP, REDIRECT_NEIGH, REDIRECT_PEER = 1, 69, 152, 155
+MAP_LOOKUP_ELEM, REDIRECT, SKB_CHANGE_TYPE, FIB_LOOKUP, REDIRECT_NEIGH, REDIRECT_PEER = \
+    1, 23, 32, 69, 152, 155
 FIB_LOOKUP_SKIP_NEIGH = 4  # the neighbour is bpf_redirect_neigh's to resolve, with its states
 TC_ACT_OK = 0
 # the pod map's value: host veth ifindex (u32), pod MAC, host veth MAC
@@ -46,8 +51,8 @@ def _raw32(ip: ipaddress.IPv4Address) -> int:
     return int.from_bytes(ip.packed, "little")
 
 
-def build(map_fd: int, uplinks: Iterable[int], bridge: int,
-          cluster: ipaddress.IPv4Network) -> bytes:
+def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4Network,
+          switched_by: str | None = None) -> bytes:
     p = Program()
     p.mov(R6, R1)
     p.load(4, R7, R6, SKB_DATA)
@@ -77,6 +82,27 @@ def build(map_fd: int, uplinks: Iterable[int], bridge: int,
     p.jump32_if(R2, "!=", _raw32(cluster.network_address), "pass")
     _lookup(p, map_fd, IP_DST)
     p.jump_if(R0, "!=", 0, "pass")  # a pod of this node: the bridge's to switch
+    if switched_by is not None:
+        _switch_out(p, uplinks[0], switched_by)
+    else:
+        _route_out(p, bridge)
+
+    # -- from another node, for a pod of this one ------------------------------------------------
+    p.label("inbound")
+    _lookup(p, map_fd, IP_DST)
+    p.jump_if(R0, "==", 0, "pass")
+    if switched_by is not None:
+        _switch_in(p)
+    else:
+        _route_in(p)
+
+    p.label("pass")
+    p.mov_imm(R0, TC_ACT_OK)
+    p.exit()
+    return p.assemble()
+
+
+def _route_out(p: Program, bridge: int) -> None:
     p.load(1, R2, R7, IP_TTL)
     p.jump_if(R2, "<=", 1, "pass")  # the normal path sends the time-exceeded error
     p.mov_imm(R1, 0)
@@ -113,12 +139,10 @@ def build(map_fd: int, uplinks: Iterable[int], bridge: int,
     p.call(REDIRECT_NEIGH)
     p.exit()
 
-    # -- from another node, for a pod of this one ------------------------------------------------
-    p.label("inbound")
+
+def _route_in(p: Program) -> None:
     p.load(4, R2, R6, SKB_PKT_TYPE)
-    p.jump_if(R2, "!=", PACKET_HOST, "pass")
-    _lookup(p, map_fd, IP_DST)
-    p.jump_if(R0, "==", 0, "pass")
+    p.jump_if(R2, "!=", PACKET_HOST, "pass")  # another host's: not ours to route
     p.load(1, R2, R7, IP_TTL)
     p.jump_if(R2, "<=", 1, "pass")
     for src, dst, size in ((4, 0, 4), (8, 4, 2), (10, 6, 2), (12, 8, 4)):  # MACs
@@ -131,10 +155,39 @@ def build(map_fd: int, uplinks: Iterable[int], bridge: int,
     p.call(REDIRECT_PEER)
     p.exit()
 
-    p.label("pass")
-    p.mov_imm(R0, TC_ACT_OK)
+
+def _switch_out(p: Program, uplink: int, bridge_mac: str) -> None:
+    raw = bytes(int(b, 16) for b in bridge_mac.split(":"))
+    p.load(1, R2, R7, 0)
+    p.alu("&", R2, 1)
+    p.jump_if(R2, "!=", 0, "pass")  # broadcast, multicast: every port's
+    p.load(4, R2, R7, 0)
+    p.jump32_if(R2, "!=", int.from_bytes(raw[:4], "little"), "to_uplink")
+    p.load(2, R2, R7, 4)
+    p.jump_if(R2, "==", int.from_bytes(raw[4:], "little"), "pass")  # to the bridge (gateway)
+    p.label("to_uplink")
+    p.mov_imm(R1, uplink)
+    p.mov_imm(R2, 0)
+    p.call(REDIRECT)
     p.exit()
-    return p.assemble()
+
+
+def _switch_in(p: Program) -> None:
+    p.load(4, R2, R7, 0)  # only a frame addressed to that pod's MAC
+    p.load(4, R3, R0, 4)
+    p.jump_if_reg(R2, "!=", R3, "pass")
+    p.load(2, R2, R7, 4)
+    p.load(2, R3, R0, 8)
+    p.jump_if_reg(R2, "!=", R3, "pass")
+    p.load(4, R9, R0, 0)
+    # The uplink is a promiscuous bridge port: the frame was "another host's" to it.
+    p.mov(R1, R6)
+    p.mov_imm(R2, PACKET_HOST)
+    p.call(SKB_CHANGE_TYPE)
+    p.mov(R1, R9)
+    p.mov_imm(R2, 0)
+    p.call(REDIRECT_PEER)
+    p.exit()
 
 
 def _lookup(p: Program, map_fd: int, field: int) -> None:
