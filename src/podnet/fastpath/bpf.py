@@ -9,9 +9,10 @@ import os
 import struct
 
 SYS_BPF = {"x86_64": 321, "aarch64": 280}
-MAP_CREATE, MAP_LOOKUP, MAP_UPDATE, MAP_DELETE, MAP_NEXT_KEY = 0, 1, 2, 3, 4
+MAP_CREATE, MAP_LOOKUP, MAP_UPDATE, MAP_DELETE = 0, 1, 2, 3
 PROG_LOAD = 5
 PROG_GET_FD_BY_ID, MAP_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD = 13, 14, 15
+MAP_LOOKUP_BATCH = 24
 MAP_TYPE_HASH = 1
 PROG_TYPE_SCHED_CLS = 3
 ATTR_SIZE = 128  # larger than every attr used; the kernel wants the tail zero
@@ -129,16 +130,20 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
     return v.raw
 
 
-def map_keys(fd: int, key_size: int) -> list[bytes]:
-    keys: list[bytes] = []
-    nxt = ctypes.create_string_buffer(key_size)
-    cur: ctypes.Array[ctypes.c_char] | None = None
-    while True:
-        try:
-            _bpf(MAP_NEXT_KEY, _attr("=IxxxxQQ", fd, _addr(cur) if cur else 0, _addr(nxt)))
-        except BpfError as exc:
-            if exc.errno == 2:
-                return keys
+def map_items(fd: int, key_size: int, value_size: int,
+              max_entries: int) -> list[tuple[bytes, bytes]]:
+    """Every entry, in one call (BPF_MAP_LOOKUP_BATCH) rather than two per key."""
+    keys = ctypes.create_string_buffer(key_size * max_entries)
+    values = ctypes.create_string_buffer(value_size * max_entries)
+    token = ctypes.create_string_buffer(key_size)  # where the map's walk stopped (opaque)
+    attr = _attr("=QQQQIIQQ", 0, _addr(token), _addr(keys), _addr(values), max_entries, fd,
+                 0, 0)
+    try:
+        _bpf(MAP_LOOKUP_BATCH, attr)
+    except BpfError as exc:
+        if exc.errno != 2:  # ENOENT: the walk reached the end, as it does when all fit
             raise
-        keys.append(nxt.raw)
-        cur = ctypes.create_string_buffer(nxt.raw, key_size)
+    count = struct.unpack_from("=I", attr, 32)[0]
+    k, v = keys.raw, values.raw
+    return [(k[i * key_size:(i + 1) * key_size], v[i * value_size:(i + 1) * value_size])
+            for i in range(count)]

@@ -104,12 +104,16 @@ class FastPath:
         ipr = IPRoute(groups=0)
         rtnl = Rtnl()
         try:
-            index = links.index_of(ipr, self.bridge)
-            ports = set(self._ports(ipr, index)) if index is not None else set()
             with podmap.attached(rtnl, uplinks[0]) as fast:
                 if fast is None:
                     return 0
-                stale = [ip for ip, e in fast.entries().items() if e.ifindex not in ports]
+                # Entries first, ports second: a pod's ADD makes its veth before its entry, so
+                # an entry seen here has its veth in the listing unless the veth is gone.
+                entries = fast.entries()
+                index = links.index_of(ipr, self.bridge)
+                ports = set(self._ports(ipr, index)) if index is not None else set()
+                stale = [ip for ip, e in entries.items() if e.ifindex not in ports
+                         and fast.get(ip) == e]  # not re-used by a pod started meanwhile
                 for ip in stale:
                     fast.delete(ip)
                 return len(stale)

@@ -60,12 +60,14 @@ class Attached:
     map_fd: int
 
     def entries(self) -> dict[ipaddress.IPv4Address, PodEntry]:
-        out = {}
-        for raw in bpf.map_keys(self.map_fd, KEY_SIZE):
-            value = bpf.map_lookup(self.map_fd, raw, VALUE_SIZE)
-            if value is not None:  # deleted between the two calls
-                out[ipaddress.IPv4Address(raw)] = PodEntry.unpack(value)
-        return out
+        return {ipaddress.IPv4Address(k): PodEntry.unpack(v)
+                for k, v in bpf.map_items(self.map_fd, KEY_SIZE, VALUE_SIZE, MAX_PODS)}
+
+    def owned_by(self, ifindex: int) -> list[ipaddress.IPv4Address]:
+        """The addresses whose entry points at this veth (a DEL's: no full decoding)."""
+        return [ipaddress.IPv4Address(k)
+                for k, v in bpf.map_items(self.map_fd, KEY_SIZE, VALUE_SIZE, MAX_PODS)
+                if struct.unpack_from("=I", v)[0] == ifindex]
 
     def get(self, ip: ipaddress.IPv4Address) -> PodEntry | None:
         raw = bpf.map_lookup(self.map_fd, key(ip), VALUE_SIZE)
@@ -125,7 +127,7 @@ def remove_pod(rtnl: Rtnl, uplink_name: str, host_index: int) -> int:
     with attached(rtnl, link.index) as fast:
         if fast is None:
             return 0
-        gone = [ip for ip, e in fast.entries().items() if e.ifindex == host_index]
+        gone = fast.owned_by(host_index)
         for ip in gone:
             fast.delete(ip)
         return len(gone)
