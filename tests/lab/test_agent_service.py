@@ -23,12 +23,14 @@ from tests.lab.conftest import MakeLab, failures, verify
 
 def test_metrics_and_healthz(make_lab: MakeLab) -> None:
     lab = make_lab("vxlan", nodes=2, pods=0)
+    lab.add_pod("node1")
     with netns.entered(lab.target_netns("node1")):
         metrics = urllib.request.urlopen("http://127.0.0.1:9153/metrics", timeout=5).read()
         health = urllib.request.urlopen("http://127.0.0.1:9153/healthz", timeout=5)
     text = metrics.decode()
     assert "podnet_leases_known 2" in text and "podnet_routes_programmed 1" in text
     assert "podnet_datastore_up 1" in text and "podnet_reconcile_runs_total" in text
+    assert "podnet_fast_path_pods 1" in text
     assert health.status == 200
 
 

@@ -153,6 +153,8 @@ class Agent:
                 "Routes the backend has programmed for peers")
         m.gauge("podnet_datastore_up", lambda: 1.0 if self.store_up else 0.0,
                 "Whether the datastore answered last time")
+        m.gauge("podnet_fast_path_pods", lambda: self.fast.pods() if self.fast else -1.0,
+                "Pod addresses on the eBPF fast path (-1: the fast path is off)")
         for name, text in (("podnet_reconcile_runs_total", "Reconcile runs"),
                            ("podnet_reconcile_errors_total", "Reconcile runs that failed"),
                            ("podnet_reconcile_repairs_total", "Kernel entries repaired"),

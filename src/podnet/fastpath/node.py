@@ -98,6 +98,17 @@ class FastPath:
                 if m.get_attr("IFLA_MASTER") == bridge and links.kind_of(m) == "veth"
                 and m["index"] not in skip]
 
+    def pods(self) -> int:
+        """How many addresses the pod map holds (pods on the fast path); 0 before attaching."""
+        if self._loaded_for is None:
+            return 0
+        rtnl = Rtnl()
+        try:
+            with podmap.attached(rtnl, self._loaded_for[0][0]) as fast:
+                return 0 if fast is None else len(fast.entries())
+        finally:
+            rtnl.close()
+
     def sweep(self, uplinks: list[int]) -> int:
         """Drop map entries whose veth is gone or off the bridge (a pod whose namespace was
         deleted without a CNI DEL); how many."""
