@@ -119,8 +119,7 @@ class Agent:
             fastpath.remove()  # one an earlier config had
             return None
         fast = fastpath.FastPath(bridge, self.backend.pod_mtu(), config.network,
-                                 switched=self.backend.switched)
-        fast.skip_ports = self.backend.bridge_links()
+                                 self.backend.switched, self.backend.bridge_links())
         try:
             fast.ensure(uplinks)
         except Exception as exc:  # an optimisation only: whatever stops it, pods still connect

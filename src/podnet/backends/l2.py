@@ -61,6 +61,7 @@ def move_addresses(ipr: IPRoute, src: int, dst: int) -> None:
 
 class L2Backend(Backend):
     name = "l2"
+    switched = True
 
     def pod_mtu(self) -> int:
         return self.node.mtu
@@ -104,8 +105,6 @@ class L2Backend(Backend):
 
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         return frozenset()  # ARP and switching reach every peer's pods
-
-    switched = True
 
     def fast_path_uplinks(self) -> list[int]:
         # The physical port of the node bridge: its ingress runs before the bridge's.

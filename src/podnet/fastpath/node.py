@@ -21,14 +21,14 @@ log = logging.getLogger("podnet.fastpath")
 
 class FastPath:
     def __init__(self, bridge: str, mtu: int, cluster: ipaddress.IPv4Network,
-                 switched: bool = False) -> None:
+                 switched: bool = False, skip_ports: list[int] | None = None) -> None:
         self.bridge = bridge
         self.mtu = mtu
         self.cluster = cluster
         self.switched = switched  # the l2 design: frames are switched, not routed
         self.uplink = ""  # the first uplink's name: where the plugin finds the pod map
         self.prog_id: int | None = None
-        self.skip_ports: list[int] = []
+        self.skip_ports = skip_ports or []  # veths on the bridge that are not pods'
         self._loaded_for: tuple[tuple[int, ...], int, str | None] | None = None
 
     def ensure(self, uplinks: list[int]) -> bool:
