@@ -34,7 +34,7 @@ def attach_fast_path(node_ns: str, bridge: str, cidr: str) -> str:
             ipr.link("set", index=index, state="up")
         finally:
             ipr.close()
-        FastPath(bridge, 1500, ipaddress.IPv4Network(cidr)).ensure([index])
+        FastPath(bridge, 1500, ipaddress.IPv4Network(cidr)).reconcile([index])
     return "up0"
 
 

@@ -121,7 +121,7 @@ class Agent:
         fast = fastpath.FastPath(bridge, self.backend.pod_mtu(), config.network,
                                  self.backend.switched, self.backend.bridge_links())
         try:
-            fast.ensure(uplinks)
+            fast.reconcile(uplinks)
         except Exception as exc:  # an optimisation only: whatever stops it, pods still connect
             log.warning("eBPF fast path unavailable, pods take the normal path: %r", exc)
             return None
@@ -265,8 +265,7 @@ class Agent:
                 remade = self.backend.repair_devices()
                 repaired = self.backend.sync(list(self.peers.values())) + remade
                 if self.fast is not None:
-                    uplinks = self.backend.fast_path_uplinks()
-                    repaired += self.fast.ensure(uplinks) + self.fast.sweep(uplinks)
+                    repaired += self.fast.reconcile(self.backend.fast_path_uplinks())
             if self.config is not None:
                 # Other software may have set a FORWARD policy of DROP since the last run.
                 firewall.open_foreign_forward(self.config.network)

@@ -26,21 +26,6 @@ VETH_POD_SIDE = "podnet-l2a"  # on kube-bridge
 VETH_NODE_SIDE = "podnet-l2b"  # on the node bridge
 
 
-def _ensure_bridge(ipr: IPRoute, name: str, mac: str | None, mtu: int) -> int:
-    msg = links.by_name(ipr, name)
-    if msg is None:
-        spec: dict[str, Any] = {"ifname": name, "kind": "bridge", "mtu": mtu}
-        if mac:
-            spec["address"] = mac
-        ipr.link("add", **spec)
-        msg = links.by_name(ipr, name)
-        assert msg is not None
-        if not mac:  # pinned, so that it does not follow the lowest port MAC
-            ipr.link("set", index=msg["index"], address=links.mac_of(msg))
-    ipr.link("set", index=msg["index"], state="up")
-    return int(msg["index"])
-
-
 def move_addresses(ipr: IPRoute, src: int, dst: int) -> None:
     """Move IPv4 addresses and the routes through them from one link to another.
 
@@ -73,12 +58,12 @@ class L2Backend(Backend):
             if self.node.iface == NODE_BRIDGE:
                 br = self.node.iface_index  # moved on an earlier run
             else:
-                br = _ensure_bridge(ipr, NODE_BRIDGE, links.mac_of(phys), self.node.mtu)
+                br = links.ensure_bridge(ipr, NODE_BRIDGE, links.mac_of(phys), self.node.mtu)
                 ipr.link("set", index=self.node.iface_index, master=br)
                 move_addresses(ipr, self.node.iface_index, br)
                 self.node = NodeInfo(self.node.name, self.node.ip, NODE_BRIDGE, br,
                                      self.node.mtu)
-            pod_br = _ensure_bridge(ipr, POD_BRIDGE, None, self.node.mtu)
+            pod_br = links.ensure_bridge(ipr, POD_BRIDGE, None, self.node.mtu)
             if links.by_name(ipr, VETH_POD_SIDE) is None:
                 ipr.link("add", ifname=VETH_POD_SIDE, kind="veth", mtu=self.node.mtu,
                          peer={"ifname": VETH_NODE_SIDE, "mtu": self.node.mtu})

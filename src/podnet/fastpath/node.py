@@ -31,23 +31,41 @@ class FastPath:
         self.skip_ports = skip_ports or []  # veths on the bridge that are not pods'
         self._loaded_for: tuple[tuple[int, ...], int, str | None] | None = None
 
-    def ensure(self, uplinks: list[int]) -> bool:
+    def reconcile(self, uplinks: list[int]) -> int:
         """Attach to the uplinks and pod ports where it is not (first start, a device made
-        anew, a filter someone removed); whether anything had to be. Raises bpf.BpfError
-        where the kernel will not load it."""
+        anew, a filter someone removed) and drop pod map entries whose veth is gone or off
+        the bridge (a namespace deleted without a CNI DEL); how many of either. One link dump
+        serves both. Raises bpf.BpfError where the kernel will not load the program."""
         ipr = IPRoute(groups=0)
         rtnl = Rtnl()
         try:
-            bridge = self._bridge(ipr)
-            self.uplink = str(links.link(ipr, uplinks[0]).get_attr("IFLA_IFNAME"))
-            mac = links.mac_of(links.link(ipr, bridge)) if self.switched else None
+            # The program routes as if packets arrived on the bridge: it must exist first.
+            bridge = links.ensure_bridge(ipr, self.bridge, None, self.mtu)
+            # Entries before the link dump: an ADD makes its veth before its entry, so an
+            # entry seen here has its veth in the dump unless the veth is gone.
+            with podmap.attached(rtnl, uplinks[0]) as fast:
+                entries = fast.entries() if fast is not None else {}
+            msgs = {int(m["index"]): m for m in ipr.get_links()}
+            self.uplink = str(msgs[uplinks[0]].get_attr("IFLA_IFNAME"))
+            skip = set(self.skip_ports)
+            ports = [i for i, m in msgs.items() if m.get_attr("IFLA_MASTER") == bridge
+                     and links.kind_of(m) == "veth" and i not in skip]
+            mac = links.mac_of(msgs[bridge]) if self.switched else None
             wanted = (tuple(uplinks), bridge, mac)
-            if self._loaded_for == wanted and all(
-                    tc.ingress_program(rtnl, u) == self.prog_id for u in uplinks):
-                return False
-            self._load(rtnl, uplinks, bridge, mac, self._ports(ipr, bridge))
-            self._loaded_for = wanted
-            return True
+            changed = 0
+            if self._loaded_for != wanted or any(
+                    tc.ingress_program(rtnl, u) != self.prog_id for u in uplinks):
+                self._load(rtnl, uplinks, bridge, mac, ports)
+                self._loaded_for = wanted
+                changed += 1
+            stale = {ip: e for ip, e in entries.items() if e.ifindex not in ports}
+            if stale:
+                with podmap.attached(rtnl, uplinks[0]) as fast:
+                    for ip, e in stale.items():
+                        if fast is not None and fast.get(ip) == e:  # not a pod started since
+                            fast.delete(ip)
+                            changed += 1
+            return changed
         finally:
             rtnl.close()
             ipr.close()
@@ -78,26 +96,6 @@ class FastPath:
             os.close(map_fd)
         log.info("fast path attached to %d uplinks and %d pod ports", len(uplinks), len(ports))
 
-    def _bridge(self, ipr: IPRoute) -> int:
-        """The pods' bridge, made now if no pod has made it yet: the program routes as if
-        packets arrived on it, so it must exist first."""
-        index = links.index_of(ipr, self.bridge)
-        if index is None:
-            ipr.link("add", ifname=self.bridge, kind="bridge", mtu=self.mtu)
-            msg = links.by_name(ipr, self.bridge)
-            assert msg is not None
-            index = int(msg["index"])
-            # Pinned, as the plugin pins a bridge it makes: else it takes the lowest port MAC.
-            ipr.link("set", index=index, address=links.mac_of(msg), state="up")
-        return index
-
-    def _ports(self, ipr: IPRoute, bridge: int) -> list[int]:
-        """The pods' veths on the bridge (not the l2 design's link to the node bridge)."""
-        skip = set(self.skip_ports)
-        return [int(m["index"]) for m in ipr.get_links()
-                if m.get_attr("IFLA_MASTER") == bridge and links.kind_of(m) == "veth"
-                and m["index"] not in skip]
-
     def pods(self) -> int:
         """How many addresses the pod map holds (pods on the fast path); 0 before attaching."""
         if self._loaded_for is None:
@@ -108,29 +106,6 @@ class FastPath:
                 return 0 if fast is None else len(fast.entries())
         finally:
             rtnl.close()
-
-    def sweep(self, uplinks: list[int]) -> int:
-        """Drop map entries whose veth is gone or off the bridge (a pod whose namespace was
-        deleted without a CNI DEL); how many."""
-        ipr = IPRoute(groups=0)
-        rtnl = Rtnl()
-        try:
-            with podmap.attached(rtnl, uplinks[0]) as fast:
-                if fast is None:
-                    return 0
-                # Entries first, ports second: a pod's ADD makes its veth before its entry, so
-                # an entry seen here has its veth in the listing unless the veth is gone.
-                entries = fast.entries()
-                index = links.index_of(ipr, self.bridge)
-                ports = set(self._ports(ipr, index)) if index is not None else set()
-                stale = [ip for ip, e in entries.items() if e.ifindex not in ports
-                         and fast.get(ip) == e]  # not re-used by a pod started meanwhile
-                for ip in stale:
-                    fast.delete(ip)
-                return len(stale)
-        finally:
-            rtnl.close()
-            ipr.close()
 
 
 def remove() -> None:

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from podnet.fastpath import bpf, program
-from podnet.netlink import tc
-from podnet.netlink.fastlink import Rtnl
+from podnet.netlink import rtmsg, tc
+from podnet.netlink.fastlink import Rtnl, _mac_text
 
 NAME = "podnet_pods"
 KEY_SIZE, VALUE_SIZE = 4, program.VALUE_SIZE
@@ -33,20 +33,12 @@ class PodEntry:
     host_mac: str
 
     def pack(self) -> bytes:
-        return VALUE.pack(self.ifindex, _mac(self.pod_mac), _mac(self.host_mac))
+        return VALUE.pack(self.ifindex, rtmsg._mac(self.pod_mac), rtmsg._mac(self.host_mac))
 
     @classmethod
     def unpack(cls, raw: bytes) -> PodEntry:
         ifindex, pod, host = VALUE.unpack(raw)
-        return cls(ifindex, _text(pod), _text(host))
-
-
-def _mac(text: str) -> bytes:
-    return bytes(int(b, 16) for b in text.split(":"))
-
-
-def _text(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
+        return cls(ifindex, _mac_text(pod), _mac_text(host))
 
 
 def key(ip: ipaddress.IPv4Address) -> bytes:

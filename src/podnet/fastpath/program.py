@@ -25,6 +25,7 @@ import ipaddress
 import socket
 
 from podnet.fastpath.asm import R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Program
+from podnet.netlink import rtmsg
 
 # struct __sk_buff offsets (linux/bpf.h)
 SKB_PKT_TYPE, SKB_IFINDEX, SKB_DATA, SKB_DATA_END = 4, 40, 76, 80
@@ -157,7 +158,7 @@ def _route_in(p: Program) -> None:
 
 
 def _switch_out(p: Program, uplink: int, bridge_mac: str) -> None:
-    raw = bytes(int(b, 16) for b in bridge_mac.split(":"))
+    raw = rtmsg._mac(bridge_mac)
     p.load(1, R2, R7, 0)
     p.alu("&", R2, 1)
     p.jump_if(R2, "!=", 0, "pass")  # broadcast, multicast: every port's

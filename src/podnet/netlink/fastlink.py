@@ -118,8 +118,7 @@ class Rtnl:
         peer_attrs = rtmsg._attr(IFLA_IFNAME, peer.encode() + b"\0")
         peer_attrs += rtmsg._attr(IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd))
         if peer_mac:
-            peer_attrs += rtmsg._attr(IFLA_ADDRESS, bytes(int(b, 16) for b in
-                                                          peer_mac.split(":")))
+            peer_attrs += rtmsg._attr(IFLA_ADDRESS, rtmsg._mac(peer_mac))
         attrs = rtmsg._attr(IFLA_IFNAME, name.encode() + b"\0")
         if mtu:
             peer_attrs += rtmsg._attr(IFLA_MTU, struct.pack("=I", mtu))

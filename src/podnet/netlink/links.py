@@ -111,3 +111,19 @@ def add_route(ipr: IPRoute, dst: str, gw: str | None, oif: int | None, **extra: 
     if oif is not None:
         spec["oif"] = oif
     ipr.route("replace", **spec)
+
+
+def ensure_bridge(ipr: IPRoute, name: str, mac: str | None, mtu: int) -> int:
+    """The bridge, made if absent (with `mac`, else its first MAC pinned) and up; its index."""
+    msg = by_name(ipr, name)
+    if msg is None:
+        spec: dict[str, Any] = {"ifname": name, "kind": "bridge", "mtu": mtu}
+        if mac:
+            spec["address"] = mac
+        ipr.link("add", **spec)
+        msg = by_name(ipr, name)
+        assert msg is not None
+        if not mac:  # pinned, so that it does not follow the lowest port MAC
+            ipr.link("set", index=msg["index"], address=mac_of(msg))
+    ipr.link("set", index=msg["index"], state="up")
+    return int(msg["index"])

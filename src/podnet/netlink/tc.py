@@ -74,10 +74,8 @@ def detach_ingress(rtnl: Rtnl, ifindex: int) -> bool:
 
 def ingress_program(rtnl: Rtnl, ifindex: int) -> int | None:
     """The id of the program podnet's filter runs at the link's ingress, or None."""
-    rtnl.seq += 1
-    rtnl.sock.send(rtmsg._message(
-        RTM_GETTFILTER, rtmsg.F_REQUEST | rtmsg.F_ROOT | rtmsg.F_MATCH, rtnl.seq,
-        TCMSG.pack(socket.AF_UNSPEC, ifindex, 0, TC_H_INGRESS, 0)))
+    rtnl._send(RTM_GETTFILTER, rtmsg.F_REQUEST | rtmsg.F_ROOT | rtmsg.F_MATCH,
+               TCMSG.pack(socket.AF_UNSPEC, ifindex, 0, TC_H_INGRESS, 0))
     found = None
     try:
         for mtype, buf, start, end in rtmsg._messages(rtnl.sock):

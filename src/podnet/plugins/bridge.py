@@ -282,11 +282,11 @@ def _rollback(undo: list[Callable[[], object]]) -> None:
 def cmd_del(ctx: HostContext, req: Request) -> None:
     conf = BridgeConf.parse(req.config)
     delegate.call(req, delegate.ipam_type(req), "DEL")
+    port = host_veth_name(req.config["name"], req.container_id, req.ifname)
     if conf.fast_path_uplink:
         # Before the veth goes: its index says which entries are this pod's. Without the veth
-        # (namespace already gone) the agent's sweep removes them.
-        host = ctx.fast.get_link(host_veth_name(req.config["name"], req.container_id,
-                                                req.ifname))
+        # (namespace already gone) the agent's reconcile removes them.
+        host = ctx.fast.get_link(port)
         if host is not None:
             from podnet.fastpath import podmap
 
@@ -302,7 +302,6 @@ def cmd_del(ctx: HostContext, req: Request) -> None:
             except OSError as exc:
                 raise _netlink(f"deleting {req.ifname}", exc) from None
     if conf.anti_spoof:
-        port = host_veth_name(req.config["name"], req.container_id, req.ifname)
         _in_host(ctx, nft.del_antispoof, port)
     if conf.ip_masq:
         tag = nft.masq_tag(req.config["name"], req.container_id, req.ifname)
