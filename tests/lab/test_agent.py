@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from podnet.datastore.etcd import EtcdStore
+from podnet.datastore.open import open_store
 from podnet.lab.lab import Lab, status
+from podnet.netlink import netns
 from tests.lab.conftest import MakeLab, failures, verify
 from tests.lab.test_lab_ops import sh, subnet_of, wait_for
 
@@ -76,3 +79,18 @@ def test_second_agent_with_same_name_refuses(make_lab: MakeLab, tmp_path: object
     assert "already held by another live agent" in proc.stderr
     held = json.loads(etcdctl(lab, "get", "--print-value-only", "/podnet/nodes/node1"))
     assert held["subnet"] == subnet_of(lab, "node1")  # the first agent's lease is untouched
+
+
+def test_lease_kept_across_a_restart_gets_its_full_ttl(make_lab: MakeLab) -> None:
+    # An agent restarted late in its lease's life must not lose it before its first renewal.
+    lab = make_lab("vxlan", nodes=0, pods=0)
+    with netns.entered(lab.target_netns("cp")):
+        store = open_store(lab.topo.etcd_url)
+        assert isinstance(store, EtcdStore)
+        config = store.get_config()
+        assert config is not None
+        held = store.acquire("n1", "192.168.100.99", {}, 6, config, None)
+        time.sleep(3)
+        again = store.acquire("n1", "192.168.100.99", {}, 6, config, held)
+        ttl = store._post("/kv/lease/timetolive", {"ID": again.lease_id})["TTL"]
+    assert again.lease_id == held.lease_id and int(ttl) >= 5

@@ -98,10 +98,6 @@ class EtcdStore:
         self._post("/kv/put", {"key": _b64(CONFIG_KEY), "value": _b64(config.to_json())})
 
     # -- leases -----------------------------------------------------------------------------
-    def _lease_alive(self, lease_id: int) -> bool:
-        out = self._post("/kv/lease/timetolive", {"ID": lease_id})
-        return int(out.get("TTL", -1)) > 0
-
     def _put_both(self, held: Held, node: str, compare_absent: bool) -> bool:
         skey = SUBNETS + subnet_key(held.lease.subnet)
         nkey = NODES + node
@@ -118,8 +114,10 @@ class EtcdStore:
         held_raw = self._get(NODES + node)
         if prefer is not None and held_raw is not None:
             mine = json.loads(held_raw)
-            if mine.get("leaseID") == prefer.lease_id and self._lease_alive(prefer.lease_id):
-                # Our own lease from before a restart: keep it, refresh the payload.
+            # Our own lease from before a restart: keep it, with its full TTL again (a keepalive
+            # now, not at the renew loop's first turn, which may come after it expires), and
+            # refresh the payload.
+            if mine.get("leaseID") == prefer.lease_id and self.renew(prefer):
                 lease = Lease(prefer.lease.subnet, node, ipaddress.IPv4Address(node_ip),
                               dict(attrs))
                 held = Held(lease, prefer.lease_id, ttl)
