@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from podnet.fastpath import podmap
+from podnet.fastpath import bpf, podmap
+from podnet.fastpath.node import TUNNEL_KEY_SIZE, TUNNEL_VALUE
 from podnet.lab.lab import Lab, ns_path
 from podnet.netlink import netns, tc
 from tests.lab.conftest import MakeLab, failures, verify
@@ -34,15 +35,35 @@ def state(lab: Lab, node: str) -> tuple[int | None, dict[str, int | None],
         rtnl.close()
 
 
+def tunnels(lab: Lab, node: str) -> dict[str, str]:
+    """The node's tunnel map: peer pod subnet (network address) -> the peer's node IP."""
+    rtnl = netns.rtnl_in(lab.target_netns(node))
+    try:
+        uplink = rtnl.get_link("eth0")
+        assert uplink is not None
+        with podmap.attached(rtnl, uplink.index) as fast:
+            assert fast is not None and fast.tunnel_fd is not None
+            items = bpf.map_items(fast.tunnel_fd, TUNNEL_KEY_SIZE, TUNNEL_VALUE.size, 64)
+        return {str(ipaddress.IPv4Address(k)): str(ipaddress.IPv4Address(v[:4]))
+                for k, v in items}
+    finally:
+        rtnl.close()
+
+
+def link_packets(lab: Lab, node: str, link: str, *directions: str) -> int:
+    stats = json.loads(sh(lab, node, "ip", "-j", "-s", "link", "show", link))[0]["stats64"]
+    return sum(int(stats[d]["packets"]) for d in directions)
+
+
 def normal_path_packets(lab: Lab, node: str) -> int:
     """Packets the normal path carried between this node's pods and the uplink: routed, they
-    are received by the bridge device; switched (l2), they cross the link between the pod
-    bridge and the node bridge."""
+    are received by the bridge device (and, in the overlay, cross the VXLAN device too);
+    switched (l2), they cross the link between the pod bridge and the node bridge."""
     if lab.topo.backend == "l2":
-        stats = json.loads(sh(lab, node, "ip", "-j", "-s", "link", "show", "podnet-l2a"))[0]
-        return int(stats["stats64"]["rx"]["packets"] + stats["stats64"]["tx"]["packets"])
-    stats = json.loads(sh(lab, node, "ip", "-j", "-s", "link", "show", "kube-bridge"))[0]
-    return int(stats["stats64"]["rx"]["packets"])
+        return link_packets(lab, node, "podnet-l2a", "rx", "tx")
+    tunnel = link_packets(lab, node, "podnet.1", "rx", "tx") if lab.topo.backend == "vxlan" \
+        else 0
+    return link_packets(lab, node, "kube-bridge", "rx") + tunnel
 
 
 def ping(lab: Lab, pod: int, dst: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -97,6 +118,16 @@ def test_pod_map_follows_pods_agents_and_devices(make_lab: MakeLab) -> None:
     lab.restart_agent("node1")
     prog, veths, after = state(lab, "node1")
     assert after == entries and set(veths.values()) == {prog}
+
+    # The tunnel map follows the peers: a node joining, a node leaving.
+    subnets = {n.name: lab.conflist(n)["plugins"][0]["ipam"]["subnet"].split("/")[0]
+               for n in lab.topo.nodes}
+    assert tunnels(lab, "node1") == {subnets["node2"]: "192.168.100.12"}
+    node3 = lab.add_node()
+    subnet3 = lab.conflist(node3)["plugins"][0]["ipam"]["subnet"].split("/")[0]
+    assert wait_for(lambda: tunnels(lab, "node1").get(subnet3) == lab.topo.node_ip(node3), 10.0)
+    lab.remove_node(node3.name)
+    assert wait_for(lambda: subnet3 not in tunnels(lab, "node1"), 15.0)
 
     # The tunnel device deleted and re-made by the agent gets the program again.
     sh(lab, "node1", "ip", "link", "del", "podnet.1")

@@ -18,6 +18,7 @@ from podnet.verify.check import endpoints_of
 from podnet.verify.diagnose import explain
 from tests.lab.conftest import MakeLab, failures, verify
 from tests.lab.test_backend_policy import _reinit
+from tests.lab.test_fastpath import tunnels
 from tests.lab.test_lab_ops import sh
 
 
@@ -100,6 +101,7 @@ def test_vxlan_direct_routing_for_on_link_peers(make_lab: MakeLab) -> None:
     routes = sh(lab, "node1", "ip", "route")
     peer = lab.conflist(lab.topo.node("node2"))["plugins"][0]["ipam"]["subnet"]
     assert f"{peer} via 192.168.100.12 dev eth0 proto 88" in routes  # direct, not tunnelled
+    assert tunnels(lab, "node1") == {}  # nor encapsulated by the fast path
     report = verify(lab)
     assert report.ok, failures(report)
     # A direct route needs no VTEP entries: the diagnosis must not ask for them.

@@ -119,7 +119,8 @@ class Agent:
             fastpath.remove()  # one an earlier config had
             return None
         fast = fastpath.FastPath(bridge, self.backend.pod_mtu(), config.network,
-                                 self.backend.switched, self.backend.bridge_links())
+                                 self.backend.switched, self.backend.bridge_links(),
+                                 self.backend.fast_path_encap())
         try:
             fast.reconcile(uplinks)
         except Exception as exc:  # an optimisation only: whatever stops it, pods still connect
@@ -175,6 +176,7 @@ class Agent:
             self.peers = {k: v for k, v in leases.items()
                           if own is None or v.node != own.node}
             self.backend.sync(list(self.peers.values()))
+            self._sync_tunnels()
             t2 = time.perf_counter()
             firewall.apply(self.config.network,
                            [p.node_ip for p in self.peers.values()]
@@ -183,6 +185,15 @@ class Agent:
                  "%.0f ms)", len(self.peers), revision, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
                  (time.perf_counter() - t2) * 1e3)
         return revision
+
+    def _sync_tunnels(self) -> int:
+        """The fast path's tunnel map after the backend's entries (all peers)."""
+        assert self.backend is not None
+        if self.fast is None:
+            return 0
+        want = {p.subnet: t for p in self.peers.values()
+                if (t := self.backend.fast_path_tunnel(p)) is not None}
+        return self.fast.set_tunnels(want)
 
     def _on_event(self, ev: Event) -> None:
         assert self.backend is not None
@@ -194,6 +205,8 @@ class Agent:
                 if gone is not None:
                     log.info("peer %s left (%s)", gone.node, gone.subnet)
                     self.backend.peer_removed(gone.node)
+                    if self.fast is not None:
+                        self.fast.set_tunnel(gone.subnet, None)
                     firewall.remove_node(gone.node_ip)
                 return
             lease = ev.lease
@@ -203,8 +216,12 @@ class Agent:
             for key, old in list(self.peers.items()):
                 if old.node == lease.node and key != ev.key:
                     del self.peers[key]
+                    if self.fast is not None:
+                        self.fast.set_tunnel(old.subnet, None)
             self.peers[ev.key] = lease
             self.backend.peer_added(lease)
+            if self.fast is not None:
+                self.fast.set_tunnel(lease.subnet, self.backend.fast_path_tunnel(lease))
             firewall.add_node(lease.node_ip)
             log.info("peer %s at %s has %s", lease.node, lease.node_ip, lease.subnet)
 
@@ -266,6 +283,7 @@ class Agent:
                 repaired = self.backend.sync(list(self.peers.values())) + remade
                 if self.fast is not None:
                     repaired += self.fast.reconcile(self.backend.fast_path_uplinks())
+                    repaired += self._sync_tunnels()
             if self.config is not None:
                 # Other software may have set a FORWARD policy of DROP since the last run.
                 firewall.open_foreign_forward(self.config.network)

@@ -18,6 +18,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from podnet.datastore.model import Lease, NetworkConfig
+from podnet.fastpath.program import Encap
 from podnet.netlink import batch, rtmsg
 
 log = logging.getLogger("podnet.backend")
@@ -121,6 +122,16 @@ class Backend(ABC):
         """The devices packets from other nodes arrive on, where the eBPF fast path hands them
         straight to pods; empty where this backend's traffic cannot take it."""
         return [self.node.iface_index]
+
+    def fast_path_encap(self) -> Encap | None:
+        """Where the fast path encapsulates pods' packets itself, this node's tunnel
+        parameters."""
+        return None
+
+    def fast_path_tunnel(self, peer: Lease) -> tuple[ipaddress.IPv4Address, str] | None:
+        """For the fast path's tunnel map: the peer's node IP and VTEP MAC, where its pod
+        subnet is reached through the tunnel."""
+        return None
 
     def bridge_links(self) -> list[int]:
         """Veths on the pod bridge that are not pods'."""

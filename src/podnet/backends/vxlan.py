@@ -6,6 +6,7 @@ host-gw does and tunnels only the rest."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import platform
 import re
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from podnet.backends.base import BackendError, Entry, Fdb, Route
 from podnet.backends.tunnel import TunnelBackend
 from podnet.datastore.model import Lease
+from podnet.fastpath.program import Encap
 from podnet.netlink import links
 
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
@@ -82,6 +84,16 @@ class VxlanBackend(TunnelBackend):
 
     def tunnel_match(self) -> str | None:
         return f"udp dport {self.port}"
+
+    def fast_path_encap(self) -> Encap | None:
+        return Encap(self.vni, self.port, self.node.ip, self.mac, self.config.subnet_len)
+
+    def fast_path_tunnel(self, peer: Lease) -> tuple[ipaddress.IPv4Address, str] | None:
+        # What the device was given for the peer: none where it is routed directly.
+        with self._lock:
+            entries = self._entries.get(peer.node, frozenset())
+        fdb = next((e for e in entries if isinstance(e, Fdb)), None)
+        return None if fdb is None else (ipaddress.IPv4Address(fdb.dst), fdb.lladdr)
 
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         if self.direct and self.connected_link(peer.node_ip) == self.node.iface_index:

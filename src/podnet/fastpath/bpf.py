@@ -14,6 +14,7 @@ PROG_LOAD = 5
 PROG_GET_FD_BY_ID, MAP_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD = 13, 14, 15
 MAP_LOOKUP_BATCH = 24
 MAP_TYPE_HASH = 1
+NO_PREALLOC = 1
 PROG_TYPE_SCHED_CLS = 3
 ATTR_SIZE = 128  # larger than every attr used; the kernel wants the tail zero
 LOG_SIZE = 1 << 16
@@ -46,10 +47,13 @@ def _addr(buf: ctypes.Array[ctypes.c_char]) -> int:
     return ctypes.addressof(buf)
 
 
-def create_hash_map(name: str, key_size: int, value_size: int, max_entries: int) -> int:
-    """A new hash map; its fd."""
+def create_hash_map(name: str, key_size: int, value_size: int, max_entries: int,
+                    prealloc: bool = True) -> int:
+    """A new hash map; its fd. Without `prealloc`, entries take memory only once added (for a
+    map sized for a cluster's largest possible node count)."""
     return _bpf(MAP_CREATE, _attr("=IIIIIII16s", MAP_TYPE_HASH, key_size, value_size,
-                                  max_entries, 0, 0, 0, name.encode()[:15]))
+                                  max_entries, 0 if prealloc else NO_PREALLOC, 0, 0,
+                                  name.encode()[:15]))
 
 
 def load_program(name: str, code: bytes, license_: str = "GPL") -> int:
@@ -94,11 +98,21 @@ def program_map_ids(fd: int) -> list[int]:
     return list(struct.unpack_from(f"={min(count, 8)}I", ids))
 
 
+def _info(fd: int, size: int) -> ctypes.Array[ctypes.c_char]:
+    info = ctypes.create_string_buffer(size)
+    _bpf(OBJ_GET_INFO_BY_FD, _attr("=IIQ", fd, len(info), _addr(info)))
+    return info
+
+
 def object_id(fd: int, kind: str) -> int:
     """A program's or map's id (the second field of both info structs)."""
-    info = ctypes.create_string_buffer(128 if kind == "prog" else 64)
-    _bpf(OBJ_GET_INFO_BY_FD, _attr("=IIQ", fd, len(info), _addr(info)))
-    return int(struct.unpack_from("=I", info, 4)[0])
+    return int(struct.unpack_from("=I", _info(fd, 128 if kind == "prog" else 64), 4)[0])
+
+
+def map_name(fd: int) -> str:
+    """The name a map was created with (struct bpf_map_info's name)."""
+    raw = struct.unpack_from("=16s", _info(fd, 64), 24)[0]
+    return str(raw.rstrip(b"\0").decode())
 
 
 def map_update(fd: int, key: bytes, value: bytes) -> None:

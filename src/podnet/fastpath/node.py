@@ -8,24 +8,39 @@ import contextlib
 import ipaddress
 import logging
 import os
+import struct
 from typing import Any
 
 from pyroute2 import IPRoute
 
 from podnet.fastpath import bpf, podmap, program
-from podnet.netlink import links, tc
+from podnet.netlink import links, rtmsg, tc
 from podnet.netlink.fastlink import Rtnl
 
 log = logging.getLogger("podnet.fastpath")
 
+# The tunnel map: a peer's pod subnet (its network address) -> the peer's node IP, VTEP MAC.
+TUNNEL_KEY_SIZE = 4
+TUNNEL_VALUE = struct.Struct("=4s6sxx")
+assert TUNNEL_VALUE.size == program.TUNNEL_VALUE_SIZE
+MAX_TUNNELS = 1 << 16
+Peer = tuple[ipaddress.IPv4Address, str]  # a tunnelled peer: its node IP, its VTEP MAC
+
+
+def _tunnel_value(peer: Peer) -> bytes:
+    return TUNNEL_VALUE.pack(peer[0].packed, rtmsg._mac(peer[1]))
+
 
 class FastPath:
     def __init__(self, bridge: str, mtu: int, cluster: ipaddress.IPv4Network,
-                 switched: bool = False, skip_ports: list[int] | None = None) -> None:
+                 switched: bool = False, skip_ports: list[int] | None = None,
+                 encap: program.Encap | None = None) -> None:
         self.bridge = bridge
         self.mtu = mtu
         self.cluster = cluster
         self.switched = switched  # the l2 design: frames are switched, not routed
+        self.encap = encap  # the overlay: the program encapsulates to the tunnel map's peers
+        self._tunnel_fd: int | None = None  # kept open: peer events update it one by one
         self.uplink = ""  # the first uplink's name: where the plugin finds the pod map
         self.prog_id: int | None = None
         self.skip_ports = skip_ports or []  # veths on the bridge that are not pods'
@@ -72,29 +87,83 @@ class FastPath:
 
     def _load(self, rtnl: Rtnl, uplinks: list[int], bridge: int, bridge_mac: str | None,
               ports: list[int]) -> None:
-        # The map of a program already attached (an earlier agent's) keeps its pods' entries.
-        map_fd = None
+        # The maps of a program already attached (an earlier agent's) keep their entries.
+        map_fd = tunnel_fd = None
         for u in uplinks:
             with podmap.attached(rtnl, u) as fast:
                 if fast is not None:
                     map_fd = os.dup(fast.map_fd)
+                    if fast.tunnel_fd is not None and self.encap is not None:
+                        tunnel_fd = os.dup(fast.tunnel_fd)
                     break
         if map_fd is None:
             map_fd = bpf.create_hash_map(podmap.NAME, podmap.KEY_SIZE, podmap.VALUE_SIZE,
                                          podmap.MAX_PODS)
         try:
+            if self.encap is not None and tunnel_fd is None:
+                tunnel_fd = bpf.create_hash_map(podmap.TUNNEL_MAP, TUNNEL_KEY_SIZE,
+                                                TUNNEL_VALUE.size, self._max_tunnels(),
+                                                prealloc=False)
+            encap = None if self.encap is None or tunnel_fd is None else (self.encap, tunnel_fd)
             prog_fd = bpf.load_program(tc.FILTER_NAME,
                                        program.build(map_fd, uplinks, bridge, self.cluster,
-                                                     bridge_mac))
+                                                     bridge_mac, encap))
             try:
                 for index in uplinks + ports:
                     tc.attach_ingress(rtnl, index, prog_fd)
                 self.prog_id = bpf.object_id(prog_fd, "prog")
             finally:
                 os.close(prog_fd)
+        except BaseException:
+            if tunnel_fd is not None:
+                os.close(tunnel_fd)
+            raise
         finally:
             os.close(map_fd)
+        if self._tunnel_fd is not None:
+            os.close(self._tunnel_fd)
+        self._tunnel_fd = tunnel_fd
         log.info("fast path attached to %d uplinks and %d pod ports", len(uplinks), len(ports))
+
+    def _max_tunnels(self) -> int:
+        assert self.encap is not None
+        return min(1 << (self.encap.subnet_len - self.cluster.prefixlen), MAX_TUNNELS)
+
+    # -- the overlay's peers ----------------------------------------------------------------
+    def set_tunnels(self, want: dict[ipaddress.IPv4Network, Peer]) -> int:
+        """Make the tunnel map hold exactly these peers (a resync's, a reconcile's); how many
+        entries changed. A failure is logged: those peers' pods take the normal path."""
+        fd = self._tunnel_fd
+        if fd is None:
+            return 0
+        try:
+            have = dict(bpf.map_items(fd, TUNNEL_KEY_SIZE, TUNNEL_VALUE.size,
+                                      self._max_tunnels()))
+            wanted = {net.network_address.packed: _tunnel_value(p) for net, p in want.items()}
+            changed = 0
+            for key in have.keys() - wanted.keys():
+                changed += bpf.map_delete(fd, key)
+            for key, value in wanted.items():
+                if have.get(key) != value:
+                    bpf.map_update(fd, key, value)
+                    changed += 1
+            return changed
+        except OSError as exc:
+            log.warning("fast path: cannot update the tunnel map: %r", exc)
+            return 0
+
+    def set_tunnel(self, subnet: ipaddress.IPv4Network, peer: Peer | None) -> None:
+        """One peer's entry (a lease event's); None: not tunnelled (routed directly, gone)."""
+        fd = self._tunnel_fd
+        if fd is None:
+            return
+        try:
+            if peer is None:
+                bpf.map_delete(fd, subnet.network_address.packed)
+            else:
+                bpf.map_update(fd, subnet.network_address.packed, _tunnel_value(peer))
+        except OSError as exc:
+            log.warning("fast path: cannot update the tunnel to %s: %r", subnet, exc)
 
     def pods(self) -> int:
         """How many addresses the pod map holds (pods on the fast path); 0 before attaching."""

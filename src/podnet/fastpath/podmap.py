@@ -21,6 +21,7 @@ from podnet.netlink import rtmsg, tc
 from podnet.netlink.fastlink import Rtnl, _mac_text
 
 NAME = "podnet_pods"
+TUNNEL_MAP = "podnet_tunnels"
 KEY_SIZE, VALUE_SIZE = 4, program.VALUE_SIZE
 MAX_PODS = 4096
 VALUE = struct.Struct("=I6s6s")
@@ -47,9 +48,10 @@ def key(ip: ipaddress.IPv4Address) -> bytes:
 
 @dataclass
 class Attached:
-    """The fast path found at an uplink: its program's and its map's file descriptors."""
+    """The fast path found at an uplink: its program's and its maps' file descriptors."""
     prog_fd: int
     map_fd: int
+    tunnel_fd: int | None = None  # the overlay's tunnel map, where the program encapsulates
 
     def entries(self) -> dict[ipaddress.IPv4Address, PodEntry]:
         return {ipaddress.IPv4Address(k): PodEntry.unpack(v)
@@ -80,17 +82,16 @@ def attached(rtnl: Rtnl, uplink: int) -> Iterator[Attached | None]:
         yield None
         return
     prog_fd = bpf.program_fd(prog_id)
+    fds: list[int] = []
     try:
-        ids = bpf.program_map_ids(prog_fd)
-        if not ids:
-            yield None
-            return
-        map_fd = bpf.map_fd(ids[0])
-        try:
-            yield Attached(prog_fd, map_fd)
-        finally:
-            os.close(map_fd)
+        for map_id in bpf.program_map_ids(prog_fd):
+            fds.append(bpf.map_fd(map_id))
+        named = {bpf.map_name(fd): fd for fd in fds}
+        yield (Attached(prog_fd, named[NAME], named.get(TUNNEL_MAP)) if NAME in named
+               else None)
     finally:
+        for fd in fds:
+            os.close(fd)
         os.close(prog_fd)
 
 

@@ -14,6 +14,13 @@ from another node addressed to a pod's MAC goes to the pod as it came, and a pod
 another pod's MAC (not to the bridge's, not multicast) leaves by the uplink as it is; no TTL or
 MAC changes, as a switch makes none.
 
+In the overlay (`Encap`), a pod's packet for a pod subnet the tunnel map holds is encapsulated
+here, as the node's VXLAN device would (outer IPv4, UDP, VXLAN, inner Ethernet to the peer's
+VTEP MAC), and sent out of the underlay; arriving VXLAN packets for a pod of this node are
+decapsulated at the underlay and handed to the pod, if their inner source belongs to the node
+that sent them. No trip through the VXLAN device, the UDP socket or netfilter on either node.
+Segmentation-offload super-packets and fragments keep going through the device.
+
 Everything else (ARP, pods of this node, the node itself, the world, a TTL about to expire,
 a route the program cannot use) passes to the normal path unchanged: the fast path only ever
 skips hops the normal path would take to the same place.
@@ -23,37 +30,76 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from dataclasses import dataclass
 
-from podnet.fastpath.asm import R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Program
+from podnet.fastpath.asm import R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, Program
 from podnet.netlink import rtmsg
 
 # struct __sk_buff offsets (linux/bpf.h)
-SKB_PKT_TYPE, SKB_IFINDEX, SKB_DATA, SKB_DATA_END = 4, 40, 76, 80
+SKB_LEN, SKB_PKT_TYPE, SKB_IFINDEX, SKB_DATA, SKB_DATA_END, SKB_GSO_SIZE = 0, 4, 40, 76, 80, 176
 # Ethernet and IPv4 header offsets in the frame
-ETH_SRC, ETH_PROTO, IP_TOS, IP_TTL, IP_PROTO, IP_CHECK, IP_SRC, IP_DST = 6, 12, 15, 22, 23, 24, \
-    26, 30
-FRAME_MIN = 34  # Ethernet + the fixed IPv4 header
+ETH_SRC, ETH_PROTO, IP_TOS, IP_FRAG, IP_TTL, IP_PROTO, IP_CHECK, IP_SRC, IP_DST = \
+    6, 12, 15, 20, 22, 23, 24, 26, 30
+ETH_LEN, FRAME_MIN = 14, 34  # Ethernet; + the fixed IPv4 header
 ETH_P_IP_RAW = 0x0008  # 0x0800 as a little-endian load of network-order bytes reads it
 PACKET_HOST = 0
 # helpers (linux/bpf.h's __BPF_FUNC_MAPPER order)
-MAP_LOOKUP_ELEM, REDIRECT, SKB_CHANGE_TYPE, FIB_LOOKUP, REDIRECT_NEIGH, REDIRECT_PEER = \
-    1, 23, 32, 69, 152, 155
+MAP_LOOKUP_ELEM, SKB_STORE_BYTES, REDIRECT, CSUM_DIFF, SKB_CHANGE_TYPE, GET_HASH_RECALC = \
+    1, 9, 23, 28, 32, 34
+SKB_ADJUST_ROOM, FIB_LOOKUP, REDIRECT_NEIGH, REDIRECT_PEER = 50, 69, 152, 155
 FIB_LOOKUP_SKIP_NEIGH = 4  # the neighbour is bpf_redirect_neigh's to resolve, with its states
-TC_ACT_OK = 0
+ADJ_ROOM_MAC = 1  # room between the Ethernet and the IP header
+# ENCAP_L3_IPV4 | ENCAP_L4_UDP | ENCAP_L2_ETH, and the inner Ethernet header's length at bit 56:
+# the skb is marked as a UDP tunnel so checksum offload finds the inner headers
+ENCAP_FLAGS = (1 << 1) | (1 << 4) | (1 << 6)
+TC_ACT_OK, TC_ACT_SHOT = 0, 2
 # the pod map's value: host veth ifindex (u32), pod MAC, host veth MAC
 VALUE_SIZE = 16
-# stack: fib lookup parameters (64 bytes) at -64; redirect_neigh's next hop (20) at -88
-FIB, NH, KEY = -64, -88, -4
+# the tunnel map's (key: a peer's pod subnet): the peer's node IP (u32), its VTEP MAC, padding
+TUNNEL_VALUE_SIZE = 12
+# stack: fib lookup parameters (64 bytes) at -64; redirect_neigh's next hop (20) at -88;
+# the headers an encapsulation puts in front (50, 8-aligned as the stack must be) at -144
+FIB, NH, KEY, HDR = -64, -88, -4, -144
 FIB_FAMILY, FIB_PROTO, FIB_IFINDEX, FIB_TOS, FIB_SRC, FIB_DST = 0, 1, 8, 12, 16, 32
+# VXLAN: what goes in front of the inner IP packet (outer IPv4 20, UDP 8, VXLAN 8, Ethernet 14),
+# and where its fields sit in the encapsulated frame
+ENCAP_LEN = 50
+UDP_DPORT, VXLAN_FLAGS, VXLAN_VNI, INNER_PROTO = 36, 42, 46, 62
+VXLAN_FLAG_VNI = 0x08  # the I flag, the first byte; the other 3 reserved
+
+
+@dataclass(frozen=True)
+class Encap:
+    """What the program needs to encapsulate as this node's VXLAN device does."""
+    vni: int
+    port: int
+    local: ipaddress.IPv4Address  # the node's underlay address: the outer source
+    mac: str  # the node's VTEP MAC: the inner source
+    subnet_len: int  # the length of each node's pod subnet, the tunnel map's keys
+
+    @property
+    def subnet_mask(self) -> int:
+        return _le(ipaddress.IPv4Network(f"0.0.0.0/{self.subnet_len}").netmask.packed)
+
+
+def _le(raw: bytes) -> int:
+    """Network-order bytes as the program's native (little-endian) load reads them."""
+    return int.from_bytes(raw, "little")
 
 
 def _raw32(ip: ipaddress.IPv4Address) -> int:
-    """An address as the program reads it from a packet: network-order bytes, loaded native."""
-    return int.from_bytes(ip.packed, "little")
+    return _le(ip.packed)
+
+
+def _raw16(value: int) -> int:
+    return _le(value.to_bytes(2, "big"))
 
 
 def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4Network,
-          switched_by: str | None = None) -> bytes:
+          switched_by: str | None = None,
+          encap: tuple[Encap, int] | None = None) -> bytes:
+    """The program for one node. `encap` is the overlay's parameters and the tunnel map's fd;
+    uplinks[0] is then the underlay interface."""
     p = Program()
     p.mov(R6, R1)
     p.load(4, R7, R6, SKB_DATA)
@@ -86,21 +132,179 @@ def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4N
     if switched_by is not None:
         _switch_out(p, uplinks[0], switched_by)
     else:
+        if encap is not None:
+            _encap_out(p, *encap, uplinks[0])
         _route_out(p, bridge)
 
     # -- from another node, for a pod of this one ------------------------------------------------
     p.label("inbound")
     _lookup(p, map_fd, IP_DST)
-    p.jump_if(R0, "==", 0, "pass")
     if switched_by is not None:
+        p.jump_if(R0, "==", 0, "pass")
         _switch_in(p)
     else:
+        p.jump_if(R0, "==", 0, "pass" if encap is None else "decap")
         _route_in(p)
+        if encap is not None:
+            _decap_in(p, map_fd, *encap, uplinks[0])
 
     p.label("pass")
     p.mov_imm(R0, TC_ACT_OK)
     p.exit()
+    if encap is not None:  # the verifier refuses code no path reaches
+        p.label("drop")
+        p.mov_imm(R0, TC_ACT_SHOT)
+        p.exit()
     return p.assemble()
+
+
+def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
+    """A pod's packet for a subnet behind a tunnel: put the VXLAN headers in front, send it
+    out of the underlay. Otherwise on to `route_out` (a peer routed directly)."""
+    p.load(4, R2, R7, IP_DST)
+    p.alu32("&", R2, encap.subnet_mask)
+    _lookup_key(p, tunnel_fd, R2)
+    p.jump_if(R0, "==", 0, "route_out")
+    p.load(4, R2, R6, SKB_GSO_SIZE)
+    p.jump_if(R2, "!=", 0, "route_out")  # a TSO super-packet: the device segments it
+    p.load(1, R2, R7, IP_TTL)
+    p.jump_if(R2, "<=", 1, "pass")
+    p.mov(R9, R0)  # the peer: node IP, VTEP MAC
+    h = HDR
+    # outer IPv4: no options, DF, TTL 64, UDP; the inner TOS, as the device copies it
+    p.store_imm(1, R10, h, 0x45)
+    p.load(1, R2, R7, IP_TOS)
+    p.store(1, R10, h + 1, R2)
+    _store_length(p, h + 2, ENCAP_LEN - ETH_LEN)
+    p.store_imm(4, R10, h + 4, _le(bytes([0, 0, 0x40, 0])))
+    p.store_imm(4, R10, h + 8, _le(bytes([64, socket.IPPROTO_UDP, 0, 0])))
+    p.store_imm(4, R10, h + 12, _raw32(encap.local))
+    p.load(4, R2, R9, 0)
+    p.store(4, R10, h + 16, R2)
+    p.mov_imm(R1, 0)
+    p.mov_imm(R2, 0)
+    p.mov(R3, R10)
+    p.alu("+", R3, h)
+    p.mov_imm(R4, 20)
+    p.mov_imm(R5, 0)
+    p.call(CSUM_DIFF)  # the 32-bit sum of the header's words; folded to 16 and inverted
+    for _ in range(2):
+        p.mov(R2, R0)
+        p.alu(">>", R2, 16)
+        p.alu("&", R0, 0xFFFF)
+        p.alu_reg("+", R0, R2)
+    p.alu("^", R0, 0xFFFF)
+    p.store(2, R10, h + 10, R0)
+    # UDP: the source port from the flow's hash (spreading flows over the underlay's paths, as
+    # the device does), in 49152-65535; no checksum, as the device sends it
+    p.mov(R1, R6)
+    p.call(GET_HASH_RECALC)
+    p.alu("|", R0, 0xC0)  # the port's high byte, first in network order
+    p.store(2, R10, h + 20, R0)
+    p.store_imm(2, R10, h + 22, _raw16(encap.port))
+    _store_length(p, h + 24, ENCAP_LEN - ETH_LEN - 20)
+    p.store_imm(2, R10, h + 26, 0)
+    p.store_imm(4, R10, h + 28, VXLAN_FLAG_VNI)
+    p.store_imm(4, R10, h + 32, _le((encap.vni << 8).to_bytes(4, "big")))
+    # inner Ethernet: to the peer's VTEP MAC (its device takes it, should it decapsulate)
+    p.load(4, R2, R9, 4)
+    p.store(4, R10, h + 36, R2)
+    p.load(2, R2, R9, 8)
+    p.store(2, R10, h + 40, R2)
+    mac = rtmsg._mac(encap.mac)
+    p.store_imm(2, R10, h + 42, _le(mac[:2]))
+    p.store_imm(4, R10, h + 44, _le(mac[2:]))
+    p.store_imm(2, R10, h + 48, ETH_P_IP_RAW)
+    p.mov(R1, R6)
+    p.mov_imm(R2, ENCAP_LEN)
+    p.mov_imm(R3, ADJ_ROOM_MAC)
+    p.mov_imm(R4, ETH_LEN)
+    p.alu("<<", R4, 56)
+    p.alu("|", R4, ENCAP_FLAGS)
+    p.call(SKB_ADJUST_ROOM)
+    p.jump_if(R0, "!=", 0, "pass")  # refused (too long for the room): the device's to do
+    p.mov(R1, R6)
+    p.mov_imm(R2, ETH_LEN)
+    p.mov(R3, R10)
+    p.alu("+", R3, h)
+    p.mov_imm(R4, ENCAP_LEN)
+    p.mov_imm(R5, 0)
+    p.call(SKB_STORE_BYTES)
+    p.jump_if(R0, "!=", 0, "drop")  # grown but not written: no packet to pass on
+    _reload(p, FRAME_MIN + ENCAP_LEN, "drop")
+    _decrement_ttl(p, "encap", ENCAP_LEN)
+    # The outer Ethernet header: the kernel routes the outer destination out of the underlay.
+    p.mov_imm(R1, underlay)
+    p.mov_imm(R2, 0)
+    p.mov_imm(R3, 0)
+    p.mov_imm(R4, 0)
+    p.call(REDIRECT_NEIGH)
+    p.exit()
+    p.label("route_out")
+
+
+def _decap_in(p: Program, map_fd: int, encap: Encap, tunnel_fd: int, underlay: int) -> None:
+    """VXLAN from a peer, to this node, for one of its pods: take the outer headers off and
+    deliver the inner packet as `_route_in` does."""
+    p.label("decap")
+    p.jump_if(R9, "!=", underlay, "pass")
+    p.mov(R2, R7)
+    p.alu("+", R2, FRAME_MIN + ENCAP_LEN)
+    p.jump_if_reg(R2, ">", R8, "pass")
+    for size, off, want in ((1, ETH_LEN, 0x45), (1, IP_PROTO, socket.IPPROTO_UDP),
+                            (4, IP_DST, _raw32(encap.local)), (2, UDP_DPORT, _raw16(encap.port)),
+                            (4, VXLAN_FLAGS, VXLAN_FLAG_VNI),
+                            (4, VXLAN_VNI, _le((encap.vni << 8).to_bytes(4, "big"))),
+                            (2, INNER_PROTO, ETH_P_IP_RAW)):
+        p.load(size, R2, R7, off)
+        p.jump32_if(R2, "!=", want, "pass")
+    p.load(2, R2, R7, IP_FRAG)
+    p.alu("&", R2, _le(b"\x3f\xff"))  # a fragment is the kernel's to reassemble
+    p.jump_if(R2, "!=", 0, "pass")
+    p.load(4, R2, R6, SKB_GSO_SIZE)
+    p.jump_if(R2, "!=", 0, "pass")  # a GRO super-packet: the device takes it apart
+    p.load(4, R2, R6, SKB_PKT_TYPE)
+    p.jump_if(R2, "!=", PACKET_HOST, "pass")
+    p.load(1, R2, R7, IP_TTL + ENCAP_LEN)
+    p.jump_if(R2, "<=", 1, "pass")
+    # The inner source must be a pod of the node that sent it (the outer source), as the
+    # normal path accepts VXLAN from known nodes only.
+    p.load(4, R2, R7, IP_SRC + ENCAP_LEN)
+    p.alu32("&", R2, encap.subnet_mask)
+    _lookup_key(p, tunnel_fd, R2)
+    p.jump_if(R0, "==", 0, "pass")
+    p.load(4, R2, R0, 0)
+    p.load(4, R3, R7, IP_SRC)
+    p.jump_if_reg(R2, "!=", R3, "pass")
+    _lookup(p, map_fd, IP_DST + ENCAP_LEN)
+    p.jump_if(R0, "==", 0, "pass")
+    p.mov(R9, R0)
+    p.mov(R1, R6)
+    p.mov_imm(R2, -ENCAP_LEN)
+    p.mov_imm(R3, ADJ_ROOM_MAC)
+    p.mov_imm(R4, 0)
+    p.call(SKB_ADJUST_ROOM)
+    p.jump_if(R0, "!=", 0, "pass")
+    _reload(p, FRAME_MIN, "drop")
+    p.mov(R0, R9)
+    p.jump("deliver")
+
+
+def _store_length(p: Program, off: int, extra: int) -> None:
+    """A 16-bit length field at r10 + off: the frame's length + extra, in network order."""
+    p.load(4, R2, R6, SKB_LEN)
+    p.alu("+", R2, extra)
+    p.to_be16(R2)
+    p.store(2, R10, off, R2)
+
+
+def _reload(p: Program, need: int, short: str) -> None:
+    """The packet pointers again after a helper moved the data; `need` bytes or `short`."""
+    p.load(4, R7, R6, SKB_DATA)
+    p.load(4, R8, R6, SKB_DATA_END)
+    p.mov(R2, R7)
+    p.alu("+", R2, need)
+    p.jump_if_reg(R2, ">", R8, short)
 
 
 def _route_out(p: Program, bridge: int) -> None:
@@ -146,6 +350,7 @@ def _route_in(p: Program) -> None:
     p.jump_if(R2, "!=", PACKET_HOST, "pass")  # another host's: not ours to route
     p.load(1, R2, R7, IP_TTL)
     p.jump_if(R2, "<=", 1, "pass")
+    p.label("deliver")  # r0: the pod's map entry
     for src, dst, size in ((4, 0, 4), (8, 4, 2), (10, 6, 2), (12, 8, 4)):  # MACs
         p.load(size, R2, R0, src)
         p.store(size, R7, dst, R2)
@@ -194,23 +399,29 @@ def _switch_in(p: Program) -> None:
 def _lookup(p: Program, map_fd: int, field: int) -> None:
     """r0 = the pod map's value for the packet's address at `field`, or 0."""
     p.load(4, R2, R7, field)
-    p.store(4, R10, KEY, R2)
+    _lookup_key(p, map_fd, R2)
+
+
+def _lookup_key(p: Program, map_fd: int, reg: int) -> None:
+    """r0 = the map's value for the 4-byte key in `reg`, or 0."""
+    p.store(4, R10, KEY, reg)
     p.load_map_fd(R1, map_fd)
     p.mov(R2, R10)
     p.alu("+", R2, KEY)
     p.call(MAP_LOOKUP_ELEM)
 
 
-def _decrement_ttl(p: Program, tag: str) -> None:
-    """TTL - 1 with the header checksum updated incrementally, as the kernel's
-    ip_decrease_ttl does (the TTL is the high byte of its 16-bit word, so the sum grows by
-    0x0100 in network order: 1 in this little-endian load)."""
-    p.load(1, R2, R7, IP_TTL)
+def _decrement_ttl(p: Program, tag: str, at: int = 0) -> None:
+    """TTL - 1 of the IP header `at` bytes further than a plain frame's, with the header
+    checksum updated incrementally, as the kernel's ip_decrease_ttl does (the TTL is the high
+    byte of its 16-bit word, so the sum grows by 0x0100 in network order: 1 in this
+    little-endian load)."""
+    p.load(1, R2, R7, IP_TTL + at)
     p.alu("-", R2, 1)
-    p.store(1, R7, IP_TTL, R2)
-    p.load(2, R2, R7, IP_CHECK)
+    p.store(1, R7, IP_TTL + at, R2)
+    p.load(2, R2, R7, IP_CHECK + at)
     p.alu("+", R2, 1)
     p.jump_if(R2, "<", 0xFFFF, f"csum_{tag}")
     p.alu("+", R2, 1)
     p.label(f"csum_{tag}")
-    p.store(2, R7, IP_CHECK, R2)
+    p.store(2, R7, IP_CHECK + at, R2)
