@@ -107,14 +107,28 @@ def rr_latency_us(src_ns: str, dst_ns: str, dst_ip: str, count: int = 2000) -> f
     return statistics.median(samples)
 
 
-def icmp_rtt_us(src_ns: str, dst_ip: str, count: int = 1000) -> tuple[float, float]:
-    """ICMP echo round trip, 10th percentile and median: the kernel answers, so this is the
-    network's own latency. The median also holds the wake-ups of this VM's idle CPUs, which
-    move it by a third between runs; the 10th percentile is the path's steady cost."""
+def icmp_rtts_us(src_ns: str, dst_ip: str, count: int) -> list[float]:
     out = subprocess.run(["nsenter", f"--net={src_ns}", "ping", "-c", str(count), "-i",
                           "0.001", dst_ip], capture_output=True, text=True, check=True).stdout
-    rtts = sorted(float(m.group(1)) * 1e3 for m in re.finditer(r"time=([0-9.]+)", out))
-    return rtts[len(rtts) // 10], statistics.median(rtts)
+    return [float(m.group(1)) * 1e3 for m in re.finditer(r"time=([0-9.]+)", out)]
+
+
+def icmp_rtt_us(paths: dict[str, tuple[str, str]], rounds: int = 10,
+                count: int = 100) -> dict[str, tuple[float, float]]:
+    """ICMP echo round trip per path (source namespace, destination), 10th percentile and
+    median: the kernel answers, so this is the network's own latency. The paths take turns in
+    short rounds, so the machine's drift (this VM's neighbours) falls on all of them alike
+    rather than on whichever ran during a slow second. The median also holds the wake-ups of
+    idle CPUs; the 10th percentile is the path's steady cost."""
+    rtts: dict[str, list[float]] = {k: [] for k in paths}
+    for _ in range(rounds):
+        for k, (src_ns, dst_ip) in paths.items():
+            rtts[k] += icmp_rtts_us(src_ns, dst_ip, count)
+    out = {}
+    for k, values in rtts.items():
+        values.sort()
+        out[k] = values[len(values) // 10], statistics.median(values)
+    return out
 
 
 def shape_links(lab: Lab, gbit: float) -> None:
@@ -160,10 +174,10 @@ def measure(backend: str, reps: int, seconds: int, link_gbit: float,
             for streams in (1, 4):
                 for k, (a, b, ip) in ends.items():
                     res[f"{k}_{streams}"].append(iperf(a, b, ip, streams, seconds))
+            icmp = icmp_rtt_us({k: (a, ip) for k, (a, _b, ip) in ends.items()})
             for k, (a, b, ip) in ends.items():
-                p10, p50 = icmp_rtt_us(a, ip)
-                res[f"{k}_icmp10"].append(p10)
-                res[f"{k}_icmp50"].append(p50)
+                res[f"{k}_icmp10"].append(icmp[k][0])
+                res[f"{k}_icmp50"].append(icmp[k][1])
                 res[f"{k}_rr"].append(rr_latency_us(a, b, ip))
         med: dict[str, Any] = {k: statistics.median(v) for k, v in res.items()}
         med["backend"] = backend

@@ -89,6 +89,13 @@ def test_pods_of_different_nodes_skip_the_bridges(make_lab: MakeLab, backend: st
     # fresh lab's IPv6 neighbour and multicast chatter, which floods the l2 domain.
     for n in ("node1", "node2"):
         assert normal_path_packets(lab, n) - before[n] < 200
+    # Full-size packets too (vxlan: encapsulated, they fill the underlay's MTU exactly).
+    before = {n: normal_path_packets(lab, n) for n in ("node1", "node2")}
+    mtu = lab.conflist(lab.topo.nodes[0])["plugins"][0]["mtu"]
+    out = ping(lab, 0, remote, "-c", "100", "-i", "0.002", "-q", "-M", "do", "-s", str(mtu - 28))
+    assert " 0% packet loss" in out.stdout, out.stdout
+    for n in ("node1", "node2"):
+        assert normal_path_packets(lab, n) - before[n] < 20
     if backend == "l2":  # switched: no hop counts
         assert ping(lab, 0, remote, "-c", "1", "-t", "1").returncode == 0
     else:  # routed twice: the packet dies where the normal path would drop it
