@@ -36,10 +36,15 @@ def checksum(data: bytes) -> int:
     return total  # 0xffff over a header whose checksum is right
 
 
-def ipv4(src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address, ttl: int = 64) -> bytes:
-    payload = struct.pack("!BBHHH", 8, 0, 0, 1, 1) + b"podnet" * 4  # an echo request
+def ipv4(src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address, ttl: int = 64,
+         udp_ports: tuple[int, int] | None = None) -> bytes:
+    if udp_ports is None:
+        proto, payload = socket.IPPROTO_ICMP, struct.pack("!BBHHH", 8, 0, 0, 1, 1)  # echo
+    else:
+        proto, payload = socket.IPPROTO_UDP, struct.pack("!HHHH", *udp_ports, 8 + 24, 0)
+    payload += b"podnet" * 4
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 7, 0, ttl,
-                         socket.IPPROTO_ICMP, 0, src.packed, dst.packed)
+                         proto, 0, src.packed, dst.packed)
     csum = 0xFFFF - checksum(header)
     return header[:10] + struct.pack("!H", csum) + header[12:] + payload
 
@@ -115,6 +120,21 @@ def test_encapsulates_as_a_vxlan_device_would(nodes: tuple[Node, Node]) -> None:
     sent = out[64:]
     assert sent[8] == 63 and checksum(sent[:20]) == 0xFFFF  # routed once, as the node does
     assert sent[:8] == inner[:8] and sent[12:] == inner[12:]
+
+
+def test_the_source_port_follows_the_flow(nodes: tuple[Node, Node]) -> None:
+    """Flows spread over the underlay's paths (ECMP hashes the outer ports), each flow on
+    one path (no reordering)."""
+    node1, _ = nodes
+
+    def sport(ports: tuple[int, int]) -> int:
+        _, out = node1.run(frame(BRIDGE_MAC, POD_MAC, ipv4(POD1, POD2, udp_ports=ports)))
+        return int(struct.unpack_from("!H", out, 34)[0])
+
+    flows = [(40000 + i, 53) for i in range(16)]
+    ports = [sport(f) for f in flows]
+    assert ports == [sport(f) for f in flows]
+    assert len(set(ports)) > 8 and all(p >= 49152 for p in ports)
 
 
 def test_decapsulates_to_the_pod_what_its_peer_encapsulated(nodes: tuple[Node, Node]) -> None:

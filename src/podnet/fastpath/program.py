@@ -44,8 +44,7 @@ ETH_LEN, FRAME_MIN = 14, 34  # Ethernet; + the fixed IPv4 header
 ETH_P_IP_RAW = 0x0008  # 0x0800 as a little-endian load of network-order bytes reads it
 PACKET_HOST = 0
 # helpers (linux/bpf.h's __BPF_FUNC_MAPPER order)
-MAP_LOOKUP_ELEM, SKB_STORE_BYTES, REDIRECT, CSUM_DIFF, SKB_CHANGE_TYPE, GET_HASH_RECALC = \
-    1, 9, 23, 28, 32, 34
+MAP_LOOKUP_ELEM, SKB_STORE_BYTES, REDIRECT, SKB_CHANGE_TYPE = 1, 9, 23, 32
 SKB_ADJUST_ROOM, FIB_LOOKUP, REDIRECT_NEIGH, REDIRECT_PEER = 50, 69, 152, 155
 FIB_LOOKUP_SKIP_NEIGH = 4  # the neighbour is bpf_redirect_neigh's to resolve, with its states
 ADJ_ROOM_MAC = 1  # room between the Ethernet and the IP header
@@ -181,13 +180,20 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
     p.store_imm(4, R10, h + 12, _raw32(encap.local))
     p.load(4, R2, R9, 0)
     p.store(4, R10, h + 16, R2)
-    p.mov_imm(R1, 0)
-    p.mov_imm(R2, 0)
-    p.mov(R3, R10)
-    p.alu("+", R3, h)
-    p.mov_imm(R4, 20)
-    p.mov_imm(R5, 0)
-    p.call(CSUM_DIFF)  # the 32-bit sum of the header's words; folded to 16 and inverted
+    # Its checksum: the one's complement sum of its 16-bit words, the constant ones summed
+    # here (byte order does not change such a sum: the words are added as loaded).
+    local = _raw32(encap.local)
+    p.load(1, R0, R7, IP_TOS)
+    p.alu("<<", R0, 8)
+    p.alu("+", R0, 0x45 + 0x40 + _le(bytes([64, socket.IPPROTO_UDP])) + (local & 0xFFFF)
+          + (local >> 16))
+    p.load(2, R3, R10, h + 2)
+    p.alu_reg("+", R0, R3)
+    p.mov(R3, R2)
+    p.alu(">>", R3, 16)
+    p.alu_reg("+", R0, R3)
+    p.alu("&", R2, 0xFFFF)
+    p.alu_reg("+", R0, R2)
     for _ in range(2):
         p.mov(R2, R0)
         p.alu(">>", R2, 16)
@@ -195,10 +201,27 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
         p.alu_reg("+", R0, R2)
     p.alu("^", R0, 0xFFFF)
     p.store(2, R10, h + 10, R0)
-    # UDP: the source port from the flow's hash (spreading flows over the underlay's paths, as
-    # the device does), in 49152-65535; no checksum, as the device sends it
-    p.mov(R1, R6)
-    p.call(GET_HASH_RECALC)
+    # UDP: the source port from the flow (addresses, and ports where the packet has them),
+    # spreading flows over the underlay's paths as the device does, in 49152-65535; no
+    # checksum, as the device sends it
+    p.load(4, R0, R7, IP_SRC)
+    p.load(4, R2, R7, IP_DST)
+    p.alu_reg("^", R0, R2)
+    p.load(1, R2, R7, ETH_LEN)
+    p.jump_if(R2, "!=", 0x45, "hashed")  # options: the ports are elsewhere
+    p.load(1, R2, R7, IP_PROTO)
+    p.jump_if(R2, "==", socket.IPPROTO_TCP, "hash_ports")
+    p.jump_if(R2, "!=", socket.IPPROTO_UDP, "hashed")
+    p.label("hash_ports")
+    p.mov(R2, R7)
+    p.alu("+", R2, FRAME_MIN + 4)
+    p.jump_if_reg(R2, ">", R8, "hashed")
+    p.load(4, R2, R7, FRAME_MIN)
+    p.alu_reg("^", R0, R2)
+    p.label("hashed")
+    p.mov(R2, R0)
+    p.alu(">>", R2, 16)
+    p.alu_reg("^", R0, R2)
     p.alu("|", R0, 0xC0)  # the port's high byte, first in network order
     p.store(2, R10, h + 20, R0)
     p.store_imm(2, R10, h + 22, _raw16(encap.port))
