@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from podnet.fastpath import bpf, podmap, program
-from podnet.fastpath.node import TUNNEL_VALUE
 from podnet.fastpath.podmap import PodEntry
 from podnet.netlink import netns, rtmsg
 
@@ -58,7 +57,8 @@ class Node:
 
     def __init__(self, local: ipaddress.IPv4Address, mac: str, uplinks: list[int]) -> None:
         self.pods = bpf.create_hash_map(podmap.NAME, podmap.KEY_SIZE, podmap.VALUE_SIZE, 16)
-        self.tunnels = bpf.create_hash_map(podmap.TUNNEL_MAP, 4, TUNNEL_VALUE.size, 16)
+        self.tunnels = bpf.create_hash_map(podmap.TUNNEL_MAP, podmap.TUNNEL_KEY_SIZE,
+                                           podmap.TUNNEL_VALUE.size, 16)
         encap = program.Encap(1, 8472, local, mac, 24)
         self.prog = bpf.load_program("podnet_test", program.build(
             self.pods, uplinks, UNUSED + 2, CLUSTER, None, (encap, self.tunnels)))
@@ -68,7 +68,7 @@ class Node:
 
     def peer(self, subnet: str, node: ipaddress.IPv4Address, mac: str) -> None:
         key = ipaddress.IPv4Network(subnet).network_address.packed
-        bpf.map_update(self.tunnels, key, TUNNEL_VALUE.pack(node.packed, rtmsg._mac(mac)))
+        bpf.map_update(self.tunnels, key, podmap.tunnel_value((node, mac)))
 
     def run(self, data: bytes) -> tuple[int, bytes]:
         """The program's verdict on the frame, and the frame as it left the program."""
@@ -185,7 +185,8 @@ def test_peers_routed_directly_are_not_encapsulated(nodes: tuple[Node, Node]) ->
 def test_every_variant_of_the_program_loads(variant: str) -> None:
     """The verifier's verdict on each node's program (it refuses, e.g., unreachable code)."""
     pods = bpf.create_hash_map(podmap.NAME, podmap.KEY_SIZE, podmap.VALUE_SIZE, 16)
-    tunnel_map = bpf.create_hash_map(podmap.TUNNEL_MAP, 4, TUNNEL_VALUE.size, 16)
+    tunnel_map = bpf.create_hash_map(podmap.TUNNEL_MAP, podmap.TUNNEL_KEY_SIZE,
+                                     podmap.TUNNEL_VALUE.size, 16)
     encap = (program.Encap(1, 8472, NODE1, VTEP1, 24), tunnel_map) if variant == "encap" \
         else None
     code = program.build(pods, [UNUSED], UNUSED + 1, CLUSTER,

@@ -11,7 +11,6 @@ import time
 import pytest
 
 from podnet.fastpath import bpf, podmap
-from podnet.fastpath.node import TUNNEL_KEY_SIZE, TUNNEL_VALUE
 from podnet.lab.lab import Lab, ns_path
 from podnet.netlink import netns, tc
 from tests.lab.conftest import MakeLab, failures, verify
@@ -43,7 +42,8 @@ def tunnels(lab: Lab, node: str) -> dict[str, str]:
         assert uplink is not None
         with podmap.attached(rtnl, uplink.index) as fast:
             assert fast is not None and fast.tunnel_fd is not None
-            items = bpf.map_items(fast.tunnel_fd, TUNNEL_KEY_SIZE, TUNNEL_VALUE.size, 64)
+            items = bpf.map_items(fast.tunnel_fd, podmap.TUNNEL_KEY_SIZE,
+                                  podmap.TUNNEL_VALUE.size, 64)
         return {str(ipaddress.IPv4Address(k)): str(ipaddress.IPv4Address(v[:4]))
                 for k, v in items}
     finally:

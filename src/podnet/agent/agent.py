@@ -6,6 +6,7 @@ attached."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from podnet.cni.server import Server
 from podnet.datastore.base import Datastore, DatastoreError, Event, Held
 from podnet.datastore.model import Lease, NetworkConfig
 from podnet.fastpath import node as fastpath
+from podnet.fastpath import podmap
 from podnet.firewall import cluster as firewall
 
 log = logging.getLogger("podnet.agent")
@@ -195,6 +197,11 @@ class Agent:
                 if (t := self.backend.fast_path_tunnel(p)) is not None}
         return self.fast.set_tunnels(want)
 
+    def _set_tunnel(self, subnet: ipaddress.IPv4Network, peer: podmap.Peer | None) -> None:
+        """One peer's tunnel map entry (a lease event's); None: none."""
+        if self.fast is not None:
+            self.fast.set_tunnel(subnet, peer)
+
     def _on_event(self, ev: Event) -> None:
         assert self.backend is not None
         self.metrics.inc("podnet_peer_events_total")
@@ -205,8 +212,7 @@ class Agent:
                 if gone is not None:
                     log.info("peer %s left (%s)", gone.node, gone.subnet)
                     self.backend.peer_removed(gone.node)
-                    if self.fast is not None:
-                        self.fast.set_tunnel(gone.subnet, None)
+                    self._set_tunnel(gone.subnet, None)
                     firewall.remove_node(gone.node_ip)
                 return
             lease = ev.lease
@@ -216,12 +222,10 @@ class Agent:
             for key, old in list(self.peers.items()):
                 if old.node == lease.node and key != ev.key:
                     del self.peers[key]
-                    if self.fast is not None:
-                        self.fast.set_tunnel(old.subnet, None)
+                    self._set_tunnel(old.subnet, None)
             self.peers[ev.key] = lease
             self.backend.peer_added(lease)
-            if self.fast is not None:
-                self.fast.set_tunnel(lease.subnet, self.backend.fast_path_tunnel(lease))
+            self._set_tunnel(lease.subnet, self.backend.fast_path_tunnel(lease))
             firewall.add_node(lease.node_ip)
             log.info("peer %s at %s has %s", lease.node, lease.node_ip, lease.subnet)
 

@@ -14,10 +14,10 @@ from typing import Any
 from podnet.backends.base import BackendError, Entry, Fdb, Route
 from podnet.backends.tunnel import TunnelBackend
 from podnet.datastore.model import Lease
-from podnet.fastpath.program import Encap
+from podnet.fastpath.program import ENCAP_LEN, Encap
 from podnet.netlink import links
 
-VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+VXLAN_OVERHEAD = ENCAP_LEN  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 DEFAULT_VNI = 1
 DEFAULT_PORT = 8472
 

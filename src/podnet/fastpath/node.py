@@ -8,27 +8,15 @@ import contextlib
 import ipaddress
 import logging
 import os
-import struct
 from typing import Any
 
 from pyroute2 import IPRoute
 
 from podnet.fastpath import bpf, podmap, program
-from podnet.netlink import links, rtmsg, tc
+from podnet.netlink import links, tc
 from podnet.netlink.fastlink import Rtnl
 
 log = logging.getLogger("podnet.fastpath")
-
-# The tunnel map: a peer's pod subnet (its network address) -> the peer's node IP, VTEP MAC.
-TUNNEL_KEY_SIZE = 4
-TUNNEL_VALUE = struct.Struct("=4s6sxx")
-assert TUNNEL_VALUE.size == program.TUNNEL_VALUE_SIZE
-MAX_TUNNELS = 1 << 16
-Peer = tuple[ipaddress.IPv4Address, str]  # a tunnelled peer: its node IP, its VTEP MAC
-
-
-def _tunnel_value(peer: Peer) -> bytes:
-    return TUNNEL_VALUE.pack(peer[0].packed, rtmsg._mac(peer[1]))
 
 
 class FastPath:
@@ -56,53 +44,50 @@ class FastPath:
         try:
             # The program routes as if packets arrived on the bridge: it must exist first.
             bridge = links.ensure_bridge(ipr, self.bridge, None, self.mtu)
-            # Entries before the link dump: an ADD makes its veth before its entry, so an
-            # entry seen here has its veth in the dump unless the veth is gone.
-            with podmap.attached(rtnl, uplinks[0]) as fast:
+            # One look at what is attached serves reading the entries, keeping the maps
+            # across a reload, and dropping stale entries (a reload keeps the same pod map).
+            with podmap.attached_any(rtnl, uplinks) as fast:
+                # Entries before the link dump: an ADD makes its veth before its entry, so an
+                # entry seen here has its veth in the dump unless the veth is gone.
                 entries = fast.entries() if fast is not None else {}
-            msgs = {int(m["index"]): m for m in ipr.get_links()}
-            self.uplink = str(msgs[uplinks[0]].get_attr("IFLA_IFNAME"))
-            skip = set(self.skip_ports)
-            ports = [i for i, m in msgs.items() if m.get_attr("IFLA_MASTER") == bridge
-                     and links.kind_of(m) == "veth" and i not in skip]
-            mac = links.mac_of(msgs[bridge]) if self.switched else None
-            wanted = (tuple(uplinks), bridge, mac)
-            changed = 0
-            if self._loaded_for != wanted or any(
-                    tc.ingress_program(rtnl, u) != self.prog_id for u in uplinks):
-                self._load(rtnl, uplinks, bridge, mac, ports)
-                self._loaded_for = wanted
-                changed += 1
-            stale = {ip: e for ip, e in entries.items() if e.ifindex not in ports}
-            if stale:
-                with podmap.attached(rtnl, uplinks[0]) as fast:
-                    for ip, e in stale.items():
-                        if fast is not None and fast.get(ip) == e:  # not a pod started since
-                            fast.delete(ip)
-                            changed += 1
-            return changed
+                msgs = {int(m["index"]): m for m in ipr.get_links()}
+                self.uplink = str(msgs[uplinks[0]].get_attr("IFLA_IFNAME"))
+                skip = set(self.skip_ports)
+                ports = [i for i, m in msgs.items() if m.get_attr("IFLA_MASTER") == bridge
+                         and links.kind_of(m) == "veth" and i not in skip]
+                mac = links.mac_of(msgs[bridge]) if self.switched else None
+                wanted = (tuple(uplinks), bridge, mac)
+                changed = 0
+                if self._loaded_for != wanted or any(
+                        tc.ingress_program(rtnl, u) != self.prog_id for u in uplinks):
+                    self._load(rtnl, uplinks, bridge, mac, ports, fast)
+                    self._loaded_for = wanted
+                    changed += 1
+                for ip, e in entries.items():
+                    # (an entry seen means fast is set) Not a pod started since the read:
+                    if e.ifindex not in ports and fast is not None and fast.get(ip) == e:
+                        fast.delete(ip)
+                        changed += 1
+                return changed
         finally:
             rtnl.close()
             ipr.close()
 
     def _load(self, rtnl: Rtnl, uplinks: list[int], bridge: int, bridge_mac: str | None,
-              ports: list[int]) -> None:
+              ports: list[int], existing: podmap.Attached | None) -> None:
         # The maps of a program already attached (an earlier agent's) keep their entries.
-        map_fd = tunnel_fd = None
-        for u in uplinks:
-            with podmap.attached(rtnl, u) as fast:
-                if fast is not None:
-                    map_fd = os.dup(fast.map_fd)
-                    if fast.tunnel_fd is not None and self.encap is not None:
-                        tunnel_fd = os.dup(fast.tunnel_fd)
-                    break
-        if map_fd is None:
+        if existing is not None:
+            map_fd = os.dup(existing.map_fd)
+            tunnel_fd = (os.dup(existing.tunnel_fd)
+                         if existing.tunnel_fd is not None and self.encap is not None else None)
+        else:
             map_fd = bpf.create_hash_map(podmap.NAME, podmap.KEY_SIZE, podmap.VALUE_SIZE,
                                          podmap.MAX_PODS)
+            tunnel_fd = None
         try:
             if self.encap is not None and tunnel_fd is None:
-                tunnel_fd = bpf.create_hash_map(podmap.TUNNEL_MAP, TUNNEL_KEY_SIZE,
-                                                TUNNEL_VALUE.size, self._max_tunnels(),
+                tunnel_fd = bpf.create_hash_map(podmap.TUNNEL_MAP, podmap.TUNNEL_KEY_SIZE,
+                                                podmap.TUNNEL_VALUE.size, self._max_tunnels(),
                                                 prealloc=False)
             encap = None if self.encap is None or tunnel_fd is None else (self.encap, tunnel_fd)
             prog_fd = bpf.load_program(tc.FILTER_NAME,
@@ -127,19 +112,20 @@ class FastPath:
 
     def _max_tunnels(self) -> int:
         assert self.encap is not None
-        return min(1 << (self.encap.subnet_len - self.cluster.prefixlen), MAX_TUNNELS)
+        return min(1 << (self.encap.subnet_len - self.cluster.prefixlen), podmap.MAX_TUNNELS)
 
     # -- the overlay's peers ----------------------------------------------------------------
-    def set_tunnels(self, want: dict[ipaddress.IPv4Network, Peer]) -> int:
+    def set_tunnels(self, want: dict[ipaddress.IPv4Network, podmap.Peer]) -> int:
         """Make the tunnel map hold exactly these peers (a resync's, a reconcile's); how many
         entries changed. A failure is logged: those peers' pods take the normal path."""
         fd = self._tunnel_fd
         if fd is None:
             return 0
         try:
-            have = dict(bpf.map_items(fd, TUNNEL_KEY_SIZE, TUNNEL_VALUE.size,
+            have = dict(bpf.map_items(fd, podmap.TUNNEL_KEY_SIZE, podmap.TUNNEL_VALUE.size,
                                       self._max_tunnels()))
-            wanted = {net.network_address.packed: _tunnel_value(p) for net, p in want.items()}
+            wanted = {net.network_address.packed: podmap.tunnel_value(p)
+                      for net, p in want.items()}
             changed = 0
             for key in have.keys() - wanted.keys():
                 changed += bpf.map_delete(fd, key)
@@ -152,7 +138,7 @@ class FastPath:
             log.warning("fast path: cannot update the tunnel map: %r", exc)
             return 0
 
-    def set_tunnel(self, subnet: ipaddress.IPv4Network, peer: Peer | None) -> None:
+    def set_tunnel(self, subnet: ipaddress.IPv4Network, peer: podmap.Peer | None) -> None:
         """One peer's entry (a lease event's); None: not tunnelled (routed directly, gone)."""
         fd = self._tunnel_fd
         if fd is None:
@@ -161,7 +147,7 @@ class FastPath:
             if peer is None:
                 bpf.map_delete(fd, subnet.network_address.packed)
             else:
-                bpf.map_update(fd, subnet.network_address.packed, _tunnel_value(peer))
+                bpf.map_update(fd, subnet.network_address.packed, podmap.tunnel_value(peer))
         except OSError as exc:
             log.warning("fast path: cannot update the tunnel to %s: %r", subnet, exc)
 

@@ -1,10 +1,12 @@
-"""The pod map: which pod of this node owns an address, for the fast path's program. Keys are
-IPv4 addresses (network order), values the pod's host-side veth, the pod's MAC and the veth's.
+"""The fast path's maps. The pod map: which pod of this node owns an address. Keys are IPv4
+addresses (network order), values the pod's host-side veth, the pod's MAC and the veth's. The
+tunnel map (the overlay's): which peer node a pod subnet is behind. Keys are the subnets'
+network addresses, values the peer's node IP and VTEP MAC.
 
-The map has no name on disk: it is found through the program at the node uplink's ingress (the
-program's id from tc, then the map's id from the program), so it lives exactly as long as the
-fast path is attached, needs no BPF filesystem, and each network namespace (each lab node)
-finds its own.
+The maps have no name on disk: they are found through the program at the node uplink's ingress
+(the program's id from tc, then the maps' ids from the program), so they live exactly as long
+as the fast path is attached, need no BPF filesystem, and each network namespace (each lab
+node) finds its own.
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ from podnet.netlink import rtmsg, tc
 from podnet.netlink.fastlink import Rtnl, _mac_text
 
 NAME = "podnet_pods"
-TUNNEL_MAP = "podnet_tunnels"
 KEY_SIZE, VALUE_SIZE = 4, program.VALUE_SIZE
 MAX_PODS = 4096
 VALUE = struct.Struct("=I6s6s")
+TUNNEL_MAP = "podnet_tunnels"
+TUNNEL_KEY_SIZE = 4
+TUNNEL_VALUE = struct.Struct("=4s6sxx")  # as the program reads it: node IP, VTEP MAC
+MAX_TUNNELS = 1 << 16
+Peer = tuple[ipaddress.IPv4Address, str]  # a tunnelled peer: its node IP, its VTEP MAC
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,10 @@ class PodEntry:
 
 def key(ip: ipaddress.IPv4Address) -> bytes:
     return ip.packed
+
+
+def tunnel_value(peer: Peer) -> bytes:
+    return TUNNEL_VALUE.pack(peer[0].packed, rtmsg._mac(peer[1]))
 
 
 @dataclass
@@ -72,6 +82,17 @@ class Attached:
 
     def delete(self, ip: ipaddress.IPv4Address) -> bool:
         return bpf.map_delete(self.map_fd, key(ip))
+
+
+@contextlib.contextmanager
+def attached_any(rtnl: Rtnl, uplinks: list[int]) -> Iterator[Attached | None]:
+    """The fast path at the first of these uplinks that has it attached, or None."""
+    for uplink in uplinks:
+        with attached(rtnl, uplink) as fast:
+            if fast is not None:
+                yield fast
+                return
+    yield None
 
 
 @contextlib.contextmanager

@@ -54,8 +54,7 @@ ENCAP_FLAGS = (1 << 1) | (1 << 4) | (1 << 6)
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
 # the pod map's value: host veth ifindex (u32), pod MAC, host veth MAC
 VALUE_SIZE = 16
-# the tunnel map's (key: a peer's pod subnet): the peer's node IP (u32), its VTEP MAC, padding
-TUNNEL_VALUE_SIZE = 12
+# the tunnel map's (key: a peer's pod subnet): the peer's node IP at 0, its VTEP MAC at 4
 # stack: fib lookup parameters (64 bytes) at -64; redirect_neigh's next hop (20) at -88;
 # the headers an encapsulation puts in front (50, 8-aligned as the stack must be) at -144
 FIB, NH, KEY, HDR = -64, -88, -4, -144
@@ -79,6 +78,11 @@ class Encap:
     @property
     def subnet_mask(self) -> int:
         return _le(ipaddress.IPv4Network(f"0.0.0.0/{self.subnet_len}").netmask.packed)
+
+    @property
+    def vni_word(self) -> int:
+        """The VXLAN header's second word: the 24-bit VNI, a reserved byte."""
+        return _le((self.vni << 8).to_bytes(4, "big"))
 
 
 def _le(raw: bytes) -> int:
@@ -170,6 +174,7 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
     p.jump_if(R2, "<=", 1, "pass")
     p.mov(R9, R0)  # the peer: node IP, VTEP MAC
     h = HDR
+    local = _raw32(encap.local)
     # outer IPv4: no options, DF, TTL 64, UDP; the inner TOS, as the device copies it
     p.store_imm(1, R10, h, 0x45)
     p.load(1, R2, R7, IP_TOS)
@@ -177,12 +182,11 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
     _store_length(p, h + 2, ENCAP_LEN - ETH_LEN)
     p.store_imm(4, R10, h + 4, _le(bytes([0, 0, 0x40, 0])))
     p.store_imm(4, R10, h + 8, _le(bytes([64, socket.IPPROTO_UDP, 0, 0])))
-    p.store_imm(4, R10, h + 12, _raw32(encap.local))
+    p.store_imm(4, R10, h + 12, local)
     p.load(4, R2, R9, 0)
     p.store(4, R10, h + 16, R2)
     # Its checksum: the one's complement sum of its 16-bit words, the constant ones summed
     # here (byte order does not change such a sum: the words are added as loaded).
-    local = _raw32(encap.local)
     p.load(1, R0, R7, IP_TOS)
     p.alu("<<", R0, 8)
     p.alu("+", R0, 0x45 + 0x40 + _le(bytes([64, socket.IPPROTO_UDP])) + (local & 0xFFFF)
@@ -228,7 +232,7 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
     _store_length(p, h + 24, ENCAP_LEN - ETH_LEN - 20)
     p.store_imm(2, R10, h + 26, 0)
     p.store_imm(4, R10, h + 28, VXLAN_FLAG_VNI)
-    p.store_imm(4, R10, h + 32, _le((encap.vni << 8).to_bytes(4, "big")))
+    p.store_imm(4, R10, h + 32, encap.vni_word)
     # inner Ethernet: to the peer's VTEP MAC (its device takes it, should it decapsulate)
     p.load(4, R2, R9, 4)
     p.store(4, R10, h + 36, R2)
@@ -277,7 +281,7 @@ def _decap_in(p: Program, map_fd: int, encap: Encap, tunnel_fd: int, underlay: i
     for size, off, want in ((1, ETH_LEN, 0x45), (1, IP_PROTO, socket.IPPROTO_UDP),
                             (4, IP_DST, _raw32(encap.local)), (2, UDP_DPORT, _raw16(encap.port)),
                             (4, VXLAN_FLAGS, VXLAN_FLAG_VNI),
-                            (4, VXLAN_VNI, _le((encap.vni << 8).to_bytes(4, "big"))),
+                            (4, VXLAN_VNI, encap.vni_word),
                             (2, INNER_PROTO, ETH_P_IP_RAW)):
         p.load(size, R2, R7, off)
         p.jump32_if(R2, "!=", want, "pass")
@@ -391,9 +395,9 @@ def _switch_out(p: Program, uplink: int, bridge_mac: str) -> None:
     p.alu("&", R2, 1)
     p.jump_if(R2, "!=", 0, "pass")  # broadcast, multicast: every port's
     p.load(4, R2, R7, 0)
-    p.jump32_if(R2, "!=", int.from_bytes(raw[:4], "little"), "to_uplink")
+    p.jump32_if(R2, "!=", _le(raw[:4]), "to_uplink")
     p.load(2, R2, R7, 4)
-    p.jump_if(R2, "==", int.from_bytes(raw[4:], "little"), "pass")  # to the bridge (gateway)
+    p.jump_if(R2, "==", _le(raw[4:]), "pass")  # to the bridge (gateway)
     p.label("to_uplink")
     p.mov_imm(R1, uplink)
     p.mov_imm(R2, 0)
