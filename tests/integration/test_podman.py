@@ -1,4 +1,7 @@
-"""A real runtime: podman (CNI backend, runc) in a node namespace, with `podnet` as main plugin."""
+"""A real runtime: podman (CNI backend, runc) in a node namespace, with `podnet` as main plugin.
+podman runs in a mount namespace of its own, as a runtime beside a containerised agent does: its
+network namespace mounts are not visible to the cni-server, which enters them by the descriptors
+the plugin hands it."""
 
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ APPLETS = ("sh", "sleep", "nc", "netstat", "ping")
 
 
 class Podman:
-    def __init__(self, node: str, base: Path, cni_bin: str) -> None:
-        self.node, self.base = node, base
+    def __init__(self, node: str, base: Path, cni_bin: str, mounts_pid: int) -> None:
+        self.node, self.base, self.mounts_pid = node, base, mounts_pid
         (base / "net").mkdir()
         conf = base / "containers.conf"
         conf.write_text(
@@ -34,7 +37,8 @@ class Podman:
 
     def __call__(self, *argv: str, check: bool = True) -> str:
         proc = subprocess.run(
-            ["nsenter", f"--net={self.node}", "podman", "--root", str(self.base / "root"),
+            ["nsenter", f"--target={self.mounts_pid}", "--mount", f"--net={self.node}",
+             "podman", "--root", str(self.base / "root"),
              "--runroot", str(self.base / "run"), "--storage-driver", "vfs", *argv],
             env=self.env, capture_output=True, text=True, timeout=120, check=False)
         if check and proc.returncode != 0:
@@ -43,10 +47,24 @@ class Podman:
 
 
 @pytest.fixture
-def podman(node: str, tmp_path: Path, cni_bin: str, cni_server: str) -> Iterator[Podman]:
+def podman_mounts() -> Iterator[int]:
+    """A process holding a mount namespace of its own (mounts made in it stay in it)."""
+    holder = subprocess.Popen(["unshare", "--mount", "--propagation", "slave", "sleep",
+                               "infinity"])
+    # Wait until it is inside its own mount namespace (unshare execs sleep after unsharing).
+    while os.readlink(f"/proc/{holder.pid}/exe") != shutil.which("sleep"):
+        time.sleep(0.01)
+    yield holder.pid
+    holder.kill()
+    holder.wait()
+
+
+@pytest.fixture
+def podman(node: str, tmp_path: Path, cni_bin: str, cni_server: str,
+           podman_mounts: int) -> Iterator[Podman]:
     # podman refuses a runroot path longer than 50 characters: pytest's tmp_path is longer.
     base = Path(tempfile.mkdtemp(prefix="pnpm-", dir="/tmp"))
-    pm = Podman(node, base, cni_bin)
+    pm = Podman(node, base, cni_bin, podman_mounts)
     (pm.base / "net" / "podnet.conflist").write_text(json.dumps({
         "cniVersion": "1.0.0", "name": "podnet-pm", "plugins": [{
             "type": "podnet", "socket": cni_server, "isDefaultGateway": True,
@@ -73,6 +91,9 @@ def test_two_containers_reach_each_other_without_nat(podman: Podman) -> None:
     ip = {n: podman("inspect", n, "--format",
                     "{{(index .NetworkSettings.Networks \"podnet-pm\").IPAddress}}")
           for n in ("a", "b")}
+    # The namespaces podman made are not mounted where the cni-server looks.
+    sandbox = podman("inspect", "a", "--format", "{{.NetworkSettings.SandboxKey}}")
+    assert sandbox and not os.path.ismount(sandbox), sandbox
     assert ip["a"] != ip["b"] and all(v.startswith("10.33.0.") for v in ip.values())
     for src, dst in (("a", "b"), ("b", "a")):
         assert "1 packets received" in podman("exec", src, "ping", "-c1", "-W2", ip[dst])

@@ -36,7 +36,11 @@ class Request:
 
     command: str
     container_id: str = ""
-    netns: str = ""
+    netns: str = ""  # CNI_NETNS as the runtime named it: what results report
+    # Where to enter the pod's namespace: CNI_NETNS itself in the plugin's own process; the
+    # descriptor the shim sent when served (the runtime's path may not exist for the server);
+    # "" when it is gone.
+    enter: str = ""
     ifname: str = ""
     args: dict[str, str] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
@@ -89,6 +93,7 @@ def parse_env(env: Mapping[str, str]) -> Request:
             raise CNIError(INVALID_ENV, f"CNI_NETNS is required for {command}")
         if req.netns and not req.netns.startswith("/"):
             raise CNIError(INVALID_ENV, f"CNI_NETNS {req.netns!r} is not an absolute path")
+        req.enter = req.netns
         if not env.get("CNI_PATH"):
             raise CNIError(INVALID_ENV, f"CNI_PATH is required for {command}")
     req.path = [p for p in env.get("CNI_PATH", "").split(os.pathsep) if p]
@@ -134,8 +139,10 @@ def log(message: str, path: str | None = None) -> None:
         pass
 
 
-def run(handlers: Mapping[str, Handler], env: Mapping[str, str], stdin: bytes) -> tuple[int, str]:
-    """Run one invocation; returns (exit code, stdout). Never raises."""
+def run(handlers: Mapping[str, Handler], env: Mapping[str, str], stdin: bytes,
+        resolve: Callable[[Request], None] | None = None) -> tuple[int, str]:
+    """Run one invocation; returns (exit code, stdout). Never raises. `resolve` (the server's)
+    sets where the pod's namespace is entered, or refuses the request with a CNIError."""
     req: Request | None = None
     err_version = cniver.LATEST
     try:
@@ -143,6 +150,8 @@ def run(handlers: Mapping[str, Handler], env: Mapping[str, str], stdin: bytes) -
         parse_config(req, stdin)
         if req.cni_version in cniver.SUPPORTED_VERSIONS:
             err_version = req.cni_version
+        if resolve is not None and req.command != "VERSION":
+            resolve(req)
         if req.command == "VERSION":
             return 0, json.dumps(cniver.version_info())
         result = handlers[req.command](req)

@@ -1,7 +1,10 @@
 """`podnet cni-server`: the long-lived side of the plugin, holding warm netlink sockets.
 
-Each request acts in the network namespace of the plugin process that sent it (found through
-SO_PEERCRED), so one server serves its node. Workers are a fixed pool because pyroute2 binds a
+Each request acts in the network namespace of the plugin process that sent it, so one server
+serves its node. The plugin hands over that namespace and the pod's as descriptors (SCM_RIGHTS):
+the runtime's CNI_NETNS path may not exist in the server's mount namespace, and a path from a
+request is never trusted to name a namespace. A descriptor that is not a network namespace is
+refused. Workers are a fixed pool because pyroute2 binds a
 socket to the thread that made it: each worker keeps its own sockets, one per node namespace.
 """
 
@@ -14,10 +17,12 @@ import signal
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 from podnet.cni import protocol, shim
+from podnet.cni.errors import INVALID_ENV, UNKNOWN_CONTAINER, CNIError
 from podnet.netlink import netns
 from podnet.plugins import bridge
 from podnet.plugins.context import HostContext
@@ -53,35 +58,64 @@ def _context_for(ns_path: str) -> HostContext:
     return ctx
 
 
-def _read_request(conn: socket.socket) -> tuple[dict[str, str], bytes]:
-    chunks = []
-    while chunk := conn.recv(65536):
+MAX_FDS = 2  # the caller's namespace and the pod's
+
+
+def _read_request(conn: socket.socket) -> tuple[dict[str, str], bytes, list[int]]:
+    """The request and the descriptors sent with it (they come with its first bytes; any
+    sent later are dropped by the kernel, since plain recv takes no ancillary data)."""
+    first, fds, flags, _ = socket.recv_fds(conn, 65536, MAX_FDS + 1)
+    if flags & socket.MSG_CTRUNC:
+        fds.append(-1)  # more than the room: refused below
+    chunks = [first]
+    while first and (chunk := conn.recv(65536)):
         chunks.append(chunk)
-    return shim.decode_request(b"".join(chunks))
+    env, stdin = shim.decode_request(b"".join(chunks))
+    return env, stdin, fds
 
 
-def _resolve_netns(env: dict[str, str], pid: int) -> None:
-    """A CNI_NETNS path the caller sees but this server does not: go through its root."""
-    path = env.get("CNI_NETNS", "")
-    if path.startswith("/") and not os.path.exists(path):
-        alt = f"/proc/{pid}/root{path}"
-        if os.path.exists(alt):
-            env["CNI_NETNS"] = alt
+def _resolver(fds: list[int]) -> Callable[[protocol.Request], None]:
+    """Where the request's pod namespace is entered: by the descriptor the plugin sent."""
+    def resolve(req: protocol.Request) -> None:
+        if len(fds) > MAX_FDS:
+            raise CNIError(INVALID_ENV, f"more than {MAX_FDS} descriptors came with the request")
+        req.enter = ""
+        if not req.netns:
+            return
+        pod = fds[1] if len(fds) == MAX_FDS else None
+        if pod is not None and netns.is_netns(pod):
+            req.enter = f"/proc/self/fd/{pod}"
+        elif req.command == "DEL":
+            return  # gone (or never a namespace): DEL removes the host's side only
+        elif pod is None:
+            raise CNIError(UNKNOWN_CONTAINER, f"network namespace {req.netns} does not exist "
+                           "(the plugin could not open it)")
+        else:
+            raise CNIError(INVALID_ENV, f"CNI_NETNS {req.netns} is not a network namespace")
+    return resolve
 
 
 def handle(conn: socket.socket) -> None:
+    fds: list[int] = []
     with conn:
         try:
             pid, uid = _peer_pid(conn)
             if uid not in (0, os.getuid()):
                 return  # only the node's runtime (root) may wire pods
-            env, stdin = _read_request(conn)
-            _resolve_netns(env, pid)
-            ctx = _context_for(f"/proc/{pid}/ns/net")
-            code, out = protocol.run(bridge.handlers(ctx), env, stdin)
+            env, stdin, fds = _read_request(conn)
+            # The node: the namespace the plugin runs in, sent by it; else (a client of its
+            # own) the caller's as the kernel reports it.
+            host = (f"/proc/self/fd/{fds[0]}" if fds and fds[0] >= 0 and netns.is_netns(fds[0])
+                    else f"/proc/{pid}/ns/net")
+            ctx = _context_for(host)
+            code, out = protocol.run(bridge.handlers(ctx), env, stdin, _resolver(fds))
             conn.sendall(f"{code}\n{out}".encode())
         except Exception as exc:  # one bad client must not take the server down
             protocol.log(f"cni-server: request failed: {exc!r}")
+        finally:
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)
 
 
 class Server:

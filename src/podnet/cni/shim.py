@@ -6,6 +6,10 @@ answers, it does the same work in-process (importing netlink), only slower.
 
 Wire format, over one unix stream connection:
   request:  K=V\\0K=V\\0...\\0\\0<stdin>     (the CNI_* environment, then the config)
+            with SCM_RIGHTS: the plugin's own network namespace (the node's), then CNI_NETNS
+            where it could be opened. The runtime's path may name nothing in the server's
+            mount namespace (a DaemonSet's container, containerd's state dir), so the server
+            enters the namespaces by these descriptors, never by a path from the request.
   response: <exit code>\\n<stdout>
 """
 
@@ -78,7 +82,15 @@ def via_server(path: str, env: dict[str, str], stdin: bytes) -> tuple[int, str] 
             return None
         try:
             sock.settimeout(REPLY_TIMEOUT)
-            sock.sendall(encode_request(env, stdin))
+            data = encode_request(env, stdin)
+            fds = _namespaces(env.get("CNI_NETNS", ""))
+            try:
+                rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
+                sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            sock.sendall(data[sent:])
             sock.shutdown(_socket.SHUT_WR)
             chunks = []
             while chunk := sock.recv(65536):
@@ -93,6 +105,18 @@ def via_server(path: str, env: dict[str, str], stdin: bytes) -> tuple[int, str] 
             return 1, _error_json(err)
     finally:
         sock.close()
+
+
+def _namespaces(netns: str) -> list[int]:
+    """Descriptors of this process's network namespace and of CNI_NETNS (left out where it
+    cannot be opened: the server then treats it as gone)."""
+    fds = [os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)]
+    if netns:
+        try:  # noqa: SIM105  (contextlib is not imported on this path: start-up cost)
+            fds.append(os.open(netns, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            pass
+    return fds
 
 
 def _error_json(err: object) -> str:

@@ -73,6 +73,20 @@ def rtnl_in(path: str | None) -> Rtnl:
     return Rtnl(sock)
 
 
+NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3)
+
+
+def is_netns(fd: int) -> bool:
+    """Whether an open descriptor is a network namespace (and not a file, a mount or pid
+    namespace, a socket): the kernel says what kind of namespace an nsfs file is."""
+    import fcntl
+
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False
+
+
 def ns_id(path: str) -> tuple[int, int]:
     """The identity of a namespace: the (device, inode) of its nsfs file."""
     st = os.stat(path)

@@ -188,7 +188,7 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
         if br_created:
             undo.append(lambda: _delete_bridge_if_unused(ctx, bridge.index))
         host_name = host_veth_name(req.config["name"], req.container_id, req.ifname)
-        with ctx.pod_fast(req.netns) as pod, ctx.pod_fd(req.netns) as pod_fd:
+        with ctx.pod_fast(req.enter) as pod, ctx.pod_fd(req.enter) as pod_fd:
             if pod.get_link(req.ifname) is not None:
                 raise CNIError(INVALID_NETWORK_CONFIG, f"container interface {req.ifname} "
                                f"already exists in {req.netns}")
@@ -294,9 +294,9 @@ def cmd_del(ctx: HostContext, req: Request) -> None:
                 podmap.remove_pod(ctx.fast, conf.fast_path_uplink, host.index)
             except OSError as exc:
                 raise _netlink("removing the pod from the fast path", exc) from None
-    if req.netns:
+    if req.enter:
         # A DEL whose namespace is gone has nothing left to remove there: the veth went with it.
-        with contextlib.suppress(CNIError), ctx.pod_fast(req.netns) as pod:
+        with contextlib.suppress(CNIError), ctx.pod_fast(req.enter) as pod:
             try:
                 pod.delete_link(req.ifname)
             except OSError as exc:
@@ -343,7 +343,7 @@ def cmd_check(ctx: HostContext, req: Request) -> None:
         if want and want.get("mac") and want["mac"] != links.mac_of(br):
             problems.append(f"bridge {conf.bridge} has MAC {links.mac_of(br)}, "
                             f"prevResult says {want['mac']}")
-    with ctx.pod(req.netns) as pod:
+    with ctx.pod(req.enter) as pod:
         problems += _check_pod(ctx, pod, req, conf, prev, pod_pos, br_index)
     if problems:
         raise CNIError(CHECK_MISMATCH, "; ".join(problems))

@@ -63,6 +63,8 @@ class HostContext:
     @contextlib.contextmanager
     def pod_fd(self, path: str) -> Iterator[int]:
         """An open fd of the pod's namespace; error 3 if it does not exist."""
+        if not path:
+            raise CNIError(UNKNOWN_CONTAINER, "the pod's network namespace does not exist")
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -83,8 +85,9 @@ class HostContext:
 
 
 def _in_pod(path: str, make: Callable[[str], T]) -> T:
-    if not os.path.exists(path):
-        raise CNIError(UNKNOWN_CONTAINER, f"network namespace {path} does not exist")
+    if not path or not os.path.exists(path):
+        raise CNIError(UNKNOWN_CONTAINER, f"network namespace {path} does not exist" if path
+                       else "the pod's network namespace does not exist")
     try:
         return make(path)
     except OSError as exc:
