@@ -108,3 +108,16 @@ def links_in(path: str) -> list[str]:
         return [str(m.get_attr("IFLA_IFNAME")) for m in ipr.get_links()]
     finally:
         ipr.close()
+
+
+def healthz(path: str, port: int = 9153) -> tuple[int, str]:
+    """An agent's /healthz in the namespace at `path`: status and body."""
+    import urllib.error
+    import urllib.request
+
+    with netns.entered(path):
+        try:
+            resp = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()

@@ -1,17 +1,69 @@
-"""The `podnet` command."""
+"""The `podnet` command.
+
+Every mistake of the user's ends the same way: `podnet <command>: <what> (<how to fix>)` on
+stderr and a non-zero status, before anything is touched. Tracebacks only with --debug.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
+
+from podnet.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class _ShowDefaults(argparse.HelpFormatter):
+    """Every option's default in its help, unless the help says it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        if shown and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors follow podnet's form and whose help shows every default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _ShowDefaults)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        fix = "" if message.endswith(")") else f" (see `{self.prog} --help`)"
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}{fix}\n")
+
+
+def in_range(kind: type[int] | type[float], low: float, high: float) -> Any:
+    """An argparse type: a number from low to high."""
+    noun = "a whole number" if kind is int else "a number"
+    span = f"from {kind(low)} to {kind(high)}"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text[:40]!r} is not {noun} (give {noun} {span})") from None
+        if not low <= value <= high:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"{text} is out of range (give {noun} {span})")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _cmd_cni_server(args: argparse.Namespace) -> int:
+    from podnet.agent.options import check_socket_path
     from podnet.cni.server import serve
 
+    check_socket_path("--socket", args.socket)
     serve(args.socket)
     return 0
 
@@ -48,100 +100,118 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
     from podnet.datastore.model import ConfigError, NetworkConfig
 
     backend: dict[str, Any] = {"type": args.backend}
-    if args.vni is not None:
-        backend["vni"] = args.vni
-    if args.port is not None:
-        backend["port"] = args.port
-    if args.direct_routing:
-        backend["directRouting"] = True
-    if args.gateway_mode:
-        backend["mode"] = args.gateway_mode
-    if args.fast_path == "off":
-        backend["fastPath"] = False
-    if args.vxlan_tx_checksum_offload != "auto":
-        backend["txChecksumOffload"] = args.vxlan_tx_checksum_offload == "on"
+    for key, value in (("vni", args.vni), ("port", args.port), ("mode", args.gateway_mode),
+                       ("directRouting", True if args.direct_routing else None),
+                       ("fastPath", False if args.fast_path == "off" else None),
+                       ("txChecksumOffload", None if args.vxlan_tx_checksum_offload == "auto"
+                        else args.vxlan_tx_checksum_offload == "on")):
+        if value is not None:
+            backend[key] = value
     try:
         config = NetworkConfig.make(args.cidr, args.subnet_len, backend)
     except ConfigError as exc:
-        print(f"podnet cluster init: {exc}", file=sys.stderr)
-        return 2
+        raise UserError(*_split(str(exc))) from None
     store = _store(args)
     old = store.get_config()
     if old is not None and old.network != config.network and not args.force:
         held = store.snapshot(old)[0]
         if held:
-            print(f"podnet cluster init: {len(held)} nodes hold leases of {old.network}; a new "
-                  f"network {config.network} would orphan them (--force to replace it anyway)",
-                  file=sys.stderr)
-            return 2
+            raise UserError(f"{len(held)} nodes hold leases of {old.network}; a new network "
+                            f"{config.network} would orphan them",
+                            "--force to replace it anyway")
     store.put_config(config)
     print(f"cluster network {config.network}, /{config.subnet_len} per node "
           f"({config.capacity} nodes), backend {config.backend_type}")
     return 0
 
 
+def _split(message: str) -> tuple[str, str]:
+    """A message that ends in '(fix)' as (what, fix)."""
+    what, sep, fix = message.rpartition(" (")
+    if sep and fix.endswith(")"):
+        return what, fix[:-1]
+    return message, "see `podnet cluster init --help`"
+
+
 def _cmd_cluster_show(args: argparse.Namespace) -> int:
     store = _store(args)
     config = store.get_config()
     if config is None:
-        print("the cluster is not initialised", file=sys.stderr)
-        return 1
+        raise UserError("the cluster is not initialised", "run `podnet cluster init` first")
     leases, _ = store.snapshot(config)
+    rows = sorted(leases.values(), key=lambda item: item.subnet)
+    if args.json:
+        print(json.dumps({"config": json.loads(config.to_json()),
+                          "leases": [json.loads(lease.to_json()) for lease in rows]}, indent=2))
+        return 0
     print(f"network {config.network}  subnet /{config.subnet_len}  backend {config.backend}")
     print(f"{'NODE':20} {'NODE IP':16} SUBNET")
-    for lease in sorted(leases.values(), key=lambda item: item.subnet):
+    for lease in rows:
         print(f"{lease.node:20} {lease.node_ip!s:16} {lease.subnet}")
     return 0
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
-    from podnet.agent.agent import Agent, AgentOptions, leave
+    from podnet.agent.agent import Agent, leave
     from podnet.agent.logs import setup as setup_logs
+    from podnet.agent.options import AgentOptions
 
-    setup_logs(args.log_level)
     opts = AgentOptions(node_name=args.node_name, iface=args.iface, node_ip=args.node_ip,
                         cni_conf_dir=args.cni_conf_dir, cni_socket=args.cni_socket,
                         ipam_data_dir=args.ipam_data_dir, state_dir=args.state_dir,
                         ttl=args.ttl, reconcile_interval=args.reconcile_interval,
                         metrics_addr=args.metrics, role=args.role)
+    opts.check()
+    store = _store(args)
     if args.leave:
-        leave(opts, _store(args))
+        for warning in leave(opts, store):
+            print(f"podnet agent --leave: {warning}", file=sys.stderr)
         return 0
-    agent = Agent(opts, _store(args))
+    setup_logs(args.log_level)
+    agent = Agent(opts, store)
     try:
-        agent.run_forever()
+        return agent.run_forever()
+    except UserError:
+        raise
     except Exception as exc:
-        logging.getLogger("podnet.agent").error("agent failed: %s", exc)
-        agent.stop()
-        return 1
-    return 0
+        # A bug or a kernel that refuses: the log has the traceback, the user a line.
+        logging.getLogger("podnet.agent").exception("agent failed")
+        raise UserError(f"the agent failed: {exc}", "its log above has the details") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
+    from podnet.agent.options import INTERVAL_RANGE, TTL_RANGE
     from podnet.install import DEFAULT_SOCKET
 
-    parser = argparse.ArgumentParser(prog="podnet", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="podnet", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a failure")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("cni-server",
                        help="serve the CNI plugin on a unix socket (the agent embeds one)")
-    p.add_argument("--socket", default=DEFAULT_SOCKET)
+    p.add_argument("--socket", default=DEFAULT_SOCKET,
+                   help="the unix socket the installed plugin relays to")
     p.set_defaults(func=_cmd_cni_server)
     p = sub.add_parser("install-cni", help="install the plugin executables (and a conflist)")
-    p.add_argument("--bin-dir", required=True)
-    p.add_argument("--conf-dir")
+    p.add_argument("--bin-dir", required=True,
+                   help="where the runtime finds CNI plugins (CNI_PATH), e.g. /opt/cni/bin")
+    p.add_argument("--conf-dir", help="also write an example conflist here")
     p.set_defaults(func=_cmd_install_cni)
     p = sub.add_parser("cluster", help="the cluster's network config in the datastore")
-    csub = p.add_subparsers(dest="cluster_command", required=True)
+    csub = p.add_subparsers(dest="cluster_command", required=True, parser_class=Parser)
     c = csub.add_parser("init", help="store the cluster network config")
     _add_store_args(c)
     c.add_argument("--cidr", required=True, help="the cluster's pod network, e.g. 10.244.0.0/16")
-    c.add_argument("--subnet-len", type=int, help="prefix length of each node's share")
+    c.add_argument("--subnet-len", type=in_range(int, 1, 30),
+                   help="prefix length of each node's share (default /24; l2: /16+8)")
     c.add_argument("--backend", required=True,
-                   choices=["l2", "host-gw", "gateway", "vxlan", "gre"])
+                   choices=["l2", "host-gw", "gateway", "vxlan", "gre"],
+                   help="how the nodes' pod subnets are connected (docs/backends.md)")
     c.add_argument("--force", action="store_true",
                    help="replace a network that nodes still hold leases of")
-    c.add_argument("--vni", type=int, help="vxlan: VNI (default 1)")
-    c.add_argument("--port", type=int, help="vxlan: UDP port (default 8472)")
+    c.add_argument("--vni", type=in_range(int, 1, 16777215), help="vxlan: VNI (default 1)")
+    c.add_argument("--port", type=in_range(int, 1, 65535),
+                   help="vxlan: UDP port (default 8472)")
     c.add_argument("--direct-routing", action="store_true",
                    help="vxlan: route on-link peers directly")
     c.add_argument("--vxlan-tx-checksum-offload", choices=["auto", "on", "off"], default="auto",
@@ -150,31 +220,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gateway: announce over BGP (default) or let `agent --role router` "
                         "route")
     c.add_argument("--fast-path", choices=["on", "off"], default="on",
-                   help="host-gw, gateway, vxlan: pods of different nodes skip the bridges "
-                        "through eBPF where the kernel can (docs/fastpath.md)")
+                   help="pods of different nodes skip the bridges through eBPF where the "
+                        "kernel can (docs/fastpath.md)")
     c.set_defaults(func=_cmd_cluster_init)
     c = csub.add_parser("show", help="print the config and every lease")
     _add_store_args(c)
+    c.add_argument("--json", action="store_true", help="machine-readable: config and leases")
     c.set_defaults(func=_cmd_cluster_show)
 
     p = sub.add_parser("agent", help="run the node agent")
     _add_store_args(p)
-    p.add_argument("--node-name", required=True)
+    p.add_argument("--node-name", required=True,
+                   help="this node's Kubernetes name (its lease is held under it)")
     p.add_argument("--iface", help="the underlay interface (default: the default route's)")
     p.add_argument("--node-ip", help="the node's IP (default: --iface's first address)")
-    p.add_argument("--cni-conf-dir", default="/etc/cni/net.d")
-    p.add_argument("--cni-socket", default=DEFAULT_SOCKET)
-    p.add_argument("--ipam-data-dir", help="podnet-ipam's dataDir (default host-local's)")
-    p.add_argument("--state-dir", default="/var/lib/podnet/agent")
-    p.add_argument("--ttl", type=int, default=60, help="lease TTL in seconds")
-    p.add_argument("--reconcile-interval", type=float, default=10.0)
-    p.add_argument("--metrics", default="127.0.0.1:9153", help="HOST:PORT, port 0 disables")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--cni-conf-dir", default="/etc/cni/net.d",
+                   help="where the agent writes the CNI conflist the runtime reads")
+    p.add_argument("--cni-socket", default=DEFAULT_SOCKET,
+                   help="the unix socket the CNI plugin relays pod ADD/DEL/CHECK to")
+    p.add_argument("--ipam-data-dir",
+                   help="podnet-ipam's dataDir, the pods' address records (default: "
+                        "host-local's, /var/lib/cni/networks)")
+    p.add_argument("--state-dir", default="/var/lib/podnet/agent",
+                   help="the agent's own state: its lease across restarts, the backend it "
+                        "programmed, BIRD's files")
+    p.add_argument("--ttl", type=in_range(int, *TTL_RANGE), default=60,
+                   help="lease TTL in seconds: how long peers keep a silent node")
+    p.add_argument("--reconcile-interval", type=in_range(float, *INTERVAL_RANGE),
+                   default=10.0, help="seconds between repairs of drift in the kernel")
+    p.add_argument("--metrics", default="127.0.0.1:9153",
+                   help="HOST:PORT for /metrics and /healthz; port 0 disables")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="log verbosity")
     p.add_argument("--role", default="node", choices=["node", "router"],
                    help="router: route every node's pod subnet here (gateway, static mode)")
     p.add_argument("--leave", action="store_true",
                    help="free this node's lease and remove podnet's state from the node, then "
-                        "exit")
+                        "exit (refused while an agent runs here)")
     p.set_defaults(func=_cmd_agent)
 
     from podnet.lab.cli import add_parser as add_lab
@@ -186,9 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="a 3-node lab, verified and drawn, then taken down")
     p.add_argument("--keep", action="store_true", help="leave the lab up")
-    p.add_argument("--backend", default="vxlan", choices=["l2", "host-gw", "gateway", "vxlan"])
+    p.add_argument("--backend", default="vxlan", choices=["l2", "host-gw", "gateway", "vxlan"],
+                   help="the lab's backend")
     p.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _command(argv: list[str]) -> str:
+    """The words of the command for messages: 'lab down', 'cluster init', 'agent'."""
+    words = [a for a in argv if not a.startswith("-")][:2]
+    nested = {"lab", "cluster"}
+    return " ".join(words if words[:1] and words[0] in nested else words[:1]) or "podnet"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,12 +289,30 @@ def main(argv: list[str] | None = None) -> int:
 
         plugin_main("podnet")
     args = build_parser().parse_args(argv)
-    from podnet.datastore.base import DatastoreError
-
-    try:
+    if args.debug:
         rc: int = args.func(args)
-    except (DatastoreError, ValueError) as exc:
-        print(f"podnet {args.command}: {exc}", file=sys.stderr)
+        return rc
+    from podnet.datastore.base import DatastoreError, LeaseRefused
+
+    name = f"podnet {_command(argv)}"
+    try:
+        rc = args.func(args)
+    except UserError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    except (DatastoreError, LeaseRefused) as exc:
+        print(f"{name}: {exc} (check --etcd and that etcd runs)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{name}: {exc.strerror or exc}{where} (check the path and its permissions)",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        print(f"{name}: unexpected error: {exc!r} (run again with --debug for the traceback, "
+              "and report it)", file=sys.stderr)
         return 1
     return rc
 

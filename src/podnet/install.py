@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Any
 
+from podnet.errors import UserError
 from podnet.fsutil import write_atomic
 
 PLUGINS = ("podnet", "podnet-ipam")
@@ -47,8 +48,23 @@ def example_conflist(name: str = "podnet", subnet: str = "10.244.0.0/24",
         main, {"type": "portmap", "capabilities": {"portMappings": True}}]}
 
 
+def _writable_dir(flag: str, path: str) -> None:
+    """Refuse a directory that cannot take the files, before any is written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{flag} {path} is not a directory", "give a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {path} cannot be made: {exc.strerror}",
+                        "give a directory on a writable file system") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path} is not writable", "give a directory you can write")
+
+
 def install_cni(bin_dir: str, conf_dir: str | None = None) -> list[str]:
-    os.makedirs(bin_dir, exist_ok=True)
+    _writable_dir("--bin-dir", bin_dir)
+    if conf_dir:
+        _writable_dir("--conf-dir", conf_dir)
     paths = _import_paths()
     written = []
     for plugin in PLUGINS:
@@ -57,7 +73,6 @@ def install_cni(bin_dir: str, conf_dir: str | None = None) -> list[str]:
                       0o755)
         written.append(target)
     if conf_dir:
-        os.makedirs(conf_dir, exist_ok=True)
         target = os.path.join(conf_dir, "10-podnet.conflist")
         write_atomic(target, json.dumps(example_conflist(), indent=2) + "\n", 0o644)
         written.append(target)

@@ -10,12 +10,14 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from podnet.lab.lab import Lab, ns_path
 from podnet.netlink import links, netns
+from tests.conftest import healthz
 from tests.lab.conftest import MakeLab, failures, verify
 from tests.lab.test_agent import etcdctl
 from tests.lab.test_lab_ops import sh, subnet_of, wait_for
@@ -58,6 +60,9 @@ def test_etcd_outage_loses_no_packet(make_lab: MakeLab) -> None:
         for n in ("node1", "node2"):
             assert sh(lab, n, "ip", "route") == routes[n]  # the data plane stays as it is
         assert all(os.path.exists(f"/proc/{n.agent_pid}") for n in lab.topo.nodes)
+    # Unreachable for longer than the lease TTL (15 s in a lab): /healthz says so.
+    code, body = healthz(lab.target_netns("node1"))
+    assert code == 503 and "the datastore has been unreachable for" in body, body
     lab.start_etcd()
     out, _ = ping.communicate(timeout=60)
     assert " 0% packet loss" in out, out
@@ -65,9 +70,11 @@ def test_etcd_outage_loses_no_packet(make_lab: MakeLab) -> None:
     for peer in ("node1", "node2"):
         assert wait_for(lambda p=peer: subnet_of(lab, node.name) in sh(lab, p, "ip", "route"),
                         15.0)
+    assert wait_for(lambda: healthz(lab.target_netns("node1")) == (200, "ok\n"), 15.0)
 
 
-def test_plugin_killed_mid_add_leaks_nothing(make_lab: MakeLab, tmp_path: Any) -> None:
+def test_plugin_killed_mid_add_leaks_nothing(make_lab: MakeLab, make_ns: Callable[[str], str],
+                                            tmp_path: Any) -> None:
     lab = make_lab("vxlan", nodes=1, pods=0)
     node = lab.topo.nodes[0]
     conflist = lab.conflist(node)
@@ -75,7 +82,7 @@ def test_plugin_killed_mid_add_leaks_nothing(make_lab: MakeLab, tmp_path: Any) -
     conf.pop("socket")  # in-process: the plugin process itself does the work we interrupt
     rt = lab.runtime(node)
     data_dir = conf["ipam"]["dataDir"] = str(tmp_path / "ipam")
-    pods = [netns.create(f"pnl-{lab.topo.name}-kill{i}") for i in range(6)]
+    pods = [make_ns(f"kill{i}") for i in range(6)]
     rng = random.Random(7)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": "ADD",
            "CNI_PATH": ":".join(rt.path), "CNI_IFNAME": "eth0"}

@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
 
-from podnet.lab.lab import LABS_DIR, Lab, down, lab_dir, status
+from podnet.errors import UserError
+from podnet.lab.lab import Lab, down, lab_dir, ns_path, status
 from podnet.lab.topology import Topology, netns_prefix
 from podnet.netlink import netns
 from podnet.verify.check import endpoints_of
@@ -23,20 +25,43 @@ from tests.lab.test_lab_ops import sh
 
 
 def test_down_after_a_crash_is_complete_and_idempotent() -> None:
+    """`lab up` killed mid-build: what it made is in its state, and `down` removes exactly
+    that (agents and etcd, which outlive it, included)."""
     name = f"t{uuid.uuid4().hex[:6]}"
-    lab = Lab(Topology.make(name, "vxlan", 2, 1))
+    proc = subprocess.Popen([sys.executable, "-m", "podnet", "lab", "up", "--name", name,
+                             "--nodes", "2", "--pods-per-node", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        lab.up()
-        # A crash: the state file is gone, the agents and etcd were never stopped.
-        os.remove(os.path.join(LABS_DIR, f"{name}.json"))
-        pids = [n.agent_pid for n in lab.topo.nodes] + [lab.topo.etcd_pid]
+        # Crash it once a node's agent runs (etcd and an agent are then running).
+        deadline = time.monotonic() + 60
+        while not _agent_running(name):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        lab = Lab.load(name)
+        pids = [n.agent_pid for n in lab.topo.nodes if n.agent_pid] + [lab.topo.etcd_pid]
+        made = list(lab.topo.netns_made)
+        assert made and all(os.path.exists(ns_path(ns)) for ns in made)
     finally:
         removed = down(name)
-    assert len(removed) == len(lab.topo.namespaces())
-    assert netns.listed(netns_prefix(name)) == [] and not os.path.exists(lab_dir(name))
+    assert sorted(removed) == sorted(made)
+    assert not any(n.startswith(netns_prefix(name)) for n in netns.listed())
+    assert not os.path.exists(lab_dir(name))
     for pid in pids:
         assert _gone(pid)
     assert down(name) == []  # idempotent
+    cli = subprocess.run([sys.executable, "-m", "podnet", "lab", "down", "--name", name],
+                         capture_output=True, text=True, check=False)
+    assert cli.returncode == 1 and f"no lab named '{name}' is up" in cli.stderr
+
+
+def _agent_running(name: str) -> bool:
+    try:
+        lab = Lab.load(name)
+    except UserError:
+        return False
+    return any(n.agent_pid for n in lab.topo.nodes)
 
 
 def _gone(pid: int) -> bool:
@@ -48,13 +73,19 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_half_built_up_is_removed(tmp_path: object) -> None:
+def test_half_built_up_removes_what_it_made() -> None:
     name = f"t{uuid.uuid4().hex[:6]}"
-    proc = subprocess.run([sys.executable, "-m", "podnet", "lab", "up", "--name", name,
-                           "--nodes", "51"], capture_output=True, text=True, check=False)
-    assert proc.returncode != 0 and "up to 50 nodes" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert netns.listed(netns_prefix(name)) == []
+    topo = Topology.make(name, "vxlan", 3, 0)
+    topo.cidr = "10.244.0.0/23"  # two /24s for three nodes: the third agent cannot lease
+    lab = Lab(topo)
+    try:
+        with pytest.raises(UserError, match="the agent of node3 did not come up"):
+            lab.up()
+        assert not any(n.startswith(netns_prefix(name)) for n in netns.listed())
+        assert not os.path.exists(lab_dir(name))
+        assert down(name) == []
+    finally:
+        down(name)
 
 
 @pytest.mark.parametrize("suffix", ["png", "svg"])
@@ -83,7 +114,7 @@ def test_more_nodes_than_subnets_is_a_clear_error() -> None:
     lab = Lab(topo)
     try:
         lab.up()
-        with pytest.raises(RuntimeError, match="did not come up"):
+        with pytest.raises(UserError, match="did not come up"):
             lab.add_node()
         with open(os.path.join(lab.node_dir(lab.topo.nodes[-1]), "agent.log")) as fh:
             log = fh.read()

@@ -7,46 +7,37 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
 from typing import TypeVar
 
 from podnet.agent import conflist
+from podnet.agent.hostlock import HostBusy, HostLock, holder
 from podnet.agent.metrics import Metrics, serve
 from podnet.agent.node import detect
-from podnet.agent.state import NodeState, StateFile
+from podnet.agent.options import AgentOptions, metrics_address
+from podnet.agent.state import AlreadyRunning, NodeState, StateFile
 from podnet.backends import manager
 from podnet.backends.base import Backend
 from podnet.cni.server import Server
 from podnet.datastore.base import Datastore, DatastoreError, Event, Held
-from podnet.datastore.model import Lease, NetworkConfig
+from podnet.datastore.model import ConfigError, Lease, NetworkConfig, node_ip_problem
+from podnet.errors import UserError
 from podnet.fastpath import node as fastpath
 from podnet.fastpath import podmap
 from podnet.firewall import cluster as firewall
+from podnet.firewall import nft
+from podnet.netlink import links
 
 log = logging.getLogger("podnet.agent")
 T = TypeVar("T")
-
-
-@dataclass
-class AgentOptions:
-    node_name: str
-    iface: str | None = None
-    node_ip: str | None = None
-    cni_conf_dir: str = "/etc/cni/net.d"
-    cni_socket: str = "/run/podnet/cni.sock"
-    ipam_data_dir: str | None = None
-    state_dir: str = "/var/lib/podnet/agent"
-    ttl: int = 60
-    reconcile_interval: float = 10.0
-    metrics_addr: str = "127.0.0.1:9153"
-    role: str = "node"  # or "router": route every lease, hold none (gateway static mode)
+EXIT_CONFIG_CHANGED = 3  # the cluster's config changed: the supervisor starts us with it
 
 
 class Agent:
@@ -64,19 +55,34 @@ class Agent:
         self.held: Held | None = None
         self.cni: Server | None = None
         self.fast: fastpath.FastPath | None = None
+        self.host = HostLock(opts.node_name)
+        self.store_down_since: float | None = None
+        self.exit_code = 0
 
     # -- start-up -----------------------------------------------------------------------------
     def start(self) -> None:
-        self.state.lock()
+        """Everything a user can get wrong is refused before the lease, the kernel or the
+        conflist are touched: the host's other agent, the metrics port, the node IP."""
+        try:
+            self.host.acquire()
+        except HostBusy as exc:
+            raise UserError(str(exc), "stop it first; one agent serves a host") from None
+        try:
+            self.state.lock()
+        except AlreadyRunning as exc:
+            raise UserError(str(exc), "stop the other agent of this node first") from None
+        self._metrics()
         config = self._retry(self.store.get_config, "reading the network config")
         if config is None:
-            raise RuntimeError("the cluster is not initialised: run `podnet cluster init` first")
+            raise UserError("the cluster is not initialised",
+                            "run `podnet cluster init` against this datastore first")
         self.config = config
         node = detect(self.opts.node_name, self.opts.iface, self.opts.node_ip)
         node.state_dir = self.opts.state_dir
+        if (problem := node_ip_problem(node.ip, config)) is not None:
+            raise UserError(problem, "give --iface or --node-ip the node's underlay address")
         if self.opts.role == "router":
             self.backend = manager.create_router(node, config)
-            self._metrics()
             self._start_loops(self._resync())
             log.info("routing the pod subnets of %d nodes", len(self.peers))
             return
@@ -104,7 +110,6 @@ class Agent:
         path = conflist.write(self.opts.cni_conf_dir, conflist.render(
             plugin, self.backend.pod_mtu(), self.opts.cni_socket, self.opts.ipam_data_dir))
         log.info("wrote %s", path)
-        self._metrics()
         revision = self._resync()
         # The socket appearing means ready: peers are programmed. Until then the shim falls back
         # to the plugin in-process, so pods still start.
@@ -162,10 +167,37 @@ class Agent:
                            ("podnet_reconcile_repairs_total", "Kernel entries repaired"),
                            ("podnet_peer_events_total", "Peer lease events handled")):
             m.counter(name, text)
-        host, _, port = self.opts.metrics_addr.rpartition(":")
-        if port and int(port):
-            serve(m, lambda: self.store_up and not self.stopping.is_set(), host or "127.0.0.1",
-                  int(port))
+        host, port = metrics_address(self.opts.metrics_addr)
+        if port:
+            try:
+                serve(m, self.problems, host, port)
+            except OSError as exc:
+                raise UserError(f"cannot serve metrics on {self.opts.metrics_addr}: "
+                                f"{exc.strerror}", "free the port, choose another with "
+                                "--metrics, or turn metrics off with port 0") from None
+
+    def problems(self) -> list[str]:
+        """Why this node cannot wire pods now (what /healthz answers); empty when it can."""
+        out = []
+        if self.stopping.is_set():
+            out.append("the agent is stopping")
+        if self.opts.role == "node":
+            if self.backend is None:
+                out.append("starting: no lease yet")
+            elif (why := self.backend.bridge_problem()) is not None:
+                out.append(why)
+        since = self.store_down_since
+        if since is not None and time.monotonic() - since > self.opts.ttl:
+            out.append(f"the datastore has been unreachable for {time.monotonic() - since:.0f} "
+                       f"s, longer than the lease TTL ({self.opts.ttl} s)")
+        return out
+
+    def _store_state(self, up: bool) -> None:
+        self.store_up = up
+        if up:
+            self.store_down_since = None
+        elif self.store_down_since is None:
+            self.store_down_since = time.monotonic()
 
     # -- peers --------------------------------------------------------------------------------
     def _resync(self) -> int:
@@ -238,13 +270,13 @@ class Agent:
                     revision = self._resync()
                 revision = self.store.watch(self.config, revision, self._on_event,
                                             self.stopping.is_set)
-                self.store_up = True
+                self._store_state(True)
                 delay = 0.5
             except DatastoreError as exc:
                 # Keep the data plane as it is; resync once the datastore is back.
                 if self.store_up:
                     log.warning("datastore lost: %s; keeping the data plane, retrying", exc)
-                self.store_up = False
+                self._store_state(False)
                 revision = None
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 5.0)
@@ -267,16 +299,38 @@ class Agent:
                     self.state.save(NodeState(self.held.lease_id, str(self.held.lease.subnet),
                                               self.config.backend_type,
                                               str(self.held.lease.node_ip)))
-                self.store_up = True
+                self._store_state(True)
             except DatastoreError as exc:
-                self.store_up = False
+                self._store_state(False)
                 log.warning("lease renewal failed: %s", exc)
             except Exception:
                 log.exception("lease renewal error")
 
     def _reconcile_loop(self) -> None:
         while not self.stopping.wait(self.opts.reconcile_interval):
+            if self._config_changed():
+                return
             self.reconcile()
+
+    def _config_changed(self) -> bool:
+        """Whether the cluster's config is no longer the one this agent runs; if so, the agent
+        stops with EXIT_CONFIG_CHANGED so that its supervisor (systemd, the DaemonSet) starts
+        it again with the new one, rather than running on a stale config."""
+        try:
+            current: NetworkConfig | None = self.store.get_config()
+            why = "" if current is None else describe_change(self.config, current)
+        except DatastoreError:
+            return False  # unreachable: the watch loop reports it
+        except ConfigError as exc:
+            current, why = None, f" ({exc})"
+        if current == self.config:
+            return False
+        what = "was removed" if current is None else "changed"
+        log.error("the cluster's network config %s%s: exiting (status %d) to start again "
+                  "with it; the data plane stays until then", what, why, EXIT_CONFIG_CHANGED)
+        self.exit_code = EXIT_CONFIG_CHANGED
+        self.stopping.set()
+        return True
 
     def reconcile(self) -> None:
         assert self.backend is not None
@@ -306,34 +360,113 @@ class Agent:
         with contextlib.suppress(Exception):
             self.store.close()
         self.state.unlock()
+        self.host.release()
 
-    def run_forever(self) -> None:
+    def run_forever(self) -> int:
+        """Run until SIGTERM or SIGINT (or a config change); the exit status."""
+        woken = threading.Event()
+
         def _term(_sig: int, _frame: FrameType | None) -> None:
             self.stopping.set()
+            woken.set()
 
         signal.signal(signal.SIGTERM, _term)
         signal.signal(signal.SIGINT, _term)
-        self.start()
-        while not self.stopping.wait(1.0):
-            pass
-        log.info("shutting down; the data plane stays as it is")
-        self.stop()
+        try:
+            self.start()
+            while not self.stopping.is_set():
+                woken.wait(1.0)
+            log.info("shutting down; the data plane stays as it is")
+        finally:
+            self.stop()
+        return self.exit_code
 
 
-def leave(opts: AgentOptions, store: Datastore) -> None:
-    """Free this node's lease and remove what podnet programmed on it."""
+def describe_change(old: NetworkConfig | None, new: NetworkConfig) -> str:
+    """What differs between two configs, for the log (' (network a -> b, ...)')."""
+    if old is None:
+        return ""
+    parts = [f"{what} {a} -> {b}" for what, a, b in (
+        ("network", old.network, new.network), ("subnet length", old.subnet_len,
+                                                 new.subnet_len),
+        ("backend", old.backend_type, new.backend_type)) if a != b]
+    if not parts and old.backend != new.backend:
+        parts.append(f"backend options {old.backend} -> {new.backend}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def leave(opts: AgentOptions, store: Datastore) -> list[str]:
+    """Free this node's lease and remove everything the agent made on the node: the backend's
+    devices and routes, the pod bridge (with its address and route), podnet's nftables tables,
+    the fast path, the CNI socket, the conflist and the state file. Refused while an agent
+    runs here. Returns warnings for what could not be done."""
+    running = holder()
+    if running is not None:
+        raise UserError(f"an agent runs on this host (node {running[0]!r}, pid {running[1]})",
+                        "stop it before --leave")
     state = StateFile(opts.state_dir, opts.node_name)
-    previous = state.load()
-    config = store.get_config()
-    held = previous.held(opts.node_name)
-    if held is not None and config is not None:
-        with contextlib.suppress(DatastoreError):
-            store.release(held)
-    if previous.backend:
-        manager.cleanup(previous.backend, opts.state_dir)
-    firewall.remove()
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(state.path)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(opts.cni_conf_dir, conflist.FILENAME))
+    try:
+        state.lock()
+    except AlreadyRunning as exc:
+        raise UserError(str(exc), "stop that agent before --leave") from None
+    warnings = []
+    try:
+        previous = state.load()
+        held = previous.held(opts.node_name)
+        if held is not None:
+            try:
+                store.release(held)
+            except DatastoreError as exc:
+                warnings.append(f"the lease of {held.lease.subnet} was not released ({exc}); "
+                                "it expires after its TTL")
+        bridge = _conflist_bridge(opts.cni_conf_dir)
+        if previous.backend:
+            manager.cleanup(previous.backend, opts.state_dir)
+        else:
+            fastpath.remove()
+        if (kept := _remove_pod_bridge(bridge, previous.subnet)) is not None:
+            warnings.append(kept)
+        firewall.remove()
+        nft.remove_tables()
+        for path in (opts.cni_socket, os.path.join(opts.cni_conf_dir, conflist.FILENAME),
+                     state.path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    finally:
+        state.unlock()
+    return warnings
+
+
+def _conflist_bridge(conf_dir: str) -> str:
+    """The pod bridge the agent's conflist names (the default where there is none)."""
+    try:
+        with open(os.path.join(conf_dir, conflist.FILENAME)) as fh:
+            return str(json.load(fh)["plugins"][0].get("bridge", Backend.pod_bridge))
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return Backend.pod_bridge
+
+
+def _remove_pod_bridge(name: str, subnet: str) -> str | None:
+    """Delete the pod bridge, or where pods are still on it, only the lease's gateway address
+    (its route goes with it); a warning in that case."""
+    from pyroute2 import IPRoute
+
+    ipr = IPRoute(groups=0)
+    try:
+        index = links.index_of(ipr, name)
+        if index is None:
+            return None
+        ports = [m for m in ipr.get_links() if m.get_attr("IFLA_MASTER") == index]
+        if not ports:
+            ipr.link("del", index=index)
+            return None
+        if subnet:
+            net = ipaddress.ip_network(subnet)
+            for have in links.addresses(ipr, index):
+                if have.ip in net:
+                    links.del_address(ipr, index, str(have))
+        return (f"{name} kept: {len(ports)} interfaces are still on it (delete their pods "
+                "first)")
+    finally:
+        ipr.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,15 +40,18 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def serve(metrics: Metrics, healthy: Callable[[], bool], host: str, port: int
+def serve(metrics: Metrics, problems: Callable[[], list[str]], host: str, port: int
           ) -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz (200 "ok", or 503 with one problem a line) from a thread;
+    OSError when the address cannot be bound."""
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 body, code = metrics.render().encode(), 200
             elif self.path == "/healthz":
-                ok = healthy()
-                body, code = (b"ok\n", 200) if ok else (b"unhealthy\n", 503)
+                found = problems()
+                body, code = ((b"ok\n", 200) if not found else
+                              ("".join(f"{p}\n" for p in found).encode(), 503))
             else:
                 body, code = b"not found\n", 404
             self.send_response(code)
@@ -59,6 +63,9 @@ def serve(metrics: Metrics, healthy: Callable[[], bool], host: str, port: int
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = Server((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

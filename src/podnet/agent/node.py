@@ -46,7 +46,10 @@ def detect(name: str, iface: str | None, node_ip: str | None) -> NodeInfo:
         ipr.close()
 
 
+ETH_MAX_MTU = 65535  # a bridge's or veth's largest MTU (lo has 65536)
+
+
 def _info(ipr: IPRoute, name: str, ip: ipaddress.IPv4Address, index: int) -> NodeInfo:
     msg = links.link(ipr, index)
     return NodeInfo(name=name, ip=ip, iface=str(msg.get_attr("IFLA_IFNAME")), iface_index=index,
-                    mtu=int(msg.get_attr("IFLA_MTU")))
+                    mtu=min(int(msg.get_attr("IFLA_MTU")), ETH_MAX_MTU))

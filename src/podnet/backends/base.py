@@ -19,7 +19,7 @@ from pyroute2 import IPRoute
 
 from podnet.datastore.model import Lease, NetworkConfig
 from podnet.fastpath.program import Encap
-from podnet.netlink import batch, rtmsg
+from podnet.netlink import batch, links, rtmsg
 
 log = logging.getLogger("podnet.backend")
 
@@ -91,6 +91,7 @@ class Backend(ABC):
 
     name: str = ""
     switched = False  # pods of other nodes are reached by switching (l2), not routing
+    pod_bridge = "kube-bridge"
 
     def __init__(self, node: NodeInfo, config: NetworkConfig) -> None:
         self.node = node
@@ -110,8 +111,44 @@ class Backend(ABC):
         return {}
 
     def start(self, own: Lease) -> None:
-        """The node's own lease is known (addresses, bridges)."""
+        """The node's own lease is known: the pod bridge holds this lease's gateway address
+        and no other of the pod network (a node back with a new subnet keeps no old one, which
+        would make every pod ADD fail)."""
         self.own = own
+        want = self.pod_gateway()
+        ipr = IPRoute(groups=0)
+        try:
+            index = links.ensure_bridge(ipr, self.pod_bridge, None, self.pod_mtu())
+            for have in links.addresses(ipr, index):
+                if have != want and have.version == 4 and have.ip in self.config.network:
+                    log.warning("%s: removing %s, an address of an earlier lease",
+                                self.pod_bridge, have)
+                    links.del_address(ipr, index, str(have))
+            links.add_address(ipr, index, str(want))
+        finally:
+            ipr.close()
+
+    def pod_gateway(self) -> ipaddress.IPv4Interface:
+        """The pods' gateway on the pod bridge: the subnet's first address."""
+        assert self.own is not None
+        return ipaddress.IPv4Interface((self.own.subnet.network_address + 1,
+                                        self.own.subnet.prefixlen))
+
+    def bridge_problem(self) -> str | None:
+        """Why the pod bridge cannot serve pods of this lease, or None."""
+        if self.own is None:
+            return "no lease yet"
+        want = self.pod_gateway()
+        ipr = IPRoute(groups=0)
+        try:
+            index = links.index_of(ipr, self.pod_bridge)
+            if index is None:
+                return f"the pod bridge {self.pod_bridge} is missing"
+            if want not in links.addresses(ipr, index):
+                return f"the pod bridge {self.pod_bridge} lacks the gateway address {want}"
+        finally:
+            ipr.close()
+        return None
 
     def tunnel_match(self) -> str | None:
         """An nftables match for arriving tunnel packets (`udp dport 8472`), which are then
@@ -152,7 +189,7 @@ class Backend(ABC):
     def cni_plugin_options(self) -> dict[str, Any]:
         """Options of the `podnet` plugin entry in the conflist."""
         assert self.own is not None
-        return {"bridge": "kube-bridge", "isDefaultGateway": True,
+        return {"bridge": self.pod_bridge, "isDefaultGateway": True,
                 "ipam": {"type": "podnet-ipam", "subnet": str(self.own.subnet)}}
 
     # -- shared machinery -------------------------------------------------------------------

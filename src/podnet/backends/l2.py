@@ -21,7 +21,7 @@ from podnet.netlink import links
 
 log = logging.getLogger("podnet.backend")
 NODE_BRIDGE = "podnet-br"
-POD_BRIDGE = "kube-bridge"
+POD_BRIDGE = Backend.pod_bridge
 VETH_POD_SIDE = "podnet-l2a"  # on kube-bridge
 VETH_NODE_SIDE = "podnet-l2b"  # on the node bridge
 
@@ -77,16 +77,10 @@ class L2Backend(Backend):
     def gateway(self, own: Lease) -> ipaddress.IPv4Address:
         return own.subnet.network_address + 1
 
-    def start(self, own: Lease) -> None:
-        super().start(own)
-        ipr = IPRoute(groups=0)
-        try:
-            index = links.index_of(ipr, POD_BRIDGE)
-            assert index is not None
-            # This node's gateway for its pods, on the shared subnet: unique per node.
-            links.add_address(ipr, index, f"{self.gateway(own)}/{self.config.network.prefixlen}")
-        finally:
-            ipr.close()
+    def pod_gateway(self) -> ipaddress.IPv4Interface:
+        # This node's gateway for its pods, on the shared subnet: unique per node.
+        assert self.own is not None
+        return ipaddress.IPv4Interface((self.gateway(self.own), self.config.network.prefixlen))
 
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         return frozenset()  # ARP and switching reach every peer's pods

@@ -9,10 +9,12 @@ Key layout (see docs/datastore.md):
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import logging
 import random
+import socket
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
@@ -225,6 +227,12 @@ class EtcdStore:
 
     def close(self) -> None:
         if self._stream is not None:
+            # Wake a watch blocked in its read first: closing the stream alone waits for the
+            # reader's buffer lock, i.e. until etcd sends something or the stream idles out.
+            conn = self._stream.raw.connection
+            if conn is not None and conn.sock is not None:
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
             self._stream.close()
         self.client.session.close()
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 IPv4Network = ipaddress.IPv4Network
 
-BACKENDS = ("l2", "host-gw", "gateway", "vxlan", "gre")
 # Ranges a pod network must not overlap: they mean something else to every host.
 RESERVED = tuple(ipaddress.IPv4Network(n) for n in (
     "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"))
@@ -18,6 +19,88 @@ RESERVED = tuple(ipaddress.IPv4Network(n) for n in (
 
 class ConfigError(ValueError):
     """A network config or lease that must not be used."""
+
+
+def _flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+        return None if ok else f"an integer from {low} to {high}"
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda value: None if value in choices else " or ".join(map(repr, choices))
+
+
+def _ipv4(value: Any) -> str | None:
+    try:
+        ipaddress.IPv4Address(value)
+        return None
+    except ValueError:
+        return "an IPv4 address"
+
+
+# What each backend reads from its config, with the values it accepts; anything else is refused
+# when the config is made, so that no agent meets it at start.
+_COMMON: dict[str, Callable[[Any], str | None]] = {"fastPath": _flag}
+BACKEND_OPTIONS: dict[str, dict[str, Callable[[Any], str | None]]] = {
+    "l2": _COMMON,
+    "host-gw": _COMMON,
+    "gateway": {**_COMMON, "mode": _one_of("bgp", "static"), "router": _ipv4,
+                "routerAS": _int_in(1, 4294967295), "nodeAS": _int_in(1, 4294967295)},
+    "vxlan": {**_COMMON, "vni": _int_in(1, 16777215), "port": _int_in(1, 65535),
+              "directRouting": _flag, "txChecksumOffload": _flag},
+    "gre": _COMMON,
+}
+BACKENDS = tuple(BACKEND_OPTIONS)
+
+
+def check_backend(backend: dict[str, Any]) -> None:
+    """The backend type is known and each option is one it reads, with a value it accepts."""
+    btype = backend.get("type")
+    if btype not in BACKEND_OPTIONS:
+        raise ConfigError(f"unknown backend {btype!r} (choose one of {', '.join(BACKENDS)})")
+    options = BACKEND_OPTIONS[btype]
+    for key, value in backend.items():
+        if key == "type":
+            continue
+        if key not in options:
+            owners = [b for b, opts in BACKEND_OPTIONS.items() if key in opts]
+            fix = (f"it is an option of {', '.join(owners)}" if owners else "no backend has it")
+            raise ConfigError(f"backend {btype} has no option {key!r} ({fix})")
+        want = options[key](value)
+        if want is not None:
+            raise ConfigError(f"backend option {key} = {value!r} is not valid (it takes {want})")
+
+
+# A Kubernetes node name: a DNS-1123 subdomain (lower-case labels of a-z, 0-9 and '-').
+_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def node_name_problem(name: object) -> str | None:
+    """Why `name` is not a node name (Kubernetes' rule), or None."""
+    if not isinstance(name, str) or not name:
+        return "a node name is required"
+    if len(name) > 253 or not _NODE_NAME.fullmatch(name):
+        return (f"node name {name[:64]!r} is not a Kubernetes node name (at most 253 of a-z, "
+                "0-9, '-' and '.', starting and ending with a letter or digit)")
+    return None
+
+
+def node_ip_problem(ip: ipaddress.IPv4Address, config: NetworkConfig) -> str | None:
+    """Why `ip` cannot be a node's address in this cluster, or None."""
+    if ip in config.network and config.backend_type != "l2":
+        return f"node IP {ip} lies inside the pod network {config.network}"
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local:
+        return f"node IP {ip} is not a unicast host address"
+    for reserved in RESERVED:
+        if ip in reserved:
+            return f"node IP {ip} lies in the reserved range {reserved}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -35,25 +118,25 @@ class NetworkConfig:
         try:
             network = ipaddress.ip_network(cidr, strict=True)
         except ValueError as exc:
-            raise ConfigError(f"cluster CIDR {cidr!r} is malformed: {exc}") from None
+            raise ConfigError(f"cluster CIDR {cidr!r} is malformed: {exc} (give a network "
+                              "address and prefix, e.g. 10.244.0.0/16)") from None
         if not isinstance(network, IPv4Network):
-            raise ConfigError(f"cluster CIDR {cidr} is not IPv4")
+            raise ConfigError(f"cluster CIDR {cidr} is not IPv4 (give an IPv4 network)")
         for reserved in RESERVED:
             if network.overlaps(reserved):
-                raise ConfigError(f"cluster CIDR {cidr} overlaps the reserved range {reserved}")
+                raise ConfigError(f"cluster CIDR {cidr} overlaps the reserved range {reserved} "
+                                  "(choose a private range such as 10.244.0.0/16)")
         if network.prefixlen > 28:
-            raise ConfigError(f"cluster CIDR {cidr} is too small for a pod network")
-        btype = backend.get("type")
-        if btype not in BACKENDS:
-            raise ConfigError(f"unknown backend {btype!r}; choose one of {', '.join(BACKENDS)}")
-        if not isinstance(backend.get("fastPath", True), bool):
-            raise ConfigError("backend option fastPath must be true or false")
+            raise ConfigError(f"cluster CIDR {cidr} is too small for a pod network (give /28 "
+                              "or larger)")
+        check_backend(backend)
+        btype = backend["type"]
         if subnet_len is None:
             # l2 leases ranges of one shared subnet; the others a routed subnet per node.
             subnet_len = min(network.prefixlen + 8, 28) if btype == "l2" else 24
         if not network.prefixlen < subnet_len <= 30:
-            raise ConfigError(f"subnet length /{subnet_len} cannot fit in {network}: it must be "
-                              f"longer than /{network.prefixlen} and at most /30")
+            raise ConfigError(f"subnet length /{subnet_len} cannot fit in {network} (it must be "
+                              f"longer than /{network.prefixlen} and at most /30)")
         return cls(network, subnet_len, dict(backend))
 
     @property
@@ -106,8 +189,8 @@ class Lease:
             attrs = obj.get("attrs", {})
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"lease payload is not valid (IPv4 expected): {exc}") from None
-        if not isinstance(node, str) or not node or len(node) > 253:
-            raise ConfigError("lease has no valid node name")
+        if (problem := node_name_problem(node)) is not None:
+            raise ConfigError(f"lease has no valid node name: {problem}")
         if not isinstance(attrs, dict):
             raise ConfigError("lease attrs must be an object")
         outer = config.network.prefixlen
@@ -117,10 +200,8 @@ class Lease:
                               f"{config.network}")
         subnet = IPv4Network((net, prefix))
         node_ip = ipaddress.IPv4Address(ip)
-        if node_ip in config.network and config.backend_type != "l2":
-            raise ConfigError(f"lease node IP {node_ip} lies inside the pod network")
-        if node_ip.is_unspecified or node_ip.is_multicast or node_ip.is_loopback:
-            raise ConfigError(f"lease node IP {node_ip} is not a unicast host address")
+        if (problem := node_ip_problem(node_ip, config)) is not None:
+            raise ConfigError(f"lease {problem}")
         return cls(subnet, node, node_ip, attrs)
 
 

@@ -2,20 +2,46 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlparse
 
 from podnet.datastore.base import Datastore
+from podnet.errors import UserError
+
+FIX = "give http(s)://HOST:PORT for etcd, or file:///ABSOLUTE/DIR for a single node"
+
+
+def check_url(url: str) -> None:
+    """Refuse a datastore URL that cannot name a store, before anything is opened."""
+    try:
+        parsed = urlparse(url)
+        port = parsed.port  # ValueError when out of range
+    except ValueError as exc:
+        raise UserError(f"datastore URL {url!r} is malformed: {exc}", FIX) from None
+    if parsed.scheme == "file":
+        # file://relative/x would put relative in the host part and write /x.
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            raise UserError(f"datastore URL {url!r} is not an absolute file:// URL", FIX)
+        return
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UserError(f"datastore URL {url!r} is not an etcd or file URL", FIX)
+    if port == 0 or parsed.path not in ("", "/"):
+        raise UserError(f"datastore URL {url!r} is not http(s)://HOST:PORT", FIX)
 
 
 def open_store(url: str, ca_cert: str | None = None, cert: str | None = None,
                key: str | None = None) -> Datastore:
-    scheme = urlparse(url).scheme
-    if scheme == "file":
+    check_url(url)
+    for flag, path in (("--etcd-ca", ca_cert), ("--etcd-cert", cert), ("--etcd-key", key)):
+        if path is not None and not os.path.isfile(path):
+            raise UserError(f"{flag} {path} is not a file", "give the path of the PEM file")
+    if (cert is None) != (key is None):
+        raise UserError("--etcd-cert and --etcd-key come together",
+                        "give both, or neither")
+    if urlparse(url).scheme == "file":
         from podnet.datastore.file import FileStore
 
         return FileStore(urlparse(url).path)
-    if scheme in ("http", "https"):
-        from podnet.datastore.etcd import EtcdStore
+    from podnet.datastore.etcd import EtcdStore
 
-        return EtcdStore(url, ca_cert=ca_cert, cert=cert, key=key)
-    raise ValueError(f"unsupported datastore URL {url!r} (http(s):// for etcd, file:// local)")
+    return EtcdStore(url, ca_cert=ca_cert, cert=cert, key=key)

@@ -77,3 +77,10 @@ def del_antispoof(port: str) -> None:
     for cmd in (f'delete element {t} ports {{ "{port}" }}', f"delete chain {t} {port}"):
         with contextlib.suppress(libnft.NftError):  # already gone: DEL is idempotent
             libnft.run(cmd + "\n")
+
+
+def remove_tables() -> None:
+    """Remove the plugin's tables (the node leaves the cluster)."""
+    for table in (f"inet {MASQ_TABLE}", f"bridge {SPOOF_TABLE}"):
+        with contextlib.suppress(libnft.NftError):  # never made, or gone already
+            libnft.run(f"delete table {table}\n")

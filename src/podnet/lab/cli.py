@@ -9,10 +9,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from podnet.cni.errors import CNIError
-from podnet.lab.lab import Lab, down, status
-from podnet.lab.topology import Topology
+from podnet.errors import UserError
+from podnet.lab.lab import Lab, names, status
+from podnet.lab.topology import MAX_NODES, MAX_PODS_PER_NODE, Topology, check_lab_name
+
+if TYPE_CHECKING:
+    from podnet.cli import Parser
 
 
 def _progress(start: float) -> Callable[[str], None]:
@@ -34,14 +39,34 @@ def _table(st: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def lab_name_arg(text: str) -> str:
+    """argparse type of every --name/--lab: the lab name rule."""
+    try:
+        return check_lab_name(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd(args: argparse.Namespace) -> int:
     say = _progress(time.monotonic())
     try:
         return _dispatch(args, say)
-    except (KeyError, ValueError, RuntimeError, CNIError) as exc:
-        print(f"podnet lab {args.lab_command}: {exc.args[0] if exc.args else exc}",
-              file=sys.stderr)
-        return 1
+    except CNIError as exc:
+        raise UserError(f"the CNI plugin failed: {exc.msg}", exc.details or
+                        "see the node's agent.log in the lab's directory") from None
+
+
+def _output_path(path: str) -> str:
+    """A diagram's output file, checked before anything is drawn."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".png", ".svg"):
+        raise UserError(f"cannot draw {path!r}", "name a .png or .svg file")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UserError(f"the directory {parent} does not exist", "create it or choose another")
+    if not os.access(parent, os.W_OK) or os.path.isdir(path):
+        raise UserError(f"cannot write {path}", "choose a file in a directory you can write")
+    return path
 
 
 def _dispatch(args: argparse.Namespace, say: Callable[[str], None]) -> int:
@@ -51,16 +76,15 @@ def _dispatch(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         topo.gateway_mode = args.gateway_mode
         topo.fast_path = args.fast_path == "on"
         lab = Lab(topo, say)
-        try:
-            lab.up()
-        except BaseException:
-            say("build failed: removing what was built")
-            down(args.name)
-            raise
+        lab.up()  # on failure it removes what it built, and nothing else
         print(_table(status(lab)))
         return 0
+    if args.lab_command == "list":
+        for name in names():
+            print(name)
+        return 0
     if args.lab_command == "down":
-        down(args.name, say)
+        Lab.load(args.name, say).teardown()
         return 0
     lab = Lab.load(args.name, say)
     if args.lab_command == "status":
@@ -80,48 +104,59 @@ def _dispatch(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     elif args.lab_command == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not argv:
-            raise ValueError("give a command after --")
+            raise UserError("no command to run", "give one after --, e.g. -- ip route")
         path = lab.target_netns(args.target)
         return subprocess.call(["nsenter", f"--net={path}", *argv])
     elif args.lab_command == "diagram":
         from podnet.lab.diagram import draw
 
-        print(draw(lab, args.output))
+        print(draw(lab, _output_path(args.output)))
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
+    from podnet.cli import Parser, in_range
+
     p = sub.add_parser("lab", help="a whole cluster on this machine, in namespaces")
-    lsub = p.add_subparsers(dest="lab_command", required=True)
+    lsub = p.add_subparsers(dest="lab_command", required=True, parser_class=Parser)
 
     def named(name: str, text: str) -> argparse.ArgumentParser:
         q = lsub.add_parser(name, help=text)
-        q.add_argument("--name", default=os.environ.get("PODNET_LAB", "lab"))
+        q.add_argument("--name", type=lab_name_arg, default=os.environ.get("PODNET_LAB", "lab"),
+                       help="the lab's name (default: $PODNET_LAB, else lab)")
         q.set_defaults(func=cmd)
         return q
 
     q = named("up", "build a lab")
-    q.add_argument("--nodes", type=int, default=3)
-    q.add_argument("--pods-per-node", type=int, default=2)
-    q.add_argument("--backend", default="vxlan", choices=["l2", "host-gw", "gateway", "vxlan"])
+    q.add_argument("--nodes", type=in_range(int, 1, MAX_NODES), default=3,
+                   help="how many nodes")
+    q.add_argument("--pods-per-node", type=in_range(int, 0, MAX_PODS_PER_NODE), default=2,
+                   help="pods wired on each node")
+    q.add_argument("--backend", default="vxlan", choices=["l2", "host-gw", "gateway", "vxlan"],
+                   help="the cluster's backend")
     q.add_argument("--underlay", default="switch", choices=["switch", "routed"],
-                   help="gateway always builds a routed underlay")
-    q.add_argument("--gateway-mode", default="bgp", choices=["bgp", "static"])
+                   help="the nodes on one switch, or each on its own subnet behind a router "
+                        "(gateway always builds a routed underlay)")
+    q.add_argument("--gateway-mode", default="bgp", choices=["bgp", "static"],
+                   help="gateway: BIRD on the router, or `agent --role router`")
     q.add_argument("--fast-path", default="on", choices=["on", "off"],
                    help="the eBPF fast path between pods of different nodes")
-    named("down", "remove a lab (also a half-built one)")
+    q = lsub.add_parser("list", help="the labs on this machine")
+    q.set_defaults(func=cmd)
+    named("down", "remove a lab (also a half-built one) as its state records it")
     q = named("status", "what the lab holds")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="machine-readable")
     q = named("add-node", "add a node (with pods)")
-    q.add_argument("--pods", type=int, default=0)
+    q.add_argument("--pods", type=in_range(int, 0, MAX_PODS_PER_NODE), default=0,
+                   help="pods to wire on it")
     q = named("remove-node", "remove a node and its pods")
-    q.add_argument("node")
+    q.add_argument("node", help="the node's name, e.g. node2")
     q = named("add-pod", "add a pod to a node")
-    q.add_argument("node")
+    q.add_argument("node", help="the node's name, e.g. node1")
     q = named("restart-agent", "restart a node's agent")
-    q.add_argument("node")
+    q.add_argument("node", help="the node's name, e.g. node1")
     q = named("exec", "run a command in a node's, pod's or cp/sw/rt namespace")
-    q.add_argument("target")
-    q.add_argument("argv", nargs=argparse.REMAINDER)
+    q.add_argument("target", help="a node, a pod, or cp, sw, rt")
+    q.add_argument("argv", nargs=argparse.REMAINDER, help="-- and the command")
     q = named("diagram", "draw the live topology")
     q.add_argument("-o", "--output", required=True, help="FILE.svg or FILE.png")

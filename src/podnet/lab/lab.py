@@ -1,6 +1,7 @@
 """Building, changing and removing a lab from its topology. State lives in
-/run/podnet/labs/<name>.json; everything built carries the lab's name, so `down` finds
-leftovers by name even after a crash or a half-built `up`."""
+/run/podnet/labs/<name>.json, claimed before anything is built; every namespace is recorded
+there before it is made, so `down` (and a failed `up`) removes exactly what the lab made, also
+after a crash, and never another lab's namespaces whose names merely look alike."""
 
 from __future__ import annotations
 
@@ -16,8 +17,16 @@ from collections.abc import Callable
 from typing import Any
 
 from podnet.cni.invoke import Runtime
+from podnet.errors import UserError
 from podnet.install import install_cni
-from podnet.lab.topology import ETCD_PORT, NodeSpec, PodSpec, Topology, netns_prefix
+from podnet.lab.topology import (
+    ETCD_PORT,
+    NAME_RE,
+    NodeSpec,
+    PodSpec,
+    Topology,
+    check_lab_name,
+)
 from podnet.netlink import links, netns
 
 LABS_DIR = "/run/podnet/labs"
@@ -30,7 +39,20 @@ def _quiet(_msg: str) -> None:
 
 
 def lab_dir(name: str) -> str:
-    return os.path.join(LABS_DIR, name)
+    return os.path.join(LABS_DIR, check_lab_name(name))
+
+
+def state_path(name: str) -> str:
+    return os.path.join(LABS_DIR, f"{check_lab_name(name)}.json")
+
+
+def names() -> list[str]:
+    """The labs this machine has state of."""
+    try:
+        found = [f[:-5] for f in os.listdir(LABS_DIR) if f.endswith(".json")]
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in found if NAME_RE.fullmatch(n))
 
 
 def ns_path(name: str) -> str:
@@ -58,12 +80,6 @@ def _veth(outer_ns: str, outer_name: str, inner_ns: str, inner_name: str, addres
         inner.close()
 
 
-def _new_ns(name: str) -> None:
-    """A namespace of the lab, its loopback up (etcd and echo servers use it)."""
-    netns.create(name)
-    _in_ns(name, lambda ipr: ipr.link("set", index=_index(ipr, "lo"), state="up"))
-
-
 def _in_ns(ns: str, fn: Callable[[Any], object]) -> None:
     ipr = netns.iproute_in(ns_path(ns))
     try:
@@ -75,7 +91,8 @@ def _in_ns(ns: str, fn: Callable[[Any], object]) -> None:
 def _index(ipr: Any, name: str) -> int:
     index = links.index_of(ipr, name)
     if index is None:
-        raise RuntimeError(f"interface {name} is missing")
+        raise UserError(f"interface {name} is missing", "the lab was changed by hand: down and "
+                        "up again")
     return index
 
 
@@ -96,9 +113,19 @@ def _alive(pid: int) -> bool:
         return os.path.exists(f"/proc/{pid}")
 
 
-def _kill(pid: int, timeout: float = 10.0) -> None:
+def _kill(pid: int, timeout: float = 10.0, ns: str | None = None) -> None:
+    """Stop a process (SIGTERM, then SIGKILL); with `ns`, only if it runs in that namespace of
+    ours: a recorded pid may since belong to someone else."""
     if pid <= 0:
         return
+    if ns is not None:
+        try:
+            if netns.ns_id(f"/proc/{pid}/ns/net") != netns.ns_id(ns_path(ns)):
+                return
+        except OSError:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # our exited child: reap it
+            return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -127,34 +154,85 @@ class Lab:
     # -- persistence -------------------------------------------------------------------------
     @classmethod
     def load(cls, name: str, progress: Progress = _quiet) -> Lab:
+        path = state_path(name)
         try:
-            with open(os.path.join(LABS_DIR, f"{name}.json")) as fh:
-                return cls(Topology.from_dict(json.load(fh)), progress)
+            with open(path) as fh:
+                topo = Topology.from_dict(json.load(fh))
         except FileNotFoundError:
-            raise KeyError(f"no lab named {name!r} is up") from None
+            raise UserError(f"no lab named {name!r} is up",
+                            f"labs: {', '.join(names()) or 'none'}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"the state of lab {name!r} ({path}) is unreadable: {exc}",
+                            "remove the lab's namespaces (ip netns) and that file by hand"
+                            ) from None
+        if topo.name != name:
+            raise UserError(f"the state file {path} is of lab {topo.name!r}",
+                            "remove that file by hand")
+        return cls(topo, progress)
 
     def save(self) -> None:
-        os.makedirs(LABS_DIR, exist_ok=True)
-        path = os.path.join(LABS_DIR, f"{self.topo.name}.json")
+        path = state_path(self.topo.name)
         with open(path + ".tmp", "w") as fh:
             json.dump(self.topo.to_dict(), fh, indent=1)
         os.replace(path + ".tmp", path)
 
     @property
     def prefix(self) -> str:
-        return netns_prefix(self.topo.name)
+        return self.topo.netns_prefix
 
     def _podnet(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "podnet", *args]
 
+    def _new_ns(self, name: str) -> None:
+        """A namespace of the lab, recorded first (a crash leaves nothing unrecorded), its
+        loopback up (etcd and echo servers use it)."""
+        self.topo.netns_made.append(name)
+        self.save()
+        try:
+            netns.create(name)
+        except FileExistsError:
+            # Someone else's: never ours to remove.
+            self.topo.netns_made.remove(name)
+            self.save()
+            raise UserError(f"network namespace {name} exists already, not made by this lab",
+                            "remove it, or choose another lab name") from None
+        _in_ns(name, lambda ipr: ipr.link("set", index=_index(ipr, "lo"), state="up"))
+
+    def _forget_ns(self, name: str) -> None:
+        netns.remove(name)
+        if name in self.topo.netns_made:
+            self.topo.netns_made.remove(name)
+
     # -- up -----------------------------------------------------------------------------------
     def up(self) -> None:
+        """Build the lab; on any failure remove what this call built, and only that."""
         t = self.topo
-        if os.path.exists(os.path.join(LABS_DIR, f"{t.name}.json")) or netns.listed(self.prefix):
-            raise RuntimeError(f"lab {t.name!r} exists already; `podnet lab down --name "
-                               f"{t.name}` first")
-        os.makedirs(self.dir, exist_ok=True)
-        self.save()
+        exists = UserError(f"lab {t.name!r} exists already",
+                           f"`podnet lab down --name {t.name}` first")
+        if os.path.exists(state_path(t.name)):
+            raise exists
+        taken = [ns for ns in t.namespaces() if os.path.exists(ns_path(ns))]
+        if taken:
+            raise UserError(f"network namespaces of lab {t.name!r} exist already: "
+                            f"{', '.join(taken)}", f"`podnet lab down --name {t.name}` first")
+        os.makedirs(LABS_DIR, exist_ok=True)
+        try:
+            # The claim: exclusive creation, so two `up`s of one name cannot both go on.
+            fd = os.open(state_path(t.name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise exists from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(t.to_dict(), fh, indent=1)
+        try:
+            os.makedirs(self.dir, exist_ok=False)
+            self._build()
+        except BaseException:
+            self.progress("build failed: removing what was built")
+            self.teardown()
+            raise
+
+    def _build(self) -> None:
+        t = self.topo
         install_cni(os.path.join(self.dir, "bin"))
         self._underlay()
         self._etcd()
@@ -181,7 +259,8 @@ class Lab:
         proc = subprocess.run(["nsenter", f"--net={ns_path(ns)}", *argv], capture_output=True,
                               text=True, check=False, timeout=60)
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv[2:5])} failed: {proc.stderr.strip()}")
+            raise UserError(f"{' '.join(argv[2:5])} failed in {ns}: {proc.stderr.strip()}",
+                            "the message says why")
         return proc.stdout
 
     def _underlay(self) -> None:
@@ -190,8 +269,8 @@ class Lab:
         if t.underlay == "switch":
             sw = self.prefix + "sw"
             self.progress("underlay: switch")
-            _new_ns(sw)
-            _new_ns(cp)
+            self._new_ns(sw)
+            self._new_ns(cp)
 
             def make_bridge(ipr: Any) -> None:
                 ipr.link("add", ifname="br0", kind="bridge")
@@ -203,8 +282,8 @@ class Lab:
         else:
             rt = self.prefix + "rt"
             self.progress("underlay: router")
-            _new_ns(rt)
-            _new_ns(cp)
+            self._new_ns(rt)
+            self._new_ns(cp)
             _veth(cp, "eth0", rt, "cp", "192.168.99.1/24")
             _in_ns(cp, lambda ipr: links.add_address(ipr, _index(ipr, "eth0"),
                                                      f"{t.etcd_ip}/24"))
@@ -287,7 +366,7 @@ class Lab:
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
-                raise RuntimeError(what)
+                raise UserError(what, f"the logs in {self.dir} say why")
             time.sleep(0.1)
 
     def node_dir(self, node: NodeSpec) -> str:
@@ -297,7 +376,7 @@ class Lab:
         t = self.topo
         ns = node.netns(t.name)
         self.progress(f"node {node.name}: {t.node_ip(node)}")
-        _new_ns(ns)
+        self._new_ns(ns)
         prefix = t.node_net(node).prefixlen
         if t.underlay == "switch":
             _veth(self.prefix + "sw", node.name, ns, "eth0", f"{t.node_ip(node)}/{prefix}")
@@ -327,11 +406,11 @@ class Lab:
     def _wait_agent(self, node: NodeSpec) -> None:
         d = self.node_dir(node)
         conf = os.path.join(d, "net.d", "10-podnet.conflist")
-        what = f"the agent of {node.name} did not come up (see {d}/agent.log)"
+        what = f"the agent of {node.name} did not come up"
 
         def up() -> bool:
             if not _alive(node.agent_pid):
-                raise RuntimeError(what)
+                raise UserError(what, f"{d}/agent.log says why")
             return os.path.exists(conf) and os.path.exists(os.path.join(d, "cni.sock"))
 
         self._wait(up, 60, what)
@@ -348,7 +427,7 @@ class Lab:
     def _pod(self, pod: PodSpec) -> None:
         node = self.topo.node(pod.node)
         ns = pod.netns(self.topo.name)
-        _new_ns(ns)
+        self._new_ns(ns)
         result = self.runtime(node).add_list(self.conflist(node), pod.name, ns_path(ns))
         pod.ip = result["ips"][0]["address"].split("/")[0]
         self.progress(f"pod {pod.name}: {pod.ip}")
@@ -378,22 +457,22 @@ class Lab:
         with contextlib.suppress(Exception):
             self.runtime(node).del_list(self.conflist(node), pod.name, ns_path(
                 pod.netns(self.topo.name)))
-        netns.remove(pod.netns(self.topo.name))
+        self._forget_ns(pod.netns(self.topo.name))
         self.topo.pods.remove(pod)
 
     def remove_node(self, name: str) -> None:
         node = self.topo.node(name)
         for pod in [p for p in self.topo.pods if p.node == name]:
             self.remove_pod(pod)
-        _kill(node.agent_pid)
+        _kill(node.agent_pid, ns=node.netns(self.topo.name))
         d = self.node_dir(node)
         # A graceful leave: the lease is freed, so every peer forgets the node at once.
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(UserError):
             self._run_in(node.netns(self.topo.name), self._podnet(
                 "agent", "--leave", "--etcd", self.topo.etcd_url, "--node-name", name,
                 "--cni-conf-dir", os.path.join(d, "net.d"), "--state-dir",
                 os.path.join(d, "state")))
-        netns.remove(node.netns(self.topo.name))
+        self._forget_ns(node.netns(self.topo.name))
         if self.topo.underlay == "switch":
             _in_ns(self.prefix + "sw", lambda ipr: links.delete_link(ipr, name))
         self.topo.nodes.remove(node)
@@ -402,7 +481,7 @@ class Lab:
 
     def restart_agent(self, name: str) -> None:
         node = self.topo.node(name)
-        _kill(node.agent_pid)
+        _kill(node.agent_pid, ns=node.netns(self.topo.name))
         sock = os.path.join(self.node_dir(node), "cni.sock")
         with contextlib.suppress(FileNotFoundError):
             os.remove(sock)
@@ -410,7 +489,7 @@ class Lab:
         self._wait_agent(node)
 
     def stop_etcd(self) -> None:
-        _kill(self.topo.etcd_pid)
+        _kill(self.topo.etcd_pid, ns=self.prefix + "cp")
         self.topo.etcd_pid = 0
         self.save()
 
@@ -422,28 +501,37 @@ class Lab:
         names = {n.name: n.netns(self.topo.name) for n in self.topo.nodes}
         names.update({p.name: p.netns(self.topo.name) for p in self.topo.pods})
         names.update({k: self.prefix + k for k in ("cp", "sw", "rt")})
-        if target not in names or not os.path.exists(ns_path(names[target])):
-            raise KeyError(f"no {target!r} in lab {self.topo.name}; try one of "
-                           f"{', '.join(sorted(names))}")
+        if target not in names or names[target] not in self.topo.netns_made:
+            raise UserError(f"no {target!r} in lab {self.topo.name}",
+                            f"try one of {', '.join(sorted(names))}")
         return ns_path(names[target])
+
+    def missing(self) -> list[str]:
+        """Namespaces the lab should have but does not (removed behind its back)."""
+        return [ns for ns in self.topo.namespaces() if not os.path.exists(ns_path(ns))]
+
+    def teardown(self) -> list[str]:
+        """Remove what the lab's record holds: its namespaces (and the processes in them),
+        its directory and its state. Returns the namespaces removed."""
+        made = [ns for ns in self.topo.netns_made if os.path.exists(ns_path(ns))]
+        for ns in made:
+            for pid in netns.pids_in(ns_path(ns)):
+                _kill(pid, timeout=5)
+        for ns in reversed(made):
+            netns.remove(ns)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(state_path(self.topo.name))
+        self.progress(f"removed {len(made)} namespaces of lab {self.topo.name}")
+        return made
 
 
 def down(name: str, progress: Progress = _quiet) -> list[str]:
-    """Remove everything of the lab, found by name; idempotent. Returns what was removed."""
-    prefix = netns_prefix(name)
-    removed = []
-    for ns in netns.listed(prefix):
-        path = ns_path(ns)
-        for pid in netns.pids_in(path):
-            _kill(pid, timeout=5)
-    for ns in reversed(netns.listed(prefix)):
-        netns.remove(ns)
-        removed.append(ns)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(LABS_DIR, f"{name}.json"))
-    shutil.rmtree(lab_dir(name), ignore_errors=True)
-    progress(f"removed {len(removed)} namespaces of lab {name}")
-    return removed
+    """Remove the lab `name` as its recorded state describes it; a lab with no state is gone
+    already ([]). Returns the namespaces removed."""
+    if not os.path.exists(state_path(name)):
+        return []
+    return Lab.load(name, progress).teardown()
 
 
 def status(lab: Lab) -> dict[str, Any]:

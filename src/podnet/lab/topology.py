@@ -7,11 +7,24 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,15}$")
+from podnet.errors import UserError
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,15}")
 CLUSTER_CIDR = "10.244.0.0/16"
 CONTROL_NET = ipaddress.IPv4Network("192.168.99.0/24")  # routed underlay: etcd's subnet
 SWITCH_NET = ipaddress.IPv4Network("192.168.100.0/24")
 ETCD_PORT = 2379
+MAX_NODES = 50
+MAX_PODS_PER_NODE = 50
+
+
+def check_lab_name(name: str) -> str:
+    """The one rule for a lab's name, whichever command it comes to; the name."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        shown = name[:40] if isinstance(name, str) else name
+        raise UserError(f"lab name {shown!r} is not valid",
+                        "use 1-16 of a-z, 0-9 and '-', starting with a letter or digit")
+    return name
 
 
 def netns_prefix(lab: str) -> str:
@@ -53,20 +66,25 @@ class Topology:
     reconcile_interval: float = 2.0
     gateway_mode: str = "bgp"  # the gateway backend: BIRD on the router, or `agent --role router`
     fast_path: bool = True  # the eBPF fast path (backend option `fastPath`)
+    # Every namespace this lab made, recorded before it is made: what `down` removes.
+    netns_made: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not NAME_RE.match(self.name):
-            raise ValueError(f"lab name {self.name!r}: 1-16 of a-z, 0-9 and '-'")
+        check_lab_name(self.name)
         if self.underlay not in ("switch", "routed"):
-            raise ValueError(f"underlay {self.underlay!r} is 'switch' or 'routed'")
+            raise UserError(f"underlay {self.underlay!r} is not known", "use switch or routed")
         if self.backend == "gateway" and self.underlay != "routed":
-            raise ValueError("the gateway backend needs a router: use --underlay routed")
+            raise UserError("the gateway backend needs a router", "use --underlay routed")
 
     @classmethod
     def make(cls, name: str, backend: str, nodes: int, pods_per_node: int,
              underlay: str = "switch") -> Topology:
-        if not 0 <= nodes <= 50:
-            raise ValueError("a lab has up to 50 nodes")
+        if not 0 <= nodes <= MAX_NODES:
+            raise UserError(f"{nodes} nodes are too many or too few",
+                            f"a lab has up to {MAX_NODES} nodes")
+        if not 0 <= pods_per_node <= MAX_PODS_PER_NODE:
+            raise UserError(f"{pods_per_node} pods per node is out of range",
+                            f"give 0 to {MAX_PODS_PER_NODE}")
         topo = cls(name=name, backend=backend, underlay=underlay)
         for _ in range(nodes):
             node = topo.new_node()
@@ -82,7 +100,8 @@ class Topology:
 
     def new_pod(self, node: str) -> PodSpec:
         if not any(n.name == node for n in self.nodes):
-            raise ValueError(f"no node {node!r} in lab {self.name}")
+            raise UserError(f"no node {node!r} in lab {self.name}",
+                        f"nodes: {', '.join(n.name for n in self.nodes) or 'none'}")
         taken = {p.name for p in self.pods}
         j = 1
         while f"{node}-p{j}" in taken:
@@ -95,7 +114,8 @@ class Topology:
         for node in self.nodes:
             if node.name == name:
                 return node
-        raise KeyError(f"no node {name!r} in lab {self.name}")
+        raise UserError(f"no node {name!r} in lab {self.name}",
+                        f"nodes: {', '.join(n.name for n in self.nodes) or 'none'}")
 
     # -- addresses -----------------------------------------------------------------------------
     @property
@@ -122,6 +142,10 @@ class Topology:
         return None if self.underlay == "switch" else str(self.node_net(node).network_address
                                                           + 1)
 
+    @property
+    def netns_prefix(self) -> str:
+        return netns_prefix(self.name)
+
     def namespaces(self) -> list[str]:
         p = netns_prefix(self.name)
         core = [p + "sw"] if self.underlay == "switch" else [p + "rt"]
@@ -138,7 +162,8 @@ class Topology:
                    router_pid=obj.get("router_pid", 0),
                    reconcile_interval=obj.get("reconcile_interval", 2.0),
                    gateway_mode=obj.get("gateway_mode", "bgp"),
-                   fast_path=obj.get("fast_path", True))
+                   fast_path=obj.get("fast_path", True),
+                   netns_made=list(obj.get("netns_made", [])))
         topo.nodes = [NodeSpec(**n) for n in obj["nodes"]]
         topo.pods = [PodSpec(**p) for p in obj["pods"]]
         return topo
