@@ -52,7 +52,8 @@ def test_network_change_refused_under_live_leases(make_lab: MakeLab) -> None:
                            "podnet", "cluster", "init", "--etcd", lab.topo.etcd_url, "--cidr",
                            "10.99.0.0/16", "--backend", "vxlan"], capture_output=True,
                           text=True, check=False)
-    assert proc.returncode == 2 and "would orphan" in proc.stderr
+    assert proc.returncode == 1 and "would orphan them (--force to replace it anyway)" in \
+        proc.stderr
 
 
 def test_single_node_on_the_file_datastore(make_ns: Callable[[str], str],

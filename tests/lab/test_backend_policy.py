@@ -95,6 +95,7 @@ def test_backend_change_removes_the_old_one(make_lab: MakeLab) -> None:
 def test_gre_is_refused_with_the_reason(make_lab: MakeLab, tmp_path: object) -> None:
     lab = make_lab("vxlan", nodes=1, pods=0)
     _reinit(lab, "gre")
+    lab.stop_agent("node1")  # one agent per host: this one tries the gre backend
     proc = subprocess.run(
         ["nsenter", f"--net={lab.target_netns('node1')}", sys.executable, "-m", "podnet",
          "agent", "--etcd", lab.topo.etcd_url, "--node-name", "gre1", "--iface", "eth0",

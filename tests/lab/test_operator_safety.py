@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,8 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
+from podnet.agent.options import AgentOptions
 from podnet.cni.invoke import Runtime
+from podnet.errors import UserError
 from podnet.install import install_cni
 from podnet.lab.lab import Lab, down, ns_path, status
 from podnet.lab.topology import Topology
@@ -58,16 +63,18 @@ class Solo:
                                  *self.agent_args(name, *extra)], stdout=log, stderr=log,
                                 text=True)
 
-    def wait_ready(self, proc: subprocess.Popen[str], name: str = "solo") -> None:
+    def wait_ready(self, proc: subprocess.Popen[str], name: str = "solo",
+                   log: str | None = None) -> None:
         d = self.tmp / name
         deadline = time.monotonic() + 30
         while not ((d / "net.d" / "10-podnet.conflist").exists() and (d / "cni.sock").exists()):
-            assert proc.poll() is None, self.log(name)
-            assert time.monotonic() < deadline, self.log(name)
+            assert proc.poll() is None, self.log(log or name)
+            assert time.monotonic() < deadline, self.log(log or name)
             time.sleep(0.05)
 
     def log(self, name: str = "solo") -> str:
-        return (self.tmp / f"{name}.log").read_text()
+        path = self.tmp / f"{name}.log"
+        return path.read_text() if path.exists() else ""
 
     def leases(self) -> dict[str, str]:
         path = self.tmp / "store" / "leases.json"
@@ -247,6 +254,55 @@ def test_config_change_is_never_run_on_silently(solo: Solo) -> None:
     assert init.returncode == 0, init.stderr
     assert agent.wait(timeout=20) == 3
     assert "network config changed (backend host-gw -> vxlan): exiting (status 3)" in solo.log()
+
+
+@settings(max_examples=10, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(node=st.one_of(st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True),
+                      st.sampled_from(["A", "a/b", "../x", "-n", "n" * 254, "n" * 253])),
+       ttl=st.sampled_from([-1, 0, 4, 5, 60, 86401, 10**12]),
+       interval=st.sampled_from(["-1", "0", "nan", "inf", "0.05", "0.5", "10", "1e9"]),
+       metrics=st.sampled_from(["127.0.0.1:0", "127.0.0.1:9155", "banana", "127.0.0.1:65536",
+                                "[::1]:9156", ":9157", "1.2.3.4.5:80"]))
+@example(node="node-a", ttl=60, interval="0.5", metrics="127.0.0.1:9155")
+@example(node="n" * 253, ttl=5, interval="10", metrics="[::1]:9156")
+def test_random_agent_options_work_or_change_nothing(solo: Solo, node: str, ttl: int,
+                                                     interval: str, metrics: str) -> None:
+    # Paths of their own per example; the options under test vary.
+    d = Path(tempfile.mkdtemp(prefix="ex", dir=solo.tmp))
+    opts = AgentOptions(node_name=node, ttl=ttl, metrics_addr=metrics,
+                        reconcile_interval=float(interval), node_ip="192.168.60.1",
+                        cni_conf_dir=f"{d}/net.d", cni_socket=f"{d}/cni.sock",
+                        state_dir=f"{d}/state", ipam_data_dir=f"{d}/ipam")
+    argv = ["agent", "--etcd", solo.store, "--node-name", node, "--node-ip", "192.168.60.1",
+            "--cni-conf-dir", opts.cni_conf_dir, "--cni-socket", opts.cni_socket,
+            "--state-dir", opts.state_dir, "--ipam-data-dir", f"{d}/ipam", "--ttl", str(ttl),
+            "--reconcile-interval", interval, "--metrics", metrics]
+    try:
+        opts.check()
+        accepted = True
+    except UserError:
+        accepted = False
+    def state() -> tuple[object, ...]:
+        files = sorted(str(p) for p in solo.tmp.rglob("*") if p.suffix != ".log")
+        return solo.leases(), sorted(links_in(solo.ns)), solo.nft_tables(), files
+
+    before = state()
+    with open(solo.tmp / "example.log", "w") as log:
+        proc = subprocess.Popen(["nsenter", f"--net={solo.ns}", *PODNET, *argv], stdout=log,
+                                stderr=log, text=True)
+        if not accepted:
+            proc.wait(timeout=30)
+            err = (solo.tmp / "example.log").read_text()
+            assert proc.returncode in (1, 2) and FORM.search(err), err
+            assert "Traceback" not in err and state() == before
+            return
+        try:
+            solo.wait_ready(proc, d.name, log="example")
+            assert any(json.loads(v)["node"] == node for v in solo.leases().values())
+        finally:
+            stop(proc)
+    assert proc.returncode == 0
 
 
 def _cli(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -5,6 +5,7 @@ is root-only; a lock held for the agent's life stops a second agent with the sam
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
@@ -34,12 +35,21 @@ class NodeState:
         return Held(lease, self.lease_id, 0)
 
 
+def file_stem(node: str) -> str:
+    """The node's name as a file name: a Kubernetes node name may have 253 characters and a
+    file name 255 bytes, so a long one keeps its head and gains a digest of the whole."""
+    if len(node) <= 200:
+        return node
+    return f"{node[:183]}-{hashlib.sha256(node.encode()).hexdigest()[:16]}"
+
+
 class StateFile:
     def __init__(self, state_dir: str, node: str) -> None:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        self.path = os.path.join(state_dir, f"{node}.json")
+        stem = file_stem(node)
+        self.path = os.path.join(state_dir, f"{stem}.json")
         self._lock_fd = -1
-        self._lock_path = os.path.join(state_dir, f"{node}.lock")
+        self._lock_path = os.path.join(state_dir, f"{stem}.lock")
 
     def lock(self) -> None:
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)

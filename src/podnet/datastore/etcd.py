@@ -229,8 +229,8 @@ class EtcdStore:
         if self._stream is not None:
             # Wake a watch blocked in its read first: closing the stream alone waits for the
             # reader's buffer lock, i.e. until etcd sends something or the stream idles out.
-            conn = self._stream.raw.connection
-            if conn is not None and conn.sock is not None:
+            conn = getattr(self._stream.raw, "connection", None)
+            if conn is not None and getattr(conn, "sock", None) is not None:
                 with contextlib.suppress(OSError):
                     conn.sock.shutdown(socket.SHUT_RDWR)
             self._stream.close()

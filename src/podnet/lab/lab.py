@@ -479,9 +479,14 @@ class Lab:
         shutil.rmtree(d, ignore_errors=True)
         self.save()
 
-    def restart_agent(self, name: str) -> None:
+    def stop_agent(self, name: str) -> NodeSpec:
+        """Stop a node's agent (SIGTERM); the node keeps its data plane."""
         node = self.topo.node(name)
         _kill(node.agent_pid, ns=node.netns(self.topo.name))
+        return node
+
+    def restart_agent(self, name: str) -> None:
+        node = self.stop_agent(name)
         sock = os.path.join(self.node_dir(node), "cni.sock")
         with contextlib.suppress(FileNotFoundError):
             os.remove(sock)
