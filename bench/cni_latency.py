@@ -3,12 +3,16 @@ and in-process) against the reference bridge + host-local, side by side in one r
 with the interpreter's bare start as the floor. Writes bench/out/cni_latency.json and prints a
 Markdown table.
 
-    .venv/bin/python bench/cni_latency.py [--pods 100]
+    .venv/bin/python bench/cni_latency.py [--pods 100] [--baseline REV]
+
+--baseline REV adds that revision's plugins and cni-server, on the same node, interleaved with
+the others: a change's cost measured side by side rather than against an older run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
@@ -16,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from common import bridge_conf, median, node_with_server, pct
+from common import bridge_conf, median, node_with_server, pct, release
 
 from podnet.cni.invoke import Runtime
 from podnet.fastpath.node import FastPath
@@ -56,31 +60,39 @@ def timed_exec(rt: Runtime, *args: object) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pods", type=int, default=100)
+    parser.add_argument("--baseline", help="a git revision to measure beside this tree")
     args = parser.parse_args()
-    with node_with_server(args.pods) as node:
+    with node_with_server(args.pods) as node, contextlib.ExitStack() as stack:
         rt, ipam_dir = node.runtime, os.path.join(node.work, "ipam")
         variants = {
-            "reference bridge + host-local": ("bridge", bridge_conf(
+            "reference bridge + host-local": (rt, "bridge", bridge_conf(
                 "bridge", "refbr0", "10.201.0.0/16", "host-local", ipam_dir)),
-            "podnet via cni-server": ("podnet", bridge_conf(
+            "podnet via cni-server": (rt, "podnet", bridge_conf(
                 "podnet", "pnbr0", "10.202.0.0/16", "podnet-ipam", ipam_dir,
                 socket=node.socket)),
-            "podnet in-process": ("podnet", bridge_conf(
+            "podnet in-process": (rt, "podnet", bridge_conf(
                 "podnet", "pnbr1", "10.203.0.0/16", "podnet-ipam", ipam_dir)),
-            "podnet via cni-server, fast path": ("podnet", bridge_conf(
+            "podnet via cni-server, fast path": (rt, "podnet", bridge_conf(
                 "podnet", "pnbr2", "10.204.0.0/16", "podnet-ipam", ipam_dir,
                 socket=node.socket, fastPathUplink=attach_fast_path(
                     node.runtime.node_netns, "pnbr2", "10.204.0.0/16"))),
         }
+        if args.baseline:
+            assert rt.node_netns is not None
+            bin_dir, sock = stack.enter_context(release(args.baseline, rt.node_netns,
+                                                        node.work))
+            old = Runtime(path=[bin_dir, "/usr/lib/cni"], node_netns=rt.node_netns)
+            variants[f"podnet via cni-server at {args.baseline}"] = (old, "podnet", bridge_conf(
+                "podnet", "pnbr3", "10.205.0.0/16", "podnet-ipam", ipam_dir, socket=sock))
         floor = [timed_run([sys.executable, "-I", "-S", "-c", "pass"]) for _ in range(50)]
         results: dict[str, dict[str, list[float]]] = {v: {"ADD": [], "DEL": []}
                                                        for v in variants}
         # Interleaved, so that any drift of the machine touches every variant alike.
         for command in ("ADD", "DEL"):
             for i, path in enumerate(node.pods):
-                for k, (name, (kind, c)) in enumerate(variants.items()):
+                for k, (name, (runtime, kind, c)) in enumerate(variants.items()):
                     results[name][command].append(
-                        timed_exec(rt, kind, command, c, f"c{i}", path, f"e{k}"))
+                        timed_exec(runtime, kind, command, c, f"c{i}", path, f"e{k}"))
     ref = median(results["reference bridge + host-local"]["ADD"])
     rows = []
     print(f"floor: python -I -S -c pass p50 {median(floor):.1f} ms\n")

@@ -28,6 +28,37 @@ class Node:
     pods: list[str]
 
 
+def start_server(node: str, sock: str, env: dict[str, str] | None = None
+                 ) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(["nsenter", f"--net={node}", sys.executable, "-m", "podnet",
+                               "cni-server", "--socket", sock], env=env)
+    while not os.path.exists(sock):
+        if server.poll() is not None:
+            raise SystemExit(f"the cni-server for {sock} did not start")
+        time.sleep(0.05)
+    return server
+
+
+@contextlib.contextmanager
+def release(rev: str, node: str, work: str) -> Iterator[tuple[str, str]]:
+    """Another revision's plugins and cni-server on the same node, for a side-by-side run:
+    (its bin dir, its socket)."""
+    src = os.path.join(work, f"rev-{rev}")
+    os.makedirs(src)
+    archive = subprocess.run(["git", "archive", rev, "src"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", src], input=archive.stdout, check=True)
+    env = {**os.environ, "PYTHONPATH": os.path.join(src, "src")}
+    bin_dir, sock = os.path.join(src, "bin"), os.path.join(src, "cni.sock")
+    subprocess.run([sys.executable, "-c", "import sys; from podnet.install import install_cni; "
+                    "install_cni(sys.argv[1])", bin_dir], env=env, check=True)
+    server = start_server(node, sock, env)
+    try:
+        yield bin_dir, sock
+    finally:
+        server.terminate()
+        server.wait()
+
+
 @contextlib.contextmanager
 def node_with_server(pods: int) -> Iterator[Node]:
     tag = uuid.uuid4().hex[:4]
@@ -39,10 +70,7 @@ def node_with_server(pods: int) -> Iterator[Node]:
         bin_dir = os.path.join(work, "bin")
         install_cni(bin_dir)
         sock = os.path.join(work, "cni.sock")
-        server = subprocess.Popen(["nsenter", f"--net={node}", sys.executable, "-m", "podnet",
-                                   "cni-server", "--socket", sock])
-        while not os.path.exists(sock):
-            time.sleep(0.05)
+        server = start_server(node, sock)
         yield Node(Runtime(path=[bin_dir, "/usr/lib/cni"], node_netns=node), sock, work, paths)
     finally:
         if server:
