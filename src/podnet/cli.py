@@ -11,9 +11,12 @@ import json
 import logging
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from podnet.errors import UserError
+
+if TYPE_CHECKING:
+    from podnet.agent.options import AgentOptions
 
 EXIT_USAGE = 2
 
@@ -71,7 +74,8 @@ def _cmd_cni_server(args: argparse.Namespace) -> int:
 def _cmd_install_cni(args: argparse.Namespace) -> int:
     from podnet.install import install_cni
 
-    for path in install_cni(args.bin_dir, args.conf_dir):
+    for path in install_cni(args.bin_dir, args.conf_dir, args.subnet, args.python,
+                            args.socket):
         print(path)
     return 0
 
@@ -151,9 +155,8 @@ def _cmd_cluster_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_agent(args: argparse.Namespace) -> int:
-    from podnet.agent.agent import Agent, leave
-    from podnet.agent.logs import setup as setup_logs
+def agent_options(args: argparse.Namespace) -> AgentOptions:
+    """`podnet agent`'s options from its command line, checked."""
     from podnet.agent.options import AgentOptions
 
     opts = AgentOptions(node_name=args.node_name, iface=args.iface, node_ip=args.node_ip,
@@ -162,6 +165,14 @@ def _cmd_agent(args: argparse.Namespace) -> int:
                         ttl=args.ttl, reconcile_interval=args.reconcile_interval,
                         metrics_addr=args.metrics, role=args.role)
     opts.check()
+    return opts
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from podnet.agent.agent import Agent, leave
+    from podnet.agent.logs import setup as setup_logs
+
+    opts = agent_options(args)
     store = _store(args)
     if args.leave:
         for warning in leave(opts, store):
@@ -181,7 +192,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 
 def build_parser() -> Parser:
     from podnet.agent.options import INTERVAL_RANGE, TTL_RANGE
-    from podnet.install import DEFAULT_SOCKET
+    from podnet.install import DEFAULT_PYTHON, DEFAULT_SOCKET
 
     parser = Parser(prog="podnet", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true",
@@ -195,7 +206,13 @@ def build_parser() -> Parser:
     p = sub.add_parser("install-cni", help="install the plugin executables (and a conflist)")
     p.add_argument("--bin-dir", required=True,
                    help="where the runtime finds CNI plugins (CNI_PATH), e.g. /opt/cni/bin")
-    p.add_argument("--conf-dir", help="also write an example conflist here")
+    p.add_argument("--python", default=DEFAULT_PYTHON,
+                   help="the host's python3 (3.6 or later) that runs the plugins")
+    p.add_argument("--conf-dir", help="also write a conflist here (needs --subnet); the agent "
+                                      "writes the real one")
+    p.add_argument("--subnet", help="the node's pod subnet, for --conf-dir's conflist")
+    p.add_argument("--socket", default=DEFAULT_SOCKET,
+                   help="the agent's CNI socket, for --conf-dir's conflist")
     p.set_defaults(func=_cmd_install_cni)
     p = sub.add_parser("cluster", help="the cluster's network config in the datastore")
     csub = p.add_subparsers(dest="cluster_command", required=True, parser_class=Parser)

@@ -1,29 +1,35 @@
-"""`podnet install-cni`: plugin executables a runtime can exec with a clean environment."""
+"""`podnet install-cni`: the plugin executables, independent of where podnet is installed.
+
+Each executable is the shim itself (podnet/cni/shim.py, standard library only) run by the
+host's python3: a node needs no copy of podnet to relay pods to its agent, which is how a
+DaemonSet's init container installs it on hosts that have only python3.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-from typing import Any
+import subprocess
 
 from podnet.errors import UserError
 from podnet.fsutil import write_atomic
 
 PLUGINS = ("podnet", "podnet-ipam")
 DEFAULT_SOCKET = "/run/podnet/cni.sock"
+DEFAULT_PYTHON = "/usr/bin/python3"
 
-_SCRIPT = """#!{python} -IS
-# podnet CNI plugin {plugin!r}, written by `podnet install-cni`.
+_HEADER = """#!{python} -IS
+# podnet CNI plugin {plugin!r}, written by `podnet install-cni` from podnet {version}.
 # -IS: no site, no environment; start-up is part of every pod's start.
-import sys
-sys.path[:0] = {paths!r}
-from podnet.cni.shim import main
-main({plugin!r})
+"""
+_TRAILER = """
+
+if __name__ == "__main__":
+    # Where podnet was importable at install time: the in-process fallback looks there.
+    main({plugin!r}, {fallback!r})
 """
 
 
-def _import_paths() -> list[str]:
+def _import_paths() -> tuple[str, ...]:
     """Where podnet and its netlink library live (site is not imported under -S)."""
     import pyroute2
 
@@ -31,21 +37,28 @@ def _import_paths() -> list[str]:
 
     paths = [os.path.dirname(os.path.dirname(os.path.abspath(p)))
              for p in (podnet.__file__, pyroute2.__file__)]
-    return list(dict.fromkeys(paths))
+    return tuple(dict.fromkeys(paths))
 
 
-def example_conflist(name: str = "podnet", subnet: str = "10.244.0.0/24",
-                     socket: str = DEFAULT_SOCKET, mtu: int | None = None) -> dict[str, Any]:
-    main: dict[str, Any] = {
-        "type": "podnet", "bridge": "kube-bridge", "isDefaultGateway": True,
-        "socket": socket,
-        "ipam": {"type": "podnet-ipam", "ranges": [[{"subnet": subnet}]]},
-    }
-    if mtu:
-        main["mtu"] = mtu
-    # 1.0.0: the newest version Debian's portmap (chained after podnet) speaks.
-    return {"cniVersion": "1.0.0", "name": name, "plugins": [
-        main, {"type": "portmap", "capabilities": {"portMappings": True}}]}
+def check_python(python: str) -> None:
+    """The host's interpreter runs the shim: it must exist and be new enough."""
+    from podnet.cni import shim
+
+    oldest = ".".join(map(str, shim.OLDEST_PYTHON))
+    fix = f"install python3 ({oldest} or later) on the node, or give --python the path of one"
+    if not os.path.isabs(python) or not (os.path.isfile(python) and os.access(python, os.X_OK)):
+        raise UserError(f"the plugins need {python}, which is not an executable here", fix)
+    try:
+        # No -I: an interpreter too old to know it must still say its version.
+        out = subprocess.run([python, "-S", "-c", "import sys; sys.stdout.write('%d %d' % "
+                              "tuple(sys.version_info[:2]))"], capture_output=True, text=True,
+                             timeout=30, check=True, env={}).stdout.split()
+        version = (int(out[0]), int(out[1]))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        raise UserError(f"{python} does not run as a Python interpreter", fix) from None
+    if version < shim.OLDEST_PYTHON:
+        raise UserError(f"{python} is Python {version[0]}.{version[1]}, older than {oldest}",
+                        fix)
 
 
 def _writable_dir(flag: str, path: str) -> None:
@@ -61,19 +74,49 @@ def _writable_dir(flag: str, path: str) -> None:
         raise UserError(f"{flag} {path} is not writable", "give a directory you can write")
 
 
-def install_cni(bin_dir: str, conf_dir: str | None = None) -> list[str]:
+def install_cni(bin_dir: str, conf_dir: str | None = None, subnet: str | None = None,
+                python: str = DEFAULT_PYTHON, socket: str = DEFAULT_SOCKET) -> list[str]:
+    """Write the plugins (and, given the node's subnet, a conflist); the paths written."""
+    import ipaddress
+
+    from podnet.agent import conflist
+    from podnet.cni import shim
+
+    if conf_dir and not subnet:
+        raise UserError("a conflist needs the node's pod subnet",
+                        "give --subnet, or leave the conflist to the agent, which writes it")
+    if subnet:
+        try:
+            ipaddress.ip_network(subnet)
+        except ValueError:
+            raise UserError(f"--subnet {subnet!r} is not a network",
+                            "give the node's pod subnet, e.g. 10.244.3.0/24") from None
+    check_python(python)
     _writable_dir("--bin-dir", bin_dir)
     if conf_dir:
         _writable_dir("--conf-dir", conf_dir)
-    paths = _import_paths()
+    with open(shim.__file__, encoding="utf-8") as fh:
+        source = fh.read()
+    version = _version()
+    fallback = _import_paths()
     written = []
     for plugin in PLUGINS:
         target = os.path.join(bin_dir, plugin)
-        write_atomic(target, _SCRIPT.format(python=sys.executable, plugin=plugin, paths=paths),
-                      0o755)
+        text = (_HEADER.format(python=python, plugin=plugin, version=version) + source
+                + _TRAILER.format(plugin=plugin, fallback=fallback))
+        write_atomic(target, text, 0o755)
         written.append(target)
-    if conf_dir:
-        target = os.path.join(conf_dir, "10-podnet.conflist")
-        write_atomic(target, json.dumps(example_conflist(), indent=2) + "\n", 0o644)
-        written.append(target)
+    if conf_dir and subnet:
+        written.append(conflist.write(conf_dir, conflist.render(
+            {"bridge": "kube-bridge", "isDefaultGateway": True,
+             "ipam": {"type": "podnet-ipam", "subnet": subnet}}, None, socket, None)))
     return written
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("podnet")
+    except PackageNotFoundError:
+        return "(source tree)"

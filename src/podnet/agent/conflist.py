@@ -12,8 +12,12 @@ NAME = "podnet"
 FILENAME = "10-podnet.conflist"
 
 
-def render(plugin: dict[str, Any], mtu: int, socket: str, data_dir: str | None) -> dict[str, Any]:
-    main = {"type": "podnet", **plugin, "mtu": mtu, "socket": socket, "antiSpoof": True}
+def render(plugin: dict[str, Any], mtu: int | None, socket: str, data_dir: str | None
+           ) -> dict[str, Any]:
+    """The conflist of a node; without an MTU the plugin takes the bridge's."""
+    main = {"type": "podnet", **plugin, "socket": socket, "antiSpoof": True}
+    if mtu is not None:
+        main["mtu"] = mtu
     if data_dir:
         main["ipam"] = {**main["ipam"], "dataDir": data_dir}
     # 1.0.0: the newest version Debian's portmap (chained after podnet) speaks.

@@ -1,8 +1,12 @@
 """The exec'd plugin process: it relays the request to the node's cni-server.
 
-Relaying, it imports nothing beyond the interpreter's start-up modules and `_socket` (json, re,
-enum and the `socket` wrapper each cost milliseconds on every pod start). Where no server
-answers, it does the same work in-process (importing netlink), only slower.
+`podnet install-cni` installs this file as it is, as the plugin executables: it needs only the
+standard library and runs with the host's python3, 3.6 or later (hence no `from __future__`,
+no walrus, annotations as strings), whatever podnet was installed from or where. Relaying, it
+imports nothing beyond the interpreter's start-up modules and `_socket` (json, re, enum and
+the `socket` wrapper each cost milliseconds on every pod start). Where no server answers, it
+does the same work in-process if the podnet package is importable here, and otherwise answers
+the spec's error 11 (try again later) naming the socket.
 
 Wire format, over one unix stream connection:
   request:  K=V\\0K=V\\0...\\0\\0<stdin>     (the CNI_* environment, then the config)
@@ -12,8 +16,7 @@ Wire format, over one unix stream connection:
             enters the namespaces by these descriptors, never by a path from the request.
   response: <exit code>\\n<stdout>
 """
-
-from __future__ import annotations
+# Annotations are strings: Python 3.6 runs this file, and evaluates them otherwise.
 
 import _socket
 import os
@@ -21,10 +24,13 @@ import sys
 
 CONNECT_TIMEOUT = 1.0
 REPLY_TIMEOUT = 120.0
+TRY_AGAIN_LATER = 11  # the spec's codes, as in podnet.cni.errors
+IO_FAILURE = 5
+OLDEST_PYTHON = (3, 6)
 _WS = b" \t\r\n"
 
 
-def top_level_string(text: bytes, key: bytes) -> str | None:
+def top_level_string(text: "bytes", key: "bytes") -> "str | None":
     """The string value of a top-level key of a JSON object, found without a JSON parser.
 
     Anything unusual (escapes, a non-string value) answers None, and the slow path decides.
@@ -58,11 +64,11 @@ def top_level_string(text: bytes, key: bytes) -> str | None:
     return None
 
 
-def encode_request(env: dict[str, str], stdin: bytes) -> bytes:
+def encode_request(env: "dict[str, str]", stdin: "bytes") -> "bytes":
     return b"\0".join(f"{k}={v}".encode() for k, v in env.items()) + b"\0\0" + stdin
 
 
-def decode_request(data: bytes) -> tuple[dict[str, str], bytes]:
+def decode_request(data: "bytes") -> "tuple[dict[str, str], bytes]":
     head, _, stdin = data.partition(b"\0\0")
     env = {}
     for item in filter(None, head.split(b"\0")):
@@ -71,7 +77,7 @@ def decode_request(data: bytes) -> tuple[dict[str, str], bytes]:
     return env, stdin
 
 
-def via_server(path: str, env: dict[str, str], stdin: bytes) -> tuple[int, str] | None:
+def via_server(path: "str", env: "dict[str, str]", stdin: "bytes") -> "tuple[int, str] | None":
     """(code, stdout) from the server; None when no server is listening there."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
@@ -93,21 +99,22 @@ def via_server(path: str, env: dict[str, str], stdin: bytes) -> tuple[int, str] 
             sock.sendall(data[sent:])
             sock.shutdown(_socket.SHUT_WR)
             chunks = []
-            while chunk := sock.recv(65536):
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
                 chunks.append(chunk)
             head, _, body = b"".join(chunks).partition(b"\n")
             return int(head), body.decode()
         except (OSError, ValueError) as exc:
             # The server took the request and may have acted on it: no blind retry in-process.
-            from podnet.cni.errors import TRY_AGAIN_LATER, CNIError
-
-            err = CNIError(TRY_AGAIN_LATER, f"cni-server at {path} failed mid-request: {exc}")
-            return 1, _error_json(err)
+            return 1, error_json(TRY_AGAIN_LATER, f"cni-server at {path} failed mid-request: "
+                                 f"{exc}", stdin)
     finally:
         sock.close()
 
 
-def _namespaces(netns: str) -> list[int]:
+def _namespaces(netns: "str") -> "list[int]":
     """Descriptors of this process's network namespace and of CNI_NETNS (left out where it
     cannot be opened: the server then treats it as gone)."""
     fds = [os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)]
@@ -119,17 +126,30 @@ def _namespaces(netns: str) -> list[int]:
     return fds
 
 
-def _error_json(err: object) -> str:
+def error_json(code: "int", msg: "str", stdin: "bytes") -> "str":
+    """The spec's error object, in the config's version (the newest where it has none)."""
     import json
 
-    from podnet.cni.version import LATEST
+    version = top_level_string(stdin, b"cniVersion") or VERSIONS[-1]
+    return json.dumps({"cniVersion": version, "code": code, "msg": msg})
 
-    return json.dumps(err.to_json(LATEST))  # type: ignore[attr-defined]
 
-
-def run_in_process(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, str]:
-    from podnet.cni import protocol
-
+def run_in_process(plugin: "str", env: "dict[str, str]", stdin: "bytes",
+                   fallback: "tuple[str, ...]" = (), socket_path: "str | None" = None
+                   ) -> "tuple[int, str]":
+    """The plugin's work in this process, with podnet from `fallback` (where install-cni found
+    it) or the interpreter's own path; error 11 (or 5 where no server is configured) where
+    podnet is not importable here."""
+    sys.path[:0] = [p for p in fallback if p not in sys.path]
+    try:
+        from podnet.cni import protocol
+    except (ImportError, SyntaxError):  # absent, or this interpreter is older than podnet
+        if socket_path:
+            return 1, error_json(TRY_AGAIN_LATER, f"no cni-server answers at {socket_path} and "
+                                 "podnet is not installed on this host to do the work itself: "
+                                 "start the node's podnet agent", stdin)
+        return 1, error_json(IO_FAILURE, f"{plugin} runs in-process only and podnet is not "
+                             "installed on this host", stdin)
     if plugin == "podnet-ipam":
         from podnet.ipam.plugin import HANDLERS
 
@@ -140,28 +160,28 @@ def run_in_process(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int,
         with context.local() as ctx:
             return protocol.run(bridge.handlers(ctx), env, stdin)
     except Exception as exc:  # no netlink or a broken install: still an error object
-        from podnet.cni.errors import IO_FAILURE, CNIError
-
-        return 1, _error_json(CNIError(IO_FAILURE, f"podnet cannot run in-process: {exc}"))
+        return 1, error_json(IO_FAILURE, f"podnet cannot run in-process: {exc}", stdin)
 
 
-# VERSION needs no config and no imports; the list is podnet.cni.version.SUPPORTED_VERSIONS.
-VERSION_REPLY = ('{"cniVersion": "1.1.0", "supportedVersions": '
-                 '["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}')
+# VERSION needs no config and no imports: podnet.cni.version.SUPPORTED_VERSIONS, checked equal
+# by the unit tests.
+VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+_QUOTED = ", ".join(f'"{v}"' for v in VERSIONS)
+VERSION_REPLY = f'{{"cniVersion": "{VERSIONS[-1]}", "supportedVersions": [{_QUOTED}]}}'
 
 
-def main(plugin: str) -> None:
+def main(plugin: "str", fallback: "tuple[str, ...]" = ()) -> "None":
     env = {k: v for k, v in os.environ.items() if k.startswith("CNI_")}
     if env.get("CNI_COMMAND") == "VERSION":
         sys.stdout.write(VERSION_REPLY)
         sys.exit(0)
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     result = None
-    if plugin == "podnet":
-        path = top_level_string(stdin, b"socket")
-        if path:
-            result = via_server(path, env, stdin)
-    code, out = result if result is not None else run_in_process(plugin, env, stdin)
+    path = top_level_string(stdin, b"socket") if plugin == "podnet" else None
+    if path:
+        result = via_server(path, env, stdin)
+    code, out = (result if result is not None
+                 else run_in_process(plugin, env, stdin, fallback, path))
     if out:
         sys.stdout.write(out)
         sys.stdout.flush()

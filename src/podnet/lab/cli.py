@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from podnet.cni.errors import CNIError
 from podnet.errors import UserError
@@ -27,14 +27,14 @@ def _progress(start: float) -> Callable[[str], None]:
     return say
 
 
-def _table(st: dict[str, object]) -> str:
+def _table(st: dict[str, Any]) -> str:
     lines = [f"lab {st['name']}: backend {st['backend']}, underlay {st['underlay']}, "
-             f"etcd {st['etcd']}", "",
+             f"etcd {st['etcd']['url']} (netns {st['etcd']['netns']})", "",
              f"{'NODE':10} {'NODE IP':16} {'POD SUBNET':28} AGENT PID"]
-    for n in st["nodes"]:  # type: ignore[attr-defined]
+    for n in st["nodes"]:
         lines.append(f"{n['name']:10} {n['node_ip']:16} {n['pod_subnet']:28} {n['agent_pid']}")
     lines += ["", f"{'POD':14} {'NODE':10} IP"]
-    for p in st["pods"]:  # type: ignore[attr-defined]
+    for p in st["pods"]:
         lines.append(f"{p['name']:14} {p['node']:10} {p['ip']}")
     return "\n".join(lines)
 

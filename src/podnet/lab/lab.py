@@ -550,7 +550,9 @@ def status(lab: Lab) -> dict[str, Any]:
             # l2: the node's range of the shared subnet; otherwise the node's own subnet.
             subnets[node.name] = f"{start}-{end}" if start else r["subnet"]
     return {
-        "name": t.name, "backend": t.backend, "underlay": t.underlay, "etcd": t.etcd_url,
+        "name": t.name, "backend": t.backend, "underlay": t.underlay,
+        # Where a client reaches the lab's datastore: the URL, from inside that namespace.
+        "etcd": {"url": t.etcd_url, "netns": t.netns_prefix + "cp"},
         "nodes": [{"name": n.name, "netns": n.netns(t.name), "node_ip": t.node_ip(n),
                    "pod_subnet": subnets.get(n.name, ""), "agent_pid": n.agent_pid}
                   for n in t.nodes],
