@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system venv demo test lint bench clean
+.PHONY: setup system venv demo test lint bench image clean
 
 setup: system venv
 
@@ -29,6 +29,10 @@ test: setup
 lint: venv
 	$(PY) -m ruff check src tests bench
 	$(PY) -m mypy
+
+# podnet's OCI image from Debian's archive, into podman (kept while the source is unchanged).
+image: setup
+	scripts/build-image.sh
 
 bench: setup
 	$(PY) bench/cni_latency.py

@@ -75,7 +75,7 @@ def _cmd_install_cni(args: argparse.Namespace) -> int:
     from podnet.install import install_cni
 
     for path in install_cni(args.bin_dir, args.conf_dir, args.subnet, args.python,
-                            args.socket):
+                            args.socket, args.host_root):
         print(path)
     return 0
 
@@ -208,6 +208,9 @@ def build_parser() -> Parser:
                    help="where the runtime finds CNI plugins (CNI_PATH), e.g. /opt/cni/bin")
     p.add_argument("--python", default=DEFAULT_PYTHON,
                    help="the host's python3 (3.6 or later) that runs the plugins")
+    p.add_argument("--host-root", default="/",
+                   help="where the host's file system is seen (an init container's /host): "
+                        "--python is looked for there")
     p.add_argument("--conf-dir", help="also write a conflist here (needs --subnet); the agent "
                                       "writes the real one")
     p.add_argument("--subnet", help="the node's pod subnet, for --conf-dir's conflist")

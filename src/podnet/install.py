@@ -40,14 +40,18 @@ def _import_paths() -> tuple[str, ...]:
     return tuple(dict.fromkeys(paths))
 
 
-def check_python(python: str) -> None:
-    """The host's interpreter runs the shim: it must exist and be new enough."""
+def check_python(python: str, host_root: str = "/") -> None:
+    """The host's interpreter runs the shim: it must exist and be new enough. Under
+    `host_root` (a container's view of the host) it can only be seen, not run."""
     from podnet.cni import shim
 
     oldest = ".".join(map(str, shim.OLDEST_PYTHON))
     fix = f"install python3 ({oldest} or later) on the node, or give --python the path of one"
-    if not os.path.isabs(python) or not (os.path.isfile(python) and os.access(python, os.X_OK)):
+    seen = os.path.join(host_root, python.lstrip("/"))
+    if not os.path.isabs(python) or not (os.path.isfile(seen) and os.access(seen, os.X_OK)):
         raise UserError(f"the plugins need {python}, which is not an executable here", fix)
+    if os.path.realpath(host_root) != "/":
+        return
     try:
         # No -I: an interpreter too old to know it must still say its version.
         out = subprocess.run([python, "-S", "-c", "import sys; sys.stdout.write('%d %d' % "
@@ -75,7 +79,8 @@ def _writable_dir(flag: str, path: str) -> None:
 
 
 def install_cni(bin_dir: str, conf_dir: str | None = None, subnet: str | None = None,
-                python: str = DEFAULT_PYTHON, socket: str = DEFAULT_SOCKET) -> list[str]:
+                python: str = DEFAULT_PYTHON, socket: str = DEFAULT_SOCKET,
+                host_root: str = "/") -> list[str]:
     """Write the plugins (and, given the node's subnet, a conflist); the paths written."""
     import ipaddress
 
@@ -91,7 +96,7 @@ def install_cni(bin_dir: str, conf_dir: str | None = None, subnet: str | None = 
         except ValueError:
             raise UserError(f"--subnet {subnet!r} is not a network",
                             "give the node's pod subnet, e.g. 10.244.3.0/24") from None
-    check_python(python)
+    check_python(python, host_root)
     _writable_dir("--bin-dir", bin_dir)
     if conf_dir:
         _writable_dir("--conf-dir", conf_dir)

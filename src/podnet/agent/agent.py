@@ -81,6 +81,7 @@ class Agent:
         node.state_dir = self.opts.state_dir
         if (problem := node_ip_problem(node.ip, config)) is not None:
             raise UserError(problem, "give --iface or --node-ip the node's underlay address")
+        _forwarding()
         if self.opts.role == "router":
             self.backend = manager.create_router(node, config)
             self._start_loops(self._resync())
@@ -380,6 +381,19 @@ class Agent:
         finally:
             self.stop()
         return self.exit_code
+
+
+def _forwarding() -> None:
+    """The node forwards IPv4 (pods' packets to and from other nodes) or can be made to."""
+    from podnet.netlink import netns
+
+    try:
+        netns.ensure_sysctl("net/ipv4/ip_forward", "1")
+    except OSError as exc:
+        raise UserError(f"net.ipv4.ip_forward is 0 and the agent cannot set it "
+                        f"({exc.strerror}: /proc/sys is read-only in a container)",
+                        "set it on the node, as kubeadm requires: sysctl -w "
+                        "net.ipv4.ip_forward=1") from None
 
 
 def describe_change(old: NetworkConfig | None, new: NetworkConfig) -> str:

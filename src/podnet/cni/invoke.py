@@ -30,6 +30,8 @@ class Runtime:
     path: list[str]
     node_netns: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The node's own file system view, where it differs (a node whose paths a test maps).
+    node_mounts: str | None = None
 
     def find(self, plugin_type: str) -> str:
         return delegate.find(plugin_type, self.path)
@@ -40,6 +42,8 @@ class Runtime:
         argv = [self.find(plugin_type)]
         if self.node_netns:
             argv = ["nsenter", f"--net={self.node_netns}", *argv]
+        if self.node_mounts:
+            argv = ["nsenter", f"--mount={self.node_mounts}", *argv]
         full_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command,
                     "CNI_PATH": os.pathsep.join(self.path), **self.extra_env}
         if container_id:

@@ -102,6 +102,15 @@ def write_sysctl(path: str, value: str) -> None:
         fh.write(value)
 
 
+def ensure_sysctl(path: str, value: str) -> None:
+    """A sysctl of the calling thread's namespace set to `value`, written only where it is not:
+    in a container /proc/sys is read-only, and a node prepared for Kubernetes has it already."""
+    with open("/proc/sys/" + path) as fh:
+        if fh.read().strip() == value:
+            return
+    write_sysctl(path, value)
+
+
 NETNS_DIR = "/var/run/netns"
 
 

@@ -266,9 +266,9 @@ def _merge(prev: Result | None, ours: Result) -> Result:
 def _enable_forwarding(ctx: HostContext, result: Result) -> None:
     families = {_family(i["address"]) for i in result["ips"]}
     if socket.AF_INET in families:
-        ctx.write_sysctl("net/ipv4/ip_forward", "1")
+        ctx.ensure_sysctl("net/ipv4/ip_forward", "1")
     if socket.AF_INET6 in families:
-        ctx.write_sysctl("net/ipv6/conf/all/forwarding", "1")
+        ctx.ensure_sysctl("net/ipv6/conf/all/forwarding", "1")
 
 
 def _rollback(undo: list[Callable[[], object]]) -> None:

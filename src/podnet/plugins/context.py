@@ -56,9 +56,9 @@ class HostContext:
             with netns.entered(self.host_ns):
                 yield
 
-    def write_sysctl(self, path: str, value: str) -> None:
+    def ensure_sysctl(self, path: str, value: str) -> None:
         with self.in_host():
-            netns.write_sysctl(path, value)
+            netns.ensure_sysctl(path, value)
 
     @contextlib.contextmanager
     def pod_fd(self, path: str) -> Iterator[int]:
