@@ -192,6 +192,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 
 def build_parser() -> Parser:
     from podnet.agent.options import INTERVAL_RANGE, TTL_RANGE
+    from podnet.backends import registry
     from podnet.install import DEFAULT_PYTHON, DEFAULT_SOCKET
 
     parser = Parser(prog="podnet", description=__doc__.splitlines()[0])
@@ -224,8 +225,7 @@ def build_parser() -> Parser:
     c.add_argument("--cidr", required=True, help="the cluster's pod network, e.g. 10.244.0.0/16")
     c.add_argument("--subnet-len", type=in_range(int, 1, 30),
                    help="prefix length of each node's share (default /24; l2: /16+8)")
-    c.add_argument("--backend", required=True,
-                   choices=["l2", "host-gw", "gateway", "vxlan", "gre"],
+    c.add_argument("--backend", required=True, choices=registry.NAMES,
                    help="how the nodes' pod subnets are connected (docs/backends.md)")
     c.add_argument("--force", action="store_true",
                    help="replace a network that nodes still hold leases of")
@@ -288,7 +288,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("demo", help="a 3-node lab, verified and drawn, then taken down")
     p.add_argument("--keep", action="store_true", help="leave the lab up")
-    p.add_argument("--backend", default="vxlan", choices=["l2", "host-gw", "gateway", "vxlan"],
+    p.add_argument("--backend", default="vxlan", choices=registry.NAMES,
                    help="the lab's backend")
     p.set_defaults(func=_cmd_demo)
     return parser

@@ -254,3 +254,20 @@ def test_topology_counts_are_checked() -> None:
         Topology.make("lab1", "vxlan", 1, -3)
     with pytest.raises(UserError, match="nodes"):
         Topology.make("lab1", "vxlan", 51, 0)
+
+
+def test_every_backend_in_the_registry_is_made_from_it() -> None:
+    from podnet.backends import registry
+    from podnet.backends.base import Backend
+
+    for name, spec in registry.SPECS.items():
+        cls = spec.backend_class()
+        assert issubclass(cls, Backend) and cls.name == name
+        assert "fastPath" in spec.options
+    parser = build_parser()
+    for argv in (["cluster", "init", "--cidr", "10.244.0.0/16", "--backend", "x"],
+                 ["lab", "up", "--backend", "x"], ["demo", "--backend", "x"]):
+        with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+            parser.parse_args(argv)
+    for name in registry.NAMES:
+        assert parser.parse_args(["lab", "up", "--backend", name]).backend == name

@@ -101,6 +101,11 @@ class Backend(ABC):
         self._lock = threading.Lock()
         self._connected: list[tuple[ipaddress.IPv4Network, int]] | None = None
 
+    @classmethod  # noqa: B027  (an optional hook, not abstract)
+    def cleanup(cls, ipr: IPRoute, state_dir: str) -> None:
+        """Remove what a backend of this kind made beyond its routes (which carry podnet's
+        protocol and go for every kind): devices, daemons. Nothing by default."""
+
     # -- what a backend says --------------------------------------------------------------
     @abstractmethod
     def pod_mtu(self) -> int:

@@ -124,6 +124,10 @@ class GatewayBackend(Backend):
     def pod_mtu(self) -> int:
         return self.node.mtu
 
+    @classmethod
+    def cleanup(cls, ipr: IPRoute, state_dir: str) -> None:
+        stop_bird(state_dir)
+
     def start(self, own: Lease) -> None:
         super().start(own)
         if self.mode != "bgp":

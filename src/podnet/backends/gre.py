@@ -26,6 +26,7 @@ def kernel_has_gre() -> bool:
 class GreBackend(TunnelBackend):
     name = "gre"
     device = DEVICE
+    device_kind = "gre"
 
     def pod_mtu(self) -> int:
         return self.node.mtu - GRE_OVERHEAD
@@ -39,12 +40,12 @@ class GreBackend(TunnelBackend):
 
     def device_spec(self) -> dict[str, Any]:
         # A fixed TTL keeps path MTU discovery on for the outer packets.
-        return {"kind": "gre", "gre_local": str(self.node.ip), "gre_ttl": 64,
+        return {"kind": self.device_kind, "gre_local": str(self.node.ip), "gre_ttl": 64,
                 "gre_link": self.node.iface_index}
 
     def device_matches(self, msg: Any) -> bool:
         data = links.info_data(msg)
-        return (links.kind_of(msg) == "gre" and data is not None
+        return (links.kind_of(msg) == self.device_kind and data is not None
                 and data.get_attr("IFLA_GRE_LOCAL") == str(self.node.ip)
                 and data.get_attr("IFLA_GRE_REMOTE") in (None, "0.0.0.0"))
 

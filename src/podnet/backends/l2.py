@@ -104,6 +104,10 @@ class L2Backend(Backend):
         finally:
             ipr.close()
 
+    @classmethod
+    def cleanup(cls, ipr: IPRoute, state_dir: str) -> None:
+        undo(ipr)
+
     def cni_plugin_options(self) -> dict[str, Any]:
         assert self.own is not None
         rng = self.own.subnet

@@ -21,8 +21,16 @@ log = logging.getLogger("podnet.backend")
 
 
 class TunnelBackend(Backend):
-    device: str
+    device: str  # named podnet.<something>
+    device_kind: str  # the kernel's link kind
     index = 0
+
+    @classmethod
+    def cleanup(cls, ipr: IPRoute, state_dir: str) -> None:
+        for msg in ipr.get_links():
+            if (links.kind_of(msg) == cls.device_kind
+                    and str(msg.get_attr("IFLA_IFNAME")).startswith("podnet.")):
+                ipr.link("del", index=msg["index"])
 
     @abstractmethod
     def device_spec(self) -> dict[str, Any]:

@@ -47,6 +47,7 @@ def vtep_mac(node: str, vni: int) -> str:
 
 class VxlanBackend(TunnelBackend):
     name = "vxlan"
+    device_kind = "vxlan"
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -70,13 +71,13 @@ class VxlanBackend(TunnelBackend):
         return {"vtepMAC": self.mac}
 
     def device_spec(self) -> dict[str, Any]:
-        return {"kind": "vxlan", "vxlan_id": self.vni, "vxlan_local": str(self.node.ip),
+        return {"kind": self.device_kind, "vxlan_id": self.vni, "vxlan_local": str(self.node.ip),
                 "vxlan_port": self.port, "vxlan_link": self.node.iface_index,
                 "vxlan_learning": 0, "vxlan_udp_csum": 0, "address": self.mac}
 
     def device_matches(self, msg: Any) -> bool:
         data = links.info_data(msg)
-        return (links.kind_of(msg) == "vxlan" and data is not None
+        return (links.kind_of(msg) == self.device_kind and data is not None
                 and data.get_attr("IFLA_VXLAN_ID") == self.vni
                 and data.get_attr("IFLA_VXLAN_PORT") == self.port
                 and data.get_attr("IFLA_VXLAN_LOCAL") == str(self.node.ip)

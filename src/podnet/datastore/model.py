@@ -6,7 +6,6 @@ import ipaddress
 import json
 import re
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,55 +20,19 @@ class ConfigError(ValueError):
     """A network config or lease that must not be used."""
 
 
-def _flag(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "true or false"
-
-
-def _int_in(low: int, high: int) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-        return None if ok else f"an integer from {low} to {high}"
-    return check
-
-
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    return lambda value: None if value in choices else " or ".join(map(repr, choices))
-
-
-def _ipv4(value: Any) -> str | None:
-    try:
-        ipaddress.IPv4Address(value)
-        return None
-    except ValueError:
-        return "an IPv4 address"
-
-
-# What each backend reads from its config, with the values it accepts; anything else is refused
-# when the config is made, so that no agent meets it at start.
-_COMMON: dict[str, Callable[[Any], str | None]] = {"fastPath": _flag}
-BACKEND_OPTIONS: dict[str, dict[str, Callable[[Any], str | None]]] = {
-    "l2": _COMMON,
-    "host-gw": _COMMON,
-    "gateway": {**_COMMON, "mode": _one_of("bgp", "static"), "router": _ipv4,
-                "routerAS": _int_in(1, 4294967295), "nodeAS": _int_in(1, 4294967295)},
-    "vxlan": {**_COMMON, "vni": _int_in(1, 16777215), "port": _int_in(1, 65535),
-              "directRouting": _flag, "txChecksumOffload": _flag},
-    "gre": _COMMON,
-}
-BACKENDS = tuple(BACKEND_OPTIONS)
-
-
 def check_backend(backend: dict[str, Any]) -> None:
     """The backend type is known and each option is one it reads, with a value it accepts."""
+    from podnet.backends.registry import NAMES, SPECS
+
     btype = backend.get("type")
-    if btype not in BACKEND_OPTIONS:
-        raise ConfigError(f"unknown backend {btype!r} (choose one of {', '.join(BACKENDS)})")
-    options = BACKEND_OPTIONS[btype]
+    if btype not in SPECS:
+        raise ConfigError(f"unknown backend {btype!r} (choose one of {', '.join(NAMES)})")
+    options = SPECS[btype].options
     for key, value in backend.items():
         if key == "type":
             continue
         if key not in options:
-            owners = [b for b, opts in BACKEND_OPTIONS.items() if key in opts]
+            owners = [b for b, spec in SPECS.items() if key in spec.options]
             fix = (f"it is an option of {', '.join(owners)}" if owners else "no backend has it")
             raise ConfigError(f"backend {btype} has no option {key!r} ({fix})")
         want = options[key](value)

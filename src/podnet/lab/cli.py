@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from podnet.backends import registry
 from podnet.cni.errors import CNIError
 from podnet.errors import UserError
 from podnet.lab.lab import Lab, names, status
@@ -71,7 +72,7 @@ def _output_path(path: str) -> str:
 
 def _dispatch(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     if args.lab_command == "up":
-        underlay = "routed" if args.backend == "gateway" else args.underlay
+        underlay = "routed" if registry.spec(args.backend).routed_by_gateway else args.underlay
         topo = Topology.make(args.name, args.backend, args.nodes, args.pods_per_node, underlay)
         topo.gateway_mode = args.gateway_mode
         topo.fast_path = args.fast_path == "on"
@@ -132,11 +133,11 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="how many nodes")
     q.add_argument("--pods-per-node", type=in_range(int, 0, MAX_PODS_PER_NODE), default=2,
                    help="pods wired on each node")
-    q.add_argument("--backend", default="vxlan", choices=["l2", "host-gw", "gateway", "vxlan"],
+    q.add_argument("--backend", default="vxlan", choices=registry.NAMES,
                    help="the cluster's backend")
     q.add_argument("--underlay", default="switch", choices=["switch", "routed"],
                    help="the nodes on one switch, or each on its own subnet behind a router "
-                        "(gateway always builds a routed underlay)")
+                        "(a backend routed by the nodes' gateway always builds a routed one)")
     q.add_argument("--gateway-mode", default="bgp", choices=["bgp", "static"],
                    help="gateway: BIRD on the router, or `agent --role router`")
     q.add_argument("--fast-path", default="on", choices=["on", "off"],

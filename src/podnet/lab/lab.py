@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from podnet.backends import registry
 from podnet.cni.invoke import Runtime
 from podnet.errors import UserError
 from podnet.install import install_cni
@@ -237,19 +238,20 @@ class Lab:
         self._underlay()
         self._etcd()
         self.progress(f"cluster init: {t.cidr}, backend {t.backend}")
-        extra = ["--gateway-mode", t.gateway_mode] if t.backend == "gateway" else []
+        routed = registry.spec(t.backend).routed_by_gateway
+        extra = ["--gateway-mode", t.gateway_mode] if routed else []
         if not t.fast_path:
             extra += ["--fast-path", "off"]
         self._run_in(self.prefix + "cp", self._podnet(
             "cluster", "init", "--etcd", t.etcd_url, "--cidr", t.cidr, "--backend", t.backend,
             *extra))
-        if t.backend == "gateway":
+        if routed:
             self._router()
         for node in t.nodes:
             self._node(node)
         for node in t.nodes:
             self._wait_agent(node)
-        if t.backend == "gateway":
+        if routed:
             self._wait(self._router_knows_all, 30, "the router did not learn every pod subnet")
         for pod in t.pods:
             self._pod(pod)
@@ -441,7 +443,7 @@ class Lab:
             self.save()
             return node
         self._wait_agent(node)
-        if self.topo.backend == "gateway":
+        if registry.spec(self.topo.backend).routed_by_gateway:
             self._wait(self._router_knows_all, 30, "the router did not learn the new subnet")
         self.save()
         return node

@@ -7,6 +7,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from podnet.backends import registry
 from podnet.errors import UserError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,15}")
@@ -73,8 +74,13 @@ class Topology:
         check_lab_name(self.name)
         if self.underlay not in ("switch", "routed"):
             raise UserError(f"underlay {self.underlay!r} is not known", "use switch or routed")
-        if self.backend == "gateway" and self.underlay != "routed":
-            raise UserError("the gateway backend needs a router", "use --underlay routed")
+        try:
+            spec = registry.spec(self.backend)
+        except KeyError as exc:
+            raise UserError(exc.args[0], "see `podnet lab up --help`") from None
+        if spec.routed_by_gateway and self.underlay != "routed":
+            raise UserError(f"the {self.backend} backend needs a router",
+                            "use --underlay routed")
 
     @classmethod
     def make(cls, name: str, backend: str, nodes: int, pods_per_node: int,

@@ -7,6 +7,7 @@ import ipaddress
 import socket
 from typing import TYPE_CHECKING, Any
 
+from podnet.backends import registry
 from podnet.netlink import links, netns
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ def _lacks(status: dict[str, Any], on: str, towards: str) -> list[str]:
     from podnet.lab.lab import ns_path
     from podnet.lab.topology import netns_prefix
 
-    if status.get("backend") == "gateway":
+    spec = registry.spec(status["backend"])
+    if spec.routed_by_gateway:
         # Nodes hold only a default route: the router must route the subnet.
         ipr = netns.iproute_in(ns_path(netns_prefix(status["name"]) + "rt"))
         try:
@@ -54,14 +56,16 @@ def _lacks(status: dict[str, Any], on: str, towards: str) -> list[str]:
         if route is None:
             return [f"node {on} lacks a route to {subnet} ({towards}'s pods)"]
         out: list[str] = []
-        # Only a route into the tunnel needs the VTEP's entries; directRouting goes via eth0.
-        if status.get("backend") == "vxlan" and _is_tunnel(ipr, route):
+        # Only a route into the tunnel needs its entries; directRouting goes via eth0.
+        kind = getattr(spec.backend_class(), "device_kind", None)
+        if kind is not None and _route_device_kind(ipr, route) == kind:
             gw = str(subnet.network_address)
             if not any(n.get_attr("NDA_DST") == gw for n in ipr.get_neighbours(
                     family=socket.AF_INET) if n["state"] & 0x80):
                 out.append(f"node {on} lacks the neighbour entry for {gw} ({towards}'s VTEP)")
             peer_ip = _node(status, towards)["node_ip"]
-            if not any(f.get_attr("NDA_DST") == peer_ip for f in ipr.fdb("dump")):
+            if kind == "vxlan" and not any(f.get_attr("NDA_DST") == peer_ip
+                                           for f in ipr.fdb("dump")):
                 out.append(f"node {on} lacks the FDB entry to {peer_ip} ({towards})")
         return out
     finally:
@@ -74,6 +78,6 @@ def _route(ipr: Any, subnet: ipaddress.IPv4Network) -> Any:
                  and r["dst_len"] == subnet.prefixlen), None)
 
 
-def _is_tunnel(ipr: Any, route: Any) -> bool:
+def _route_device_kind(ipr: Any, route: Any) -> str | None:
     found = ipr.get_links(route.get_attr("RTA_OIF"))
-    return bool(found) and links.kind_of(found[0]) == "vxlan"
+    return links.kind_of(found[0]) if found else None
