@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.debug:
         rc: int = args.func(args)
         return rc
-    from podnet.datastore.base import DatastoreError, LeaseRefused
+    from podnet.datastore.base import DatastoreError
 
     name = f"podnet {_command(argv)}"
     try:
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 1
-    except (DatastoreError, LeaseRefused) as exc:
+    except DatastoreError as exc:
         print(f"{name}: {exc} (check --etcd and that etcd runs)", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -33,7 +33,7 @@ from podnet.fastpath import node as fastpath
 from podnet.fastpath import podmap
 from podnet.firewall import cluster as firewall
 from podnet.firewall import nft
-from podnet.netlink import links
+from podnet.netlink import links, netns
 
 log = logging.getLogger("podnet.agent")
 T = TypeVar("T")
@@ -326,7 +326,7 @@ class Agent:
             current, why = None, f" ({exc})"
         if current == self.config:
             return False
-        what = "was removed" if current is None else "changed"
+        what = "changed" if current is not None else "is invalid" if why else "was removed"
         log.error("the cluster's network config %s%s: exiting (status %d) to start again "
                   "with it; the data plane stays until then", what, why, EXIT_CONFIG_CHANGED)
         self.exit_code = EXIT_CONFIG_CHANGED
@@ -365,18 +365,15 @@ class Agent:
 
     def run_forever(self) -> int:
         """Run until SIGTERM or SIGINT (or a config change); the exit status."""
-        woken = threading.Event()
-
         def _term(_sig: int, _frame: FrameType | None) -> None:
             self.stopping.set()
-            woken.set()
 
         signal.signal(signal.SIGTERM, _term)
         signal.signal(signal.SIGINT, _term)
         try:
             self.start()
-            while not self.stopping.is_set():
-                woken.wait(1.0)
+            while not self.stopping.wait(1.0):
+                pass
             log.info("shutting down; the data plane stays as it is")
         finally:
             self.stop()
@@ -384,14 +381,13 @@ class Agent:
 
 
 def _forwarding() -> None:
-    """The node forwards IPv4 (pods' packets to and from other nodes) or can be made to."""
-    from podnet.netlink import netns
-
+    """The node forwards IPv4 (pods' packets to and from other nodes) or can be made to; in
+    a container /proc/sys is read-only, and the node must have it on already."""
     try:
         netns.ensure_sysctl("net/ipv4/ip_forward", "1")
     except OSError as exc:
         raise UserError(f"net.ipv4.ip_forward is 0 and the agent cannot set it "
-                        f"({exc.strerror}: /proc/sys is read-only in a container)",
+                        f"({exc.strerror})",
                         "set it on the node, as kubeadm requires: sysctl -w "
                         "net.ipv4.ip_forward=1") from None
 
@@ -463,9 +459,7 @@ def _conflist_bridge(conf_dir: str) -> str:
 def _remove_pod_bridge(name: str, subnet: str) -> str | None:
     """Delete the pod bridge, or where pods are still on it, only the lease's gateway address
     (its route goes with it); a warning in that case."""
-    from pyroute2 import IPRoute
-
-    ipr = IPRoute(groups=0)
+    ipr = links.IPRoute(groups=0)
     try:
         index = links.index_of(ipr, name)
         if index is None:
