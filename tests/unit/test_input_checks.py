@@ -3,6 +3,7 @@ cluster config, datastore URLs. Pure logic; each refusal names the problem and t
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import ipaddress
@@ -271,3 +272,28 @@ def test_every_backend_in_the_registry_is_made_from_it() -> None:
             parser.parse_args(argv)
     for name in registry.NAMES:
         assert parser.parse_args(["lab", "up", "--backend", name]).backend == name
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    out = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out += _subparsers(sub)
+    return out
+
+
+def test_help_shows_every_default_and_what_each_path_is_for() -> None:
+    for parser in _subparsers(build_parser()):
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+                continue
+            assert action.help, (parser.prog, action.option_strings)
+            assert "default" in action.help or f"(default: {action.default})" in text, \
+                (parser.prog, action.option_strings)
+    agent = next(p for p in _subparsers(build_parser()) if p.prog == "podnet agent")
+    text = " ".join(agent.format_help().split())
+    for path in ("/etc/cni/net.d", "/run/podnet/cni.sock", "/var/lib/podnet/agent",
+                 "/var/lib/cni/networks"):
+        assert path in text
