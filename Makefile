@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system venv demo test lint bench image clean
+.PHONY: setup system venv demo test lint bench image wheel clean
 
 setup: system venv
 
@@ -30,6 +30,10 @@ lint: venv
 	$(PY) -m ruff check src tests bench
 	$(PY) -m mypy
 
+# podnet's wheel (dist/), what `pip install` takes on a node (docs/deploy.md).
+wheel: venv
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
+
 # podnet's OCI image from Debian's archive, into podman (kept while the source is unchanged).
 image: setup
 	scripts/build-image.sh
@@ -43,4 +47,4 @@ bench: setup
 	$(PY) bench/dataplane.py --fast-path off
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

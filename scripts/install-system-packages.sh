@@ -4,7 +4,7 @@ set -euo pipefail
 want=(iproute2 iputils-ping nftables iptables iperf3 etcd-server etcd-client
       containernetworking-plugins util-linux procps psmisc python3-venv
       podman runc busybox-static bird2 libnftables1 openssl ethtool containerd systemd
-      mmdebstrap)
+      mmdebstrap curl jq)
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

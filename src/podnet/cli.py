@@ -80,6 +80,35 @@ def _cmd_install_cni(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cni(args: argparse.Namespace) -> int:
+    """ADD or DEL a network namespace through the node's conflist and installed plugins, as a
+    runtime does (what `cnitool` is to other networks): to try a node by hand."""
+    from podnet.cni.errors import CNIError
+    from podnet.cni.invoke import Runtime
+
+    path = args.conflist
+    fix = "give --conflist the file the agent wrote"
+    try:
+        with open(path) as fh:
+            conflist = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the conflist {path}: {exc}", fix) from None
+    if not isinstance(conflist, dict) or not isinstance(conflist.get("plugins"), list):
+        raise UserError(f"{path} is not a network configuration list", fix)
+    if not os.path.exists(args.netns):
+        raise UserError(f"no network namespace at {args.netns}", "create it: ip netns add NAME")
+    runtime = Runtime(path=args.cni_path.split(":"))
+    try:
+        if args.cni_command == "add":
+            print(json.dumps(runtime.add_list(conflist, args.id, args.netns), indent=2))
+        else:
+            runtime.del_list(conflist, args.id, args.netns)
+    except CNIError as exc:
+        raise UserError(f"the plugins refused: {exc.msg}", exc.details or
+                        "the agent's log and /var/log/podnet/cni.log say more") from None
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from podnet.demo import main as demo
 
@@ -218,6 +247,18 @@ def build_parser() -> Parser:
     p.add_argument("--socket", default=DEFAULT_SOCKET,
                    help="the agent's CNI socket, for --conf-dir's conflist")
     p.set_defaults(func=_cmd_install_cni)
+    p = sub.add_parser("cni", help="wire or unwire a network namespace as a runtime would")
+    csub = p.add_subparsers(dest="cni_command", required=True, parser_class=Parser)
+    for verb, text in (("add", "ADD: wire the namespace, print the result"),
+                       ("del", "DEL: unwire it")):
+        c = csub.add_parser(verb, help=text)
+        c.add_argument("--netns", required=True, help="the namespace, e.g. /var/run/netns/pod1")
+        c.add_argument("--id", required=True, help="the container ID the runtime would pass")
+        c.add_argument("--conflist", default="/etc/cni/net.d/10-podnet.conflist",
+                       help="the network configuration list the agent wrote")
+        c.add_argument("--cni-path", default="/opt/cni/bin:/usr/lib/cni",
+                       help="where the plugins are (podnet's and the reference portmap)")
+        c.set_defaults(func=_cmd_cni)
     p = sub.add_parser("cluster", help="the cluster's network config in the datastore")
     csub = p.add_subparsers(dest="cluster_command", required=True, parser_class=Parser)
     c = csub.add_parser("init", help="store the cluster network config")
@@ -297,7 +338,7 @@ def build_parser() -> Parser:
 def _command(argv: list[str]) -> str:
     """The words of the command for messages: 'lab down', 'cluster init', 'agent'."""
     words = [a for a in argv if not a.startswith("-")][:2]
-    nested = {"lab", "cluster"}
+    nested = {"lab", "cluster", "cni"}
     return " ".join(words if words[:1] and words[0] in nested else words[:1]) or "podnet"
 
 

@@ -162,6 +162,10 @@ def test_bad_options_refused_by_the_parser(capsys: pytest.CaptureFixture[str], a
     (["cluster", "show", "--etcd", "https://h:2379", "--etcd-cert", "/etc/hostname"],
      "come together"),
     (["cni-server", "--socket", "cni.sock"], "not an absolute path"),
+    (["cni", "add", "--netns", "/nonexistent", "--id", "a", "--conflist", "/nonexistent"],
+     "cannot read the conflist"),
+    (["cni", "add", "--netns", "/nonexistent", "--id", "a", "--conflist", "/etc/hostname"],
+     "cannot read the conflist"),
     (["cni-server", "--socket", "/" + "s" * 120], "longer than 107"),
 ])
 def test_bad_options_refused_before_anything(capsys: pytest.CaptureFixture[str],
