@@ -121,3 +121,23 @@ def healthz(path: str, port: int = 9153) -> tuple[int, str]:
             return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
+
+
+@pytest.fixture(scope="session")
+def podnet_image() -> str:
+    """podnet's image, as `make image` builds it (kept between runs while the source is the
+    same); the name the Kubernetes manifest runs."""
+    import shutil
+
+    from podnet.lab.daemonset import pod_spec
+
+    if not (shutil.which("podman") and shutil.which("mmdebstrap")):
+        pytest.skip("make test installs podman and mmdebstrap")
+    root = Path(__file__).resolve().parents[1]
+    build = subprocess.run([str(root / "scripts" / "build-image.sh")], capture_output=True,
+                           text=True, timeout=900, check=False)
+    assert build.returncode == 0, build.stderr[-3000:]
+    spec = pod_spec()
+    images = {c["image"] for c in spec["containers"] + spec["initContainers"]}
+    assert len(images) == 1
+    return images.pop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -17,73 +16,24 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from podnet.cli import agent_options, build_parser
 from podnet.cni.invoke import Runtime
+from podnet.lab.daemonset import containers_conf, expand, host_paths, pod_spec, podman_run
 from podnet.netlink import netns
 from tests.conftest import ns_run
 from tests.integration.test_etcd_tls import URL, podnet, tls_etcd  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFEST = ROOT / "deploy" / "kubernetes" / "podnet.yaml"
 pytestmark = pytest.mark.skipif(not (shutil.which("podman") and shutil.which("mmdebstrap")),
                                 reason="make test installs podman and mmdebstrap")
 
 
-def documents() -> dict[str, Any]:
-    return {d["kind"]: d for d in yaml.safe_load_all(MANIFEST.read_text())}
-
-
-def pod_spec() -> dict[str, Any]:
-    spec: dict[str, Any] = documents()["DaemonSet"]["spec"]["template"]["spec"]
-    return spec
-
-
-def expand(words: list[str], env: dict[str, str]) -> list[str]:
-    """Kubernetes' $(VAR) expansion in a container's command."""
-    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], w) for w in words]
-
-
-def podman_run(container: dict[str, Any], volumes: dict[str, str], env: dict[str, str],
-               name: str) -> list[str]:
-    """`podman run` for a container of the manifest: its caps, mounts, env and command, each
-    volume at the host path the test gives it (kubelet's hostPath or secret directory)."""
-    argv = ["podman", "run", "--name", name, "--network", "host"]
-    sc = container.get("securityContext", {})
-    assert sc.get("privileged") is False
-    caps = sc.get("capabilities", {})
-    argv += [f"--cap-drop={c}" for c in caps.get("drop", [])]
-    argv += [f"--cap-add={c}" for c in caps.get("add", [])]
-    for mount in container.get("volumeMounts", []):
-        ro = ":ro" if mount.get("readOnly") else ""
-        argv += ["-v", f"{volumes[mount['name']]}:{mount['mountPath']}{ro}"]
-    for key in env:
-        argv += ["-e", f"{key}={env[key]}"]
-    command = expand(container["command"], env)
-    return [*argv, "--entrypoint", command[0], container["image"], *command[1:]]
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    build = subprocess.run([str(ROOT / "scripts" / "build-image.sh")], capture_output=True,
-                           text=True, timeout=900, check=False)
-    assert build.returncode == 0, build.stderr[-3000:]
-    print(build.stdout.strip())
-    images = {c["image"] for c in pod_spec()["containers"] + pod_spec()["initContainers"]}
-    assert len(images) == 1
-    return images.pop()
-
-
 @pytest.fixture
 def podman_conf(tmp_path: Path) -> dict[str, str]:
-    conf = tmp_path / "containers.conf"
-    conf.write_text('[containers]\ndefault_ulimits = []\n[engine]\nruntime = "runc"\n'
-                    'cgroup_manager = "cgroupfs"\nevents_logger = "file"\n')
-    return {**os.environ, "CONTAINERS_CONF": str(conf)}
+    return containers_conf(str(tmp_path))
 
 
 @pytest.fixture
@@ -121,7 +71,7 @@ def test_the_manifests_commands_are_accepted_by_podnet() -> None:
     assert spec["hostNetwork"] is True and {"operator": "Exists"} in spec["tolerations"]
 
 
-def test_the_daemonset_runs_and_wires_a_pod(image: str, tls_etcd: tuple[str, Path],  # noqa: F811
+def test_the_daemonset_runs_and_wires_a_pod(podnet_image: str, tls_etcd: tuple[str, Path],  # noqa: F811
                                             make_ns: Callable[[str], str],
                                             podman_conf: dict[str, str],
                                             mounts: Callable[[str, str], str],
@@ -148,8 +98,8 @@ def test_the_daemonset_runs_and_wires_a_pod(image: str, tls_etcd: tuple[str, Pat
                      ("client.key", "client.key")):
         shutil.copy(certs / src, secret / key)
     spec = pod_spec()
-    host = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    volumes = {name: str(tmp_path / "host" / path.strip("/")) for name, path in host.items()}
+    volumes = {name: str(tmp_path / "host" / path.strip("/"))
+               for name, path in host_paths(spec).items()}
     volumes["host-python"] = "/usr/bin"  # the host's own, read-only
     volumes["etcd-certs"] = str(secret)
     for path in volumes.values():
@@ -160,18 +110,16 @@ def test_the_daemonset_runs_and_wires_a_pod(image: str, tls_etcd: tuple[str, Pat
     init_c = spec["initContainers"][0]
     # Like the agent, in the node's namespace (hostNetwork), never the machine's own.
     run = subprocess.run(["nsenter", f"--net={node}", *podman_run(
-        init_c, volumes, {}, f"pnt-init-{tag}")], env=podman_conf, capture_output=True,
-        text=True, timeout=120, check=False)
-    subprocess.run(["podman", "rm", "-f", f"pnt-init-{tag}"], env=podman_conf,
-                   capture_output=True, check=False)
+        init_c, volumes, {}, f"pnt-init-{tag}", ("--rm",))], env=podman_conf,
+        capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
     shim = Path(volumes["cni-bin"]) / "podnet"
     assert shim.read_text().startswith("#!/usr/bin/python3 -IS\n")
 
     agent = spec["containers"][0]
     name = f"pnt-agent-{tag}"
-    argv = podman_run(agent, volumes, env, name)
-    started = subprocess.run(["nsenter", f"--net={node}", *argv[:2], "-d", *argv[2:]],
+    argv = podman_run(agent, volumes, env, name, ("-d",))
+    started = subprocess.run(["nsenter", f"--net={node}", *argv],
                              env=podman_conf, capture_output=True, text=True, timeout=120,
                              check=False)
     try:

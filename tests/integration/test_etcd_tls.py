@@ -13,34 +13,17 @@ from pathlib import Path
 import pytest
 
 from podnet.datastore.etcd import EtcdStore
+from podnet.lab import pki
 from podnet.netlink import netns
 
 URL = "https://127.0.0.1:23790"
-
-
-def openssl(*argv: str) -> None:
-    subprocess.run(["openssl", *argv], check=True, capture_output=True)
-
-
-def make_certs(d: Path) -> None:
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "ca.key"),
-            "-out", str(d / "ca.crt"), "-days", "1", "-subj", "/CN=podnet-test-ca")
-    # etcd's own gateway dials etcd with the server certificate: it needs clientAuth too.
-    server = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"
-    for name, ext in (("server", server), ("client", "extendedKeyUsage=clientAuth")):
-        (d / f"{name}.ext").write_text(ext + "\n")
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / f"{name}.key"),
-                "-out", str(d / f"{name}.csr"), "-subj", f"/CN=podnet-{name}")
-        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"),
-                "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-out", str(d / f"{name}.crt"),
-                "-days", "1", "-extfile", str(d / f"{name}.ext"))
 
 
 @pytest.fixture
 def tls_etcd(make_ns: Callable[[str], str], tmp_path: Path) -> Iterator[tuple[str, Path]]:
     ns = make_ns("etcd")
     subprocess.run(["nsenter", f"--net={ns}", "ip", "link", "set", "lo", "up"], check=True)
-    make_certs(tmp_path)
+    pki.make_certs(tmp_path, "127.0.0.1")
     proc = subprocess.Popen(
         ["nsenter", f"--net={ns}", "etcd", "--data-dir", str(tmp_path / "data"),
          "--listen-client-urls", URL, "--advertise-client-urls", URL,

@@ -20,13 +20,16 @@ def make_lab() -> Iterator[MakeLab]:
     made: list[str] = []
 
     def make(backend: str = "vxlan", nodes: int = 3, pods: int = 2, underlay: str = "switch",
-             reconcile: float = 2.0, gateway_mode: str = "bgp", fast_path: bool = True) -> Lab:
+             reconcile: float = 2.0, gateway_mode: str = "bgp", fast_path: bool = True,
+             agent_image: str = "") -> Lab:
         name = f"t{uuid.uuid4().hex[:6]}"
         made.append(name)
         topo = Topology.make(name, backend, nodes, pods, underlay)
         topo.reconcile_interval = reconcile
         topo.gateway_mode = gateway_mode
         topo.fast_path = fast_path
+        topo.agent_image = agent_image
+        topo.etcd_tls = bool(agent_image)
         lab = Lab(topo)
         lab.up()
         return lab

@@ -76,6 +76,8 @@ def _dispatch(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         topo = Topology.make(args.name, args.backend, args.nodes, args.pods_per_node, underlay)
         topo.gateway_mode = args.gateway_mode
         topo.fast_path = args.fast_path == "on"
+        topo.etcd_tls = args.etcd_tls or bool(args.agent_image)
+        topo.agent_image = args.agent_image or ""
         lab = Lab(topo, say)
         lab.up()  # on failure it removes what it built, and nothing else
         print(_table(status(lab)))
@@ -142,6 +144,12 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="gateway: BIRD on the router, or `agent --role router`")
     q.add_argument("--fast-path", default="on", choices=["on", "off"],
                    help="the eBPF fast path between pods of different nodes")
+    q.add_argument("--etcd-tls", action="store_true",
+                   help="etcd with TLS and client certificates (a CA of the lab's own)")
+    q.add_argument("--agent-image", metavar="IMAGE",
+                   help="run each agent from this image as deploy/kubernetes/podnet.yaml's "
+                        "DaemonSet runs it (podman; implies --etcd-tls), e.g. "
+                        "localhost/podnet:0.1.0 from `make image`")
     q = lsub.add_parser("list", help="the labs on this machine")
     q.set_defaults(func=cmd)
     named("down", "remove a lab (also a half-built one) as its state records it")

@@ -14,12 +14,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from podnet.backends import registry
 from podnet.cni.invoke import Runtime
 from podnet.errors import UserError
 from podnet.install import install_cni
+from podnet.lab import pki
 from podnet.lab.topology import (
     ETCD_PORT,
     NAME_RE,
@@ -184,6 +186,22 @@ class Lab:
     def _podnet(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "podnet", *args]
 
+    @property
+    def certs(self) -> pki.Certs | None:
+        """etcd's certificates, where the lab runs it with TLS."""
+        if not self.topo.etcd_tls:
+            return None
+        d = os.path.join(self.dir, "pki")
+        return pki.Certs(*(os.path.join(d, f) for f in (
+            "ca.crt", "server.crt", "server.key", "client.crt", "client.key")))
+
+    def etcd_args(self) -> list[str]:
+        """What a podnet command needs to reach the lab's etcd."""
+        c = self.certs
+        tls = [] if c is None else ["--etcd-ca", c.ca, "--etcd-cert", c.client_cert,
+                                    "--etcd-key", c.client_key]
+        return ["--etcd", self.topo.etcd_url, *tls]
+
     def _new_ns(self, name: str) -> None:
         """A namespace of the lab, recorded first (a crash leaves nothing unrecorded), its
         loopback up (etcd and echo servers use it)."""
@@ -200,6 +218,11 @@ class Lab:
         _in_ns(name, lambda ipr: ipr.link("set", index=_index(ipr, "lo"), state="up"))
 
     def _forget_ns(self, name: str) -> None:
+        """Remove one of the lab's namespaces and whatever still runs in it (a process would
+        keep it alive, unnamed)."""
+        if os.path.exists(ns_path(name)):
+            for pid in netns.pids_in(ns_path(name)):
+                _kill(pid, timeout=5)
         netns.remove(name)
         if name in self.topo.netns_made:
             self.topo.netns_made.remove(name)
@@ -243,7 +266,7 @@ class Lab:
         if not t.fast_path:
             extra += ["--fast-path", "off"]
         self._run_in(self.prefix + "cp", self._podnet(
-            "cluster", "init", "--etcd", t.etcd_url, "--cidr", t.cidr, "--backend", t.backend,
+            "cluster", "init", *self.etcd_args(), "--cidr", t.cidr, "--backend", t.backend,
             *extra))
         if routed:
             self._router()
@@ -257,9 +280,9 @@ class Lab:
             self._pod(pod)
         self.save()
 
-    def _run_in(self, ns: str, argv: list[str]) -> str:
+    def _run_in(self, ns: str, argv: list[str], env: dict[str, str] | None = None) -> str:
         proc = subprocess.run(["nsenter", f"--net={ns_path(ns)}", *argv], capture_output=True,
-                              text=True, check=False, timeout=60)
+                              text=True, check=False, timeout=120, env=env)
         if proc.returncode != 0:
             raise UserError(f"{' '.join(argv[2:5])} failed in {ns}: {proc.stderr.strip()}",
                             "the message says why")
@@ -315,7 +338,7 @@ class Lab:
         else:
             self.progress("router: podnet agent --role router")
             t.router_pid = _spawn(rt, self._podnet(
-                "agent", "--role", "router", "--etcd", t.etcd_url, "--node-name", "router",
+                "agent", "--role", "router", *self.etcd_args(), "--node-name", "router",
                 "--node-ip", "192.168.99.1", "--state-dir", os.path.join(d, "state"),
                 "--reconcile-interval", str(t.reconcile_interval), "--metrics",
                 "127.0.0.1:0"), os.path.join(d, "agent.log"))
@@ -346,12 +369,19 @@ class Lab:
         t = self.topo
         self.progress(f"etcd at {t.etcd_url}")
         data = os.path.join(self.dir, "etcd")
+        tls: list[str] = []
+        if (c := self.certs) is not None:
+            if not os.path.exists(c.ca):  # made once: a restarted etcd keeps its CA
+                c = pki.make_certs(Path(self.dir) / "pki", t.etcd_ip)
+            tls = ["--cert-file", c.server_cert, "--key-file", c.server_key,
+                   "--client-cert-auth", "--trusted-ca-file", c.ca]
         t.etcd_pid = _spawn(self.prefix + "cp", [
             "etcd", "--name", "cp", "--data-dir", data,
             "--listen-client-urls", t.etcd_url, "--advertise-client-urls", t.etcd_url,
             "--listen-peer-urls", "http://127.0.0.1:2380",
             "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-            "--initial-cluster", "cp=http://127.0.0.1:2380"], os.path.join(self.dir, "etcd.log"))
+            "--initial-cluster", "cp=http://127.0.0.1:2380", *tls],
+            os.path.join(self.dir, "etcd.log"))
         self.save()
         self._wait(lambda: self._etcd_ready(), 30, "etcd did not start")
 
@@ -380,9 +410,17 @@ class Lab:
         self.progress(f"node {node.name}: {t.node_ip(node)}")
         self._new_ns(ns)
         prefix = t.node_net(node).prefixlen
+        with netns.entered(ns_path(ns)):
+            # As kubeadm requires of a node; an agent in a container cannot set it.
+            netns.write_sysctl("net/ipv4/ip_forward", "1")
         if t.underlay == "switch":
             _veth(self.prefix + "sw", node.name, ns, "eth0", f"{t.node_ip(node)}/{prefix}")
             self._attach(self.prefix + "sw", node.name)
+            if t.agent_image:
+                # The DaemonSet's agent finds its underlay by the default route; nothing
+                # answers at this address, so nothing leaves the switch.
+                _in_ns(ns, lambda ipr: ipr.route("replace", dst="0.0.0.0/0",
+                                                 gateway=t.switch_gateway))
         else:
             rt = self.prefix + "rt"
             _veth(ns, "eth0", rt, node.name, f"{t.gateway(node)}/{prefix}")
@@ -393,11 +431,32 @@ class Lab:
         if start_agent:
             self.start_agent(node)
 
+    def node_root(self, node: NodeSpec) -> str:
+        """Where an agent from the image keeps the node's files (its hostPath volumes)."""
+        return os.path.join(self.node_dir(node), "host")
+
+    def _node_file(self, node: NodeSpec, image_path: str, own: str) -> str:
+        if self.topo.agent_image:
+            return os.path.join(self.node_root(node), image_path.lstrip("/"))
+        return os.path.join(self.node_dir(node), own)
+
+    def socket(self, node: NodeSpec) -> str:
+        return self._node_file(node, "/run/podnet/cni.sock", "cni.sock")
+
+    def conf_dir(self, node: NodeSpec) -> str:
+        return self._node_file(node, "/etc/cni/net.d", "net.d")
+
+    def state_dir(self, node: NodeSpec) -> str:
+        return self._node_file(node, "/var/lib/podnet/agent", "state")
+
     def start_agent(self, node: NodeSpec) -> None:
+        if self.topo.agent_image:
+            self._start_agent_image(node)
+            return
         d = self.node_dir(node)
         os.makedirs(d, exist_ok=True)
         node.agent_pid = _spawn(node.netns(self.topo.name), self._podnet(
-            "agent", "--etcd", self.topo.etcd_url, "--node-name", node.name, "--iface", "eth0",
+            "agent", *self.etcd_args(), "--node-name", node.name, "--iface", "eth0",
             "--cni-conf-dir", os.path.join(d, "net.d"), "--cni-socket",
             os.path.join(d, "cni.sock"), "--ipam-data-dir", os.path.join(d, "ipam"),
             "--state-dir", os.path.join(d, "state"),
@@ -405,26 +464,81 @@ class Lab:
             "--ttl", "15"), os.path.join(d, "agent.log"))
         self.save()
 
+    def _start_agent_image(self, node: NodeSpec) -> None:
+        """The node's agent as the DaemonSet runs it: the init container installs the plugins,
+        the agent container runs with the manifest's capabilities, mounts and environment."""
+        from podnet.lab import daemonset
+
+        t, d, ns = self.topo, self.node_dir(node), node.netns(self.topo.name)
+        spec = daemonset.pod_spec()
+        init, agent = ({**c, "image": t.agent_image}
+                       for c in (spec["initContainers"][0], spec["containers"][0]))
+        root = self.node_root(node)
+        volumes = {name: os.path.join(root, path.lstrip("/"))
+                   for name, path in daemonset.host_paths(spec).items()}
+        volumes["host-python"] = "/usr/bin"  # the host's own python3, as a node's
+        volumes["etcd-certs"] = self._etcd_secret(d)
+        for path in volumes.values():
+            os.makedirs(path, exist_ok=True)
+        env = daemonset.containers_conf(self.dir)
+        if not _alive(node.mounts_pid):
+            # The node's view of /run/podnet, where its plugins find the agent's socket; the
+            # labs' own directory under it stays in view (bound in this namespace only).
+            run = volumes["run-podnet"]
+            os.makedirs(os.path.join(run, "labs"), exist_ok=True)
+            node.mounts_pid = _spawn(ns, ["unshare", "--mount", "--propagation", "slave",
+                                          "sh", "-c", f"mount --bind {LABS_DIR} {run}/labs && "
+                                          f"mount --rbind {run} /run/podnet && "
+                                          "exec sleep infinity"], os.path.join(d, "mounts.log"))
+            self.save()
+        if not os.path.exists(os.path.join(volumes["cni-bin"], "podnet")):
+            self._run_in(ns, daemonset.podman_run(init, volumes, {},
+                                                  f"{self.prefix}{node.name}-init",
+                                                  ("--rm", "--replace")), env)
+        name = f"{self.prefix}{node.name}-agent"
+        self._run_in(ns, daemonset.podman_run(
+            agent, volumes, {"NODE_NAME": node.name, "PODNET_ETCD": t.etcd_url},
+            name, ("-d", "--rm", "--replace")), env)
+        pid = self._run_in(ns, ["podman", "inspect", "--format", "{{.State.Pid}}", name], env)
+        node.agent_pid = int(pid.strip())
+        self.save()
+
+    def _etcd_secret(self, d: str) -> str:
+        """The Secret the DaemonSet mounts: etcd's CA and the client certificate, no more."""
+        c = self.certs
+        assert c is not None  # the topology requires TLS for image agents
+        secret = os.path.join(d, "etcd-secret")
+        os.makedirs(secret, mode=0o700, exist_ok=True)
+        for src, dst in ((c.ca, "ca.crt"), (c.client_cert, "client.crt"),
+                         (c.client_key, "client.key")):
+            shutil.copyfile(src, os.path.join(secret, dst))
+        return secret
+
     def _wait_agent(self, node: NodeSpec) -> None:
         d = self.node_dir(node)
-        conf = os.path.join(d, "net.d", "10-podnet.conflist")
+        conf = os.path.join(self.conf_dir(node), "10-podnet.conflist")
         what = f"the agent of {node.name} did not come up"
 
         def up() -> bool:
             if not _alive(node.agent_pid):
                 raise UserError(what, f"{d}/agent.log says why")
-            return os.path.exists(conf) and os.path.exists(os.path.join(d, "cni.sock"))
+            return os.path.exists(conf) and os.path.exists(self.socket(node))
 
         self._wait(up, 60, what)
 
     def conflist(self, node: NodeSpec) -> dict[str, Any]:
-        with open(os.path.join(self.node_dir(node), "net.d", "10-podnet.conflist")) as fh:
+        with open(os.path.join(self.conf_dir(node), "10-podnet.conflist")) as fh:
             conf: dict[str, Any] = json.load(fh)
         return conf
 
     def runtime(self, node: NodeSpec) -> Runtime:
+        netns_path = ns_path(node.netns(self.topo.name))
+        if self.topo.agent_image:  # the plugins the init container installed, in the node's view
+            return Runtime(path=[os.path.join(self.node_root(node), "opt/cni/bin"),
+                                 REFERENCE_PLUGINS], node_netns=netns_path,
+                           node_mounts=f"/proc/{node.mounts_pid}/ns/mnt")
         return Runtime(path=[os.path.join(self.dir, "bin"), REFERENCE_PLUGINS],
-                       node_netns=ns_path(node.netns(self.topo.name)))
+                       node_netns=netns_path)
 
     def _pod(self, pod: PodSpec) -> None:
         node = self.topo.node(pod.node)
@@ -471,9 +585,9 @@ class Lab:
         # A graceful leave: the lease is freed, so every peer forgets the node at once.
         with contextlib.suppress(UserError):
             self._run_in(node.netns(self.topo.name), self._podnet(
-                "agent", "--leave", "--etcd", self.topo.etcd_url, "--node-name", name,
-                "--cni-conf-dir", os.path.join(d, "net.d"), "--state-dir",
-                os.path.join(d, "state")))
+                "agent", "--leave", *self.etcd_args(), "--node-name", name,
+                "--cni-conf-dir", self.conf_dir(node), "--state-dir", self.state_dir(node),
+                "--cni-socket", self.socket(node)))
         self._forget_ns(node.netns(self.topo.name))
         if self.topo.underlay == "switch":
             _in_ns(self.prefix + "sw", lambda ipr: links.delete_link(ipr, name))
@@ -489,9 +603,8 @@ class Lab:
 
     def restart_agent(self, name: str) -> None:
         node = self.stop_agent(name)
-        sock = os.path.join(self.node_dir(node), "cni.sock")
         with contextlib.suppress(FileNotFoundError):
-            os.remove(sock)
+            os.remove(self.socket(node))
         self.start_agent(node)
         self._wait_agent(node)
 
@@ -554,7 +667,10 @@ def status(lab: Lab) -> dict[str, Any]:
     return {
         "name": t.name, "backend": t.backend, "underlay": t.underlay,
         # Where a client reaches the lab's datastore: the URL, from inside that namespace.
-        "etcd": {"url": t.etcd_url, "netns": t.netns_prefix + "cp"},
+        "etcd": {"url": t.etcd_url, "netns": t.netns_prefix + "cp",
+                 **({} if lab.certs is None else {"ca": lab.certs.ca,
+                                                  "cert": lab.certs.client_cert,
+                                                  "key": lab.certs.client_key})},
         "nodes": [{"name": n.name, "netns": n.netns(t.name), "node_ip": t.node_ip(n),
                    "pod_subnet": subnets.get(n.name, ""), "agent_pid": n.agent_pid}
                   for n in t.nodes],

@@ -52,6 +52,7 @@ class NodeSpec(_InLab):
     name: str
     index: int
     agent_pid: int = 0
+    mounts_pid: int = 0  # an agent from the image: what holds the node's mount namespace
 
 
 @dataclass
@@ -69,6 +70,9 @@ class Topology:
     fast_path: bool = True  # the eBPF fast path (backend option `fastPath`)
     # Every namespace this lab made, recorded before it is made: what `down` removes.
     netns_made: list[str] = field(default_factory=list)
+    etcd_tls: bool = False  # etcd with TLS and client certificates, as in production
+    # Agents run from this image as the Kubernetes DaemonSet runs them (needs etcd_tls).
+    agent_image: str = ""
 
     def __post_init__(self) -> None:
         check_lab_name(self.name)
@@ -78,6 +82,9 @@ class Topology:
             spec = registry.spec(self.backend)
         except KeyError as exc:
             raise UserError(exc.args[0], "see `podnet lab up --help`") from None
+        if self.agent_image and not self.etcd_tls:
+            raise UserError("the DaemonSet's agent takes etcd's client certificate",
+                            "add --etcd-tls")
         if spec.routed_by_gateway and self.underlay != "routed":
             raise UserError(f"the {self.backend} backend needs a router",
                             "use --underlay routed")
@@ -131,7 +138,7 @@ class Topology:
 
     @property
     def etcd_url(self) -> str:
-        return f"http://{self.etcd_ip}:{ETCD_PORT}"
+        return f"{'https' if self.etcd_tls else 'http'}://{self.etcd_ip}:{ETCD_PORT}"
 
     def node_net(self, node: NodeSpec) -> ipaddress.IPv4Network:
         if self.underlay == "switch":
@@ -142,6 +149,11 @@ class Topology:
         if self.underlay == "switch":
             return str(SWITCH_NET.network_address + 10 + node.index)
         return str(self.node_net(node).network_address + 2)
+
+    @property
+    def switch_gateway(self) -> str:
+        """A default gateway on the switch that nothing answers at."""
+        return str(SWITCH_NET.network_address + 1)
 
     def gateway(self, node: NodeSpec) -> str | None:
         """The node's default gateway: the router on a routed underlay."""
@@ -169,7 +181,9 @@ class Topology:
                    reconcile_interval=obj.get("reconcile_interval", 2.0),
                    gateway_mode=obj.get("gateway_mode", "bgp"),
                    fast_path=obj.get("fast_path", True),
-                   netns_made=list(obj.get("netns_made", [])))
+                   netns_made=list(obj.get("netns_made", [])),
+                   etcd_tls=obj.get("etcd_tls", False),
+                   agent_image=obj.get("agent_image", ""))
         topo.nodes = [NodeSpec(**n) for n in obj["nodes"]]
         topo.pods = [PodSpec(**p) for p in obj["pods"]]
         return topo
