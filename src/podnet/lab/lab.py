@@ -476,10 +476,10 @@ class Lab:
         root = self.node_root(node)
         volumes = {name: os.path.join(root, path.lstrip("/"))
                    for name, path in daemonset.host_paths(spec).items()}
+        for path in volumes.values():  # the node's own directories, in the lab's
+            os.makedirs(path, exist_ok=True)
         volumes["host-python"] = "/usr/bin"  # the host's own python3, as a node's
         volumes["etcd-certs"] = self._etcd_secret(d)
-        for path in volumes.values():
-            os.makedirs(path, exist_ok=True)
         env = daemonset.containers_conf(self.dir)
         if not _alive(node.mounts_pid):
             # The node's view of /run/podnet, where its plugins find the agent's socket; the
