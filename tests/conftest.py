@@ -111,7 +111,8 @@ def links_in(path: str) -> list[str]:
 
 
 def healthz(path: str, port: int = 9153) -> tuple[int, str]:
-    """An agent's /healthz in the namespace at `path`: status and body."""
+    """An agent's /healthz in the namespace at `path`: status and body (0 where nothing
+    answers)."""
     import urllib.error
     import urllib.request
 
@@ -121,6 +122,8 @@ def healthz(path: str, port: int = 9153) -> tuple[int, str]:
             return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
+        except (urllib.error.URLError, OSError) as exc:  # nothing listens (yet)
+            return 0, str(exc)
 
 
 @pytest.fixture(scope="session")

@@ -123,7 +123,9 @@ def _store(args: argparse.Namespace) -> Any:
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--etcd", "--datastore", dest="etcd", default="http://127.0.0.1:2379",
-                   help="etcd URL (http[s]://HOST:PORT) or file:///DIR for a single node")
+                   help="etcd's URL (http[s]://HOST:PORT; every member, comma-separated: a "
+                        "request goes to the next when one does not answer) or file:///DIR for "
+                        "a single node")
     p.add_argument("--etcd-ca", help="CA certificate to verify etcd with")
     p.add_argument("--etcd-cert", help="client certificate for etcd")
     p.add_argument("--etcd-key", help="client certificate key for etcd")

@@ -46,31 +46,58 @@ def _prefix_end(prefix: str) -> str:
 
 
 class EtcdStore:
-    def __init__(self, url: str, ca_cert: str | None = None, cert: str | None = None,
-                 key: str | None = None, timeout: float = 5.0) -> None:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"etcd URL {url!r} must look like http(s)://HOST:PORT")
-        self.client = Etcd3Client(host=parsed.hostname, port=parsed.port or 2379,
-                                  protocol=parsed.scheme, ca_cert=ca_cert, cert_cert=cert,
-                                  cert_key=key, timeout=timeout, api_path="/v3/")
+    """etcd at one or more member URLs: a request that a member could not have taken
+    (connection refused or not made, or 503, no leader) goes to the next member; one that may
+    have been applied (a read timeout) is the caller's to retry."""
+
+    def __init__(self, url: str | list[str], ca_cert: str | None = None,
+                 cert: str | None = None, key: str | None = None, timeout: float = 5.0) -> None:
+        self.urls = [url] if isinstance(url, str) else list(url)
+        self.clients = []
+        for member in self.urls:
+            parsed = urlparse(member)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError(f"etcd URL {member!r} must look like http(s)://HOST:PORT")
+            self.clients.append(Etcd3Client(
+                host=parsed.hostname, port=parsed.port or 2379, protocol=parsed.scheme,
+                ca_cert=ca_cert, cert_cert=cert, cert_key=key, timeout=timeout,
+                api_path="/v3/"))
+        self._member = 0
         self.timeout = timeout
         # Per request: requests lets REQUESTS_CA_BUNDLE in the environment override a session's
         # CA, and the cluster's CA is the one to trust.
         self._verify: str | bool = ca_cert or True
         self._stream: requests.Response | None = None
 
+    @property
+    def client(self) -> Etcd3Client:
+        return self.clients[self._member]
+
+    def _next_member(self) -> None:
+        self._member = (self._member + 1) % len(self.clients)
+
     # -- plumbing ---------------------------------------------------------------------------
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        try:
-            resp = self.client.session.post(self.client.get_url(path), json=payload,
-                                            timeout=self.timeout, verify=self._verify)
-        except requests.RequestException as exc:
-            raise DatastoreError(f"etcd unreachable: {exc}") from None
-        if resp.status_code != 200:
-            raise DatastoreError(f"etcd {path}: HTTP {resp.status_code}: {resp.text[:200]}")
-        out: dict[str, Any] = resp.json()
-        return out
+        why = ""
+        for _ in self.clients:
+            try:
+                resp = self.client.session.post(self.client.get_url(path), json=payload,
+                                                timeout=self.timeout, verify=self._verify)
+            except requests.ConnectionError as exc:  # not delivered: another member may take it
+                why = f"{self.urls[self._member]}: {exc}"
+                self._next_member()
+                continue
+            except requests.RequestException as exc:
+                raise DatastoreError(f"etcd unreachable: {exc}") from None
+            if resp.status_code == 503:  # this member has no leader: another may
+                why = f"{self.urls[self._member]}: HTTP 503: {resp.text[:200]}"
+                self._next_member()
+                continue
+            if resp.status_code != 200:
+                raise DatastoreError(f"etcd {path}: HTTP {resp.status_code}: {resp.text[:200]}")
+            out: dict[str, Any] = resp.json()
+            return out
+        raise DatastoreError(f"etcd unreachable: no member answers ({why})")
 
     def _range(self, prefix: str, keys_only: bool = False) -> tuple[list[dict[str, Any]], int]:
         payload: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
@@ -216,6 +243,7 @@ class EtcdStore:
                 return revision
             if "Read timed out" in str(exc):
                 return revision
+            self._next_member()  # the next watch goes to another member
             raise DatastoreError(f"watch broken: {exc}") from None
         except (requests.RequestException, ValueError, AttributeError) as exc:
             if stopped():
@@ -234,5 +262,6 @@ class EtcdStore:
                 with contextlib.suppress(OSError):
                     conn.sock.shutdown(socket.SHUT_RDWR)
             self._stream.close()
-        self.client.session.close()
+        for client in self.clients:
+            client.session.close()
 

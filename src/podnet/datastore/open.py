@@ -8,7 +8,8 @@ from urllib.parse import urlparse
 from podnet.datastore.base import Datastore
 from podnet.errors import UserError
 
-FIX = "give http(s)://HOST:PORT for etcd, or file:///ABSOLUTE/DIR for a single node"
+FIX = ("give http(s)://HOST:PORT for etcd (every member, comma-separated), or "
+       "file:///ABSOLUTE/DIR for a single node")
 
 
 def check_url(url: str) -> None:
@@ -31,7 +32,12 @@ def check_url(url: str) -> None:
 
 def open_store(url: str, ca_cert: str | None = None, cert: str | None = None,
                key: str | None = None) -> Datastore:
-    check_url(url)
+    """The store at `url`; etcd's members may be listed, comma-separated."""
+    members = url.split(",")
+    for member in members:
+        check_url(member)
+    if len(members) > 1 and any(urlparse(m).scheme == "file" for m in members):
+        raise UserError(f"datastore URL {url!r} lists a file store with others", FIX)
     for flag, path in (("--etcd-ca", ca_cert), ("--etcd-cert", cert), ("--etcd-key", key)):
         if path is not None and not os.path.isfile(path):
             raise UserError(f"{flag} {path} is not a file", "give the path of the PEM file")
@@ -44,4 +50,4 @@ def open_store(url: str, ca_cert: str | None = None, cert: str | None = None,
         return FileStore(urlparse(url).path)
     from podnet.datastore.etcd import EtcdStore
 
-    return EtcdStore(url, ca_cert=ca_cert, cert=cert, key=key)
+    return EtcdStore(members, ca_cert=ca_cert, cert=cert, key=key)
