@@ -243,6 +243,17 @@ def test_node_ip_inside_the_pod_network_refused(solo: Solo) -> None:
     assert "kube-bridge" not in links_in(solo.ns) and solo.nft_tables().strip() == ""
 
 
+def test_a_newer_datastore_format_is_refused(solo: Solo) -> None:
+    path = solo.tmp / "store" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format": 2}))
+    proc = solo.run(*solo.agent_args())
+    assert proc.returncode == 1 and FORM.search(proc.stderr), proc.stderr
+    assert ("the datastore was written in format 2 by a newer podnet; this one knows format 1 "
+            "(upgrade this node's podnet to the cluster's)") in proc.stderr
+    nothing_made(solo, "solo")
+    assert "kube-bridge" not in links_in(solo.ns) and solo.nft_tables().strip() == ""
+
+
 def test_config_change_is_never_run_on_silently(solo: Solo) -> None:
     agent = solo.start("solo", "--reconcile-interval", "0.2")
     solo.wait_ready(agent)

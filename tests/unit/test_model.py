@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from podnet.backends.base import BackendError
 from podnet.backends.vxlan import tx_offload_wanted, vtep_mac
-from podnet.datastore.model import ConfigError, Lease, NetworkConfig
+from podnet.datastore.model import ConfigError, Lease, NetworkConfig, NewerFormat
 from podnet.lab.topology import Topology
 
 
@@ -112,3 +112,16 @@ def test_any_payload_is_a_lease_or_a_config_error(payload: str) -> None:
     except ConfigError:
         return
     assert lease.subnet.subnet_of(CONF.network) and lease.subnet.prefixlen == 24
+
+
+def test_a_datastore_format_newer_than_known_is_refused() -> None:
+    conf = NetworkConfig.make("10.244.0.0/16", None, {"type": "vxlan"})
+    stored = json.loads(conf.to_json())
+    assert stored["format"] == 1
+    del stored["format"]  # as the first releases wrote it
+    assert NetworkConfig.from_json(json.dumps(stored)) == conf
+    with pytest.raises(NewerFormat, match="format 2 by a newer podnet; this one knows format 1"):
+        NetworkConfig.from_json(json.dumps({**stored, "format": 2}))
+    for bad in ("2", None, True):
+        with pytest.raises(ConfigError, match="not a number"):
+            NetworkConfig.from_json(json.dumps({**stored, "format": bad}))

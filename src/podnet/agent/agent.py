@@ -27,7 +27,13 @@ from podnet.backends import manager
 from podnet.backends.base import Backend
 from podnet.cni.server import Server
 from podnet.datastore.base import Datastore, DatastoreError, Event, Held
-from podnet.datastore.model import ConfigError, Lease, NetworkConfig, node_ip_problem
+from podnet.datastore.model import (
+    ConfigError,
+    Lease,
+    NetworkConfig,
+    NewerFormat,
+    node_ip_problem,
+)
 from podnet.errors import UserError
 from podnet.fastpath import node as fastpath
 from podnet.fastpath import podmap
@@ -72,7 +78,10 @@ class Agent:
         except AlreadyRunning as exc:
             raise UserError(str(exc), "stop the other agent of this node first") from None
         self._metrics()
-        config = self._retry(self.store.get_config, "reading the network config")
+        try:
+            config = self._retry(self.store.get_config, "reading the network config")
+        except NewerFormat as exc:
+            raise UserError(str(exc), "upgrade this node's podnet to the cluster's") from None
         if config is None:
             raise UserError("the cluster is not initialised",
                             "run `podnet cluster init` against this datastore first")

@@ -20,6 +20,15 @@ class ConfigError(ValueError):
     """A network config or lease that must not be used."""
 
 
+class NewerFormat(ConfigError):
+    """The datastore was written by a newer podnet than this one."""
+
+
+# The datastore's format, written with the config: an agent refuses a newer one rather than
+# misreading it. 1: the first releases (no field).
+FORMAT = 1
+
+
 def check_backend(backend: dict[str, Any]) -> None:
     """The backend type is known and each option is one it reads, with a value it accepts."""
     from podnet.backends.registry import NAMES, SPECS
@@ -110,15 +119,24 @@ class NetworkConfig:
         return list(self.network.subnets(new_prefix=self.subnet_len))
 
     def to_json(self) -> str:
-        return json.dumps({"network": str(self.network), "subnetLen": self.subnet_len,
-                           "backend": self.backend}, sort_keys=True)
+        return json.dumps({"format": FORMAT, "network": str(self.network),
+                           "subnetLen": self.subnet_len, "backend": self.backend},
+                          sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> NetworkConfig:
         try:
             obj = json.loads(raw)
+            written = obj.get("format", 1)  # the first releases wrote none
+            if not isinstance(written, int) or isinstance(written, bool):
+                raise ConfigError(f"stored network config has format {written!r}, not a number")
+            if written > FORMAT:
+                raise NewerFormat(f"the datastore was written in format {written} by a newer "
+                                  f"podnet; this one knows format {FORMAT}")
             return cls.make(obj["network"], int(obj["subnetLen"]), dict(obj["backend"]))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
             raise ConfigError(f"stored network config is invalid: {exc}") from None
 
 
