@@ -153,9 +153,17 @@ class EtcdStore:
                 self._put_both(held, node, compare_absent=False)
                 return held
         if held_raw is not None:
-            raise LeaseRefused(f"node name {node!r} is already held by another live agent "
-                               f"(lease {json.loads(held_raw).get('leaseID')}); refusing to "
-                               "take it over")
+            stale = self._own_earlier_run(node, node_ip, held_raw)
+            if stale is None:
+                raise LeaseRefused(f"node name {node!r} is already held by another live agent "
+                                   f"(lease {json.loads(held_raw).get('leaseID')}); refusing "
+                                   "to take it over")
+            # The caller holds the host (one agent per host) and the lease names this very
+            # address: an earlier run of this node that lost its state (a reboot with a new
+            # disk). Its lease would block the node until it expired: release it now.
+            log.warning("node %s: releasing lease %d of an earlier run at %s whose state was "
+                        "lost", node, stale, node_ip)
+            self._post("/kv/lease/revoke", {"ID": stale})
         lease_id = int(self._post("/lease/grant", {"TTL": ttl})["ID"])
         kvs, _ = self._range(SUBNETS, keys_only=True)
         taken = {_unb64(kv["key"])[len(SUBNETS):] for kv in kvs}
@@ -176,6 +184,18 @@ class EtcdStore:
         self._post("/kv/lease/revoke", {"ID": lease_id})
         raise LeaseRefused(f"no free subnet for node {node!r}: all {config.capacity} "
                            f"/{config.subnet_len} subnets of {config.network} are leased")
+
+    def _own_earlier_run(self, node: str, node_ip: str, held_raw: str) -> int | None:
+        """The lease ID of the node key's holder where its lease names `node_ip`; else None."""
+        try:
+            held = json.loads(held_raw)
+            payload = json.loads(self._get(SUBNETS + subnet_key(
+                ipaddress.IPv4Network(held["subnet"]))) or "{}")
+            if payload.get("node") == node and payload.get("nodeIP") == node_ip:
+                return int(held["leaseID"])
+        except (ValueError, KeyError, TypeError):
+            pass
+        return None
 
     def renew(self, held: Held) -> bool:
         out = self._post("/lease/keepalive", {"ID": held.lease_id})

@@ -589,11 +589,43 @@ class Lab:
                 "--cni-conf-dir", self.conf_dir(node), "--state-dir", self.state_dir(node),
                 "--cni-socket", self.socket(node)))
         self._forget_ns(node.netns(self.topo.name))
-        if self.topo.underlay == "switch":
-            _in_ns(self.prefix + "sw", lambda ipr: links.delete_link(ipr, name))
+        self._unplug(node)
         self.topo.nodes.remove(node)
         shutil.rmtree(d, ignore_errors=True)
         self.save()
+
+    def _unplug(self, node: NodeSpec) -> None:
+        """The switch's or router's end of the node's link, which would outlive the node's
+        namespace for a while (namespaces are freed asynchronously)."""
+        core = self.prefix + ("sw" if self.topo.underlay == "switch" else "rt")
+        _in_ns(core, lambda ipr: links.delete_link(ipr, node.name))
+
+    def reboot_node(self, name: str, keep_state: bool = True) -> NodeSpec:
+        """A node restarted: its namespace and all kernel state gone, its pods gone (without a
+        CNI DEL, as a reboot ends them), then the node made again with its address and its
+        agent started. `keep_state`: its disk survives (the agent's state and IPAM records,
+        the conflist); otherwise those are lost too."""
+        node = self.topo.node(name)
+        for pod in [p for p in self.topo.pods if p.node == name]:
+            self._forget_ns(pod.netns(self.topo.name))
+            self.topo.pods.remove(pod)
+            self.topo.retired_pods.append(pod.name)
+        self._forget_ns(node.netns(self.topo.name))
+        self._unplug(node)
+        d = self.node_dir(node)
+        lost = [self.socket(node)]  # /run is a tmpfs
+        if not keep_state:
+            lost += [self.state_dir(node), self.conf_dir(node), os.path.join(d, "ipam")]
+        for path in lost:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+        self.save()
+        self._node(node)
+        self._wait_agent(node)
+        self.save()
+        return node
 
     def stop_agent(self, name: str) -> NodeSpec:
         """Stop a node's agent (SIGTERM); the node keeps its data plane."""

@@ -70,6 +70,9 @@ class Topology:
     fast_path: bool = True  # the eBPF fast path (backend option `fastPath`)
     # Every namespace this lab made, recorded before it is made: what `down` removes.
     netns_made: list[str] = field(default_factory=list)
+    # Pods a reboot ended without a CNI DEL: their names (container IDs) are not given again,
+    # as a runtime gives re-made sandboxes new IDs (IPAM still holds the old ones).
+    retired_pods: list[str] = field(default_factory=list)
     etcd_tls: bool = False  # etcd with TLS and client certificates, as in production
     # Agents run from this image as the Kubernetes DaemonSet runs them (needs etcd_tls).
     agent_image: str = ""
@@ -115,7 +118,7 @@ class Topology:
         if not any(n.name == node for n in self.nodes):
             raise UserError(f"no node {node!r} in lab {self.name}",
                         f"nodes: {', '.join(n.name for n in self.nodes) or 'none'}")
-        taken = {p.name for p in self.pods}
+        taken = {p.name for p in self.pods} | set(self.retired_pods)
         j = 1
         while f"{node}-p{j}" in taken:
             j += 1
@@ -182,6 +185,7 @@ class Topology:
                    gateway_mode=obj.get("gateway_mode", "bgp"),
                    fast_path=obj.get("fast_path", True),
                    netns_made=list(obj.get("netns_made", [])),
+                   retired_pods=list(obj.get("retired_pods", [])),
                    etcd_tls=obj.get("etcd_tls", False),
                    agent_image=obj.get("agent_image", ""))
         topo.nodes = [NodeSpec(**n) for n in obj["nodes"]]
