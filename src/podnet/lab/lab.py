@@ -99,11 +99,11 @@ def _index(ipr: Any, name: str) -> int:
     return index
 
 
-def _spawn(ns: str, argv: list[str], log: str) -> int:
+def _spawn(ns: str, argv: list[str], log: str, env: dict[str, str] | None = None) -> int:
     with open(log, "ab") as out:
         proc = subprocess.Popen(["nsenter", f"--net={ns_path(ns)}", *argv], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     return proc.pid
 
 
@@ -461,7 +461,8 @@ class Lab:
             os.path.join(d, "cni.sock"), "--ipam-data-dir", os.path.join(d, "ipam"),
             "--state-dir", os.path.join(d, "state"),
             "--reconcile-interval", str(self.topo.reconcile_interval),
-            "--ttl", "15"), os.path.join(d, "agent.log"))
+            "--ttl", "15"), os.path.join(d, "agent.log"),
+            {**os.environ, "PYTHONPATH": node.agent_src} if node.agent_src else None)
         self.save()
 
     def _start_agent_image(self, node: NodeSpec) -> None:
@@ -632,6 +633,12 @@ class Lab:
         node = self.topo.node(name)
         _kill(node.agent_pid, ns=node.netns(self.topo.name))
         return node
+
+    def upgrade_agent(self, name: str, src: str) -> None:
+        """Replace a node's agent by the podnet at `src` (a source tree's src/; empty: this
+        one), as an upgrade does: stop, start the other, wait for it."""
+        self.topo.node(name).agent_src = src
+        self.restart_agent(name)
 
     def restart_agent(self, name: str) -> None:
         node = self.stop_agent(name)

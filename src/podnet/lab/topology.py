@@ -53,6 +53,9 @@ class NodeSpec(_InLab):
     index: int
     agent_pid: int = 0
     mounts_pid: int = 0  # an agent from the image: what holds the node's mount namespace
+    # Another podnet's source tree (its src/) the agent runs from, e.g. the previous release's;
+    # empty: this podnet.
+    agent_src: str = ""
 
 
 @dataclass
