@@ -23,7 +23,7 @@ URL = "https://127.0.0.1:23790"
 def tls_etcd(make_ns: Callable[[str], str], tmp_path: Path) -> Iterator[tuple[str, Path]]:
     ns = make_ns("etcd")
     subprocess.run(["nsenter", f"--net={ns}", "ip", "link", "set", "lo", "up"], check=True)
-    pki.make_certs(tmp_path, "127.0.0.1")
+    pki.make_certs(tmp_path, ["127.0.0.1"])
     proc = subprocess.Popen(
         ["nsenter", f"--net={ns}", "etcd", "--data-dir", str(tmp_path / "data"),
          "--listen-client-urls", URL, "--advertise-client-urls", URL,

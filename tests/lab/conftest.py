@@ -21,7 +21,7 @@ def make_lab() -> Iterator[MakeLab]:
 
     def make(backend: str = "vxlan", nodes: int = 3, pods: int = 2, underlay: str = "switch",
              reconcile: float = 2.0, gateway_mode: str = "bgp", fast_path: bool = True,
-             agent_image: str = "") -> Lab:
+             agent_image: str = "", etcd_members: int = 1) -> Lab:
         name = f"t{uuid.uuid4().hex[:6]}"
         made.append(name)
         topo = Topology.make(name, backend, nodes, pods, underlay)
@@ -30,6 +30,7 @@ def make_lab() -> Iterator[MakeLab]:
         topo.fast_path = fast_path
         topo.agent_image = agent_image
         topo.etcd_tls = bool(agent_image)
+        topo.etcd_members = etcd_members
         lab = Lab(topo)
         lab.up()
         return lab

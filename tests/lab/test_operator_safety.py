@@ -343,7 +343,8 @@ def test_labs_whose_names_share_a_prefix_never_touch_each_other(tmp_path: Path) 
             assert done.returncode == 0, (argv, done.stderr)
         assert _cli("verify", "--lab", short).returncode == 0
         etcd = json.loads(_cli("lab", "status", "--name", short, "--json").stdout)["etcd"]
-        assert etcd == {"url": Lab.load(short).topo.etcd_url, "netns": f"pnl-{short}-cp"}
+        assert (etcd["url"], etcd["netns"]) == (Lab.load(short).topo.etcd_url, f"pnl-{short}-cp")
+        assert [m["name"] for m in etcd["members"]] == ["cp"]
         for argv, message in ((["exec", "nosuch", "--", "true"], "no 'nosuch' in lab"),
                               (["exec", "node1"], "no command to run"),
                               (["add-pod", "node9"], "no node 'node9'"),

@@ -15,7 +15,13 @@ from podnet.backends import registry
 from podnet.cni.errors import CNIError
 from podnet.errors import UserError
 from podnet.lab.lab import Lab, names, status
-from podnet.lab.topology import MAX_NODES, MAX_PODS_PER_NODE, Topology, check_lab_name
+from podnet.lab.topology import (
+    MAX_ETCD_MEMBERS,
+    MAX_NODES,
+    MAX_PODS_PER_NODE,
+    Topology,
+    check_lab_name,
+)
 
 if TYPE_CHECKING:
     from podnet.cli import Parser
@@ -77,6 +83,7 @@ def _dispatch(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         topo.gateway_mode = args.gateway_mode
         topo.fast_path = args.fast_path == "on"
         topo.etcd_tls = args.etcd_tls or bool(args.agent_image)
+        topo.etcd_members = args.etcd_members
         topo.agent_image = args.agent_image or ""
         lab = Lab(topo, say)
         lab.up()  # on failure it removes what it built, and nothing else
@@ -144,6 +151,8 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="gateway: BIRD on the router, or `agent --role router`")
     q.add_argument("--fast-path", default="on", choices=["on", "off"],
                    help="the eBPF fast path between pods of different nodes")
+    q.add_argument("--etcd-members", type=in_range(int, 1, MAX_ETCD_MEMBERS), default=1,
+                   help="etcd's members, each in a namespace of its own (switch underlay)")
     q.add_argument("--etcd-tls", action="store_true",
                    help="etcd with TLS and client certificates (a CA of the lab's own)")
     q.add_argument("--agent-image", metavar="IMAGE",

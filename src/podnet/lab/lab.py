@@ -231,6 +231,7 @@ class Lab:
     def up(self) -> None:
         """Build the lab; on any failure remove what this call built, and only that."""
         t = self.topo
+        t.check()
         exists = UserError(f"lab {t.name!r} exists already",
                            f"`podnet lab down --name {t.name}` first")
         if os.path.exists(state_path(t.name)):
@@ -295,15 +296,17 @@ class Lab:
             sw = self.prefix + "sw"
             self.progress("underlay: switch")
             self._new_ns(sw)
-            self._new_ns(cp)
 
             def make_bridge(ipr: Any) -> None:
                 ipr.link("add", ifname="br0", kind="bridge")
                 ipr.link("set", index=links.index_of(ipr, "br0"), state="up")
 
             _in_ns(sw, make_bridge)
-            _veth(sw, "cp", cp, "eth0", f"{t.etcd_ip}/24")
-            self._attach(sw, "cp")
+            for member in t.etcd_names:
+                self._new_ns(self.prefix + member)
+                _veth(sw, member, self.prefix + member, "eth0",
+                      f"{t.etcd_member_ip(member)}/24")
+                self._attach(sw, member)
         else:
             rt = self.prefix + "rt"
             self.progress("underlay: router")
@@ -366,33 +369,56 @@ class Lab:
         _in_ns(sw, attach)
 
     def _etcd(self) -> None:
+        """Every member of the lab's etcd, started and answering."""
         t = self.topo
         self.progress(f"etcd at {t.etcd_url}")
-        data = os.path.join(self.dir, "etcd")
+        for member in t.etcd_names:
+            self.start_etcd_member(member)
+        self._wait(self._etcd_ready, 30, "etcd did not start")
+
+    def start_etcd_member(self, member: str) -> None:
+        """One member, started (anew, or again on its data after a kill)."""
+        t = self.topo
         tls: list[str] = []
         if (c := self.certs) is not None:
             if not os.path.exists(c.ca):  # made once: a restarted etcd keeps its CA
-                c = pki.make_certs(Path(self.dir) / "pki", t.etcd_ip)
+                c = pki.make_certs(Path(self.dir) / "pki",
+                                   [t.etcd_member_ip(m) for m in t.etcd_names])
             tls = ["--cert-file", c.server_cert, "--key-file", c.server_key,
                    "--client-cert-auth", "--trusted-ca-file", c.ca]
-        t.etcd_pid = _spawn(self.prefix + "cp", [
-            "etcd", "--name", "cp", "--data-dir", data,
-            "--listen-client-urls", t.etcd_url, "--advertise-client-urls", t.etcd_url,
-            "--listen-peer-urls", "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-            "--initial-cluster", "cp=http://127.0.0.1:2380", *tls],
-            os.path.join(self.dir, "etcd.log"))
+        url, peer = t.etcd_member_url(member), f"http://{t.etcd_member_ip(member)}:2380"
+        cluster = ",".join(f"{m}=http://{t.etcd_member_ip(m)}:2380" for m in t.etcd_names)
+        t.etcd_pids[member] = _spawn(self.prefix + member, [
+            "etcd", "--name", member, "--data-dir", os.path.join(self.dir, "etcd", member),
+            "--listen-client-urls", url, "--advertise-client-urls", url,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", cluster, *tls],
+            os.path.join(self.dir, f"etcd-{member}.log"))
         self.save()
-        self._wait(lambda: self._etcd_ready(), 30, "etcd did not start")
+
+    def kill_etcd_member(self, member: str) -> None:
+        """SIGKILL, as a crash: the member's data stays for a restart."""
+        pid = self.topo.etcd_pids.get(member, 0)
+        with contextlib.suppress(ProcessLookupError):
+            if pid and netns.ns_id(f"/proc/{pid}/ns/net") == netns.ns_id(
+                    ns_path(self.prefix + member)):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        self.topo.etcd_pids[member] = 0
+        self.save()
 
     def _etcd_ready(self) -> bool:
         import socket
 
-        with netns.entered(ns_path(self.prefix + "cp")):
-            sock = socket.socket()
-        with sock:
-            sock.settimeout(0.5)
-            return sock.connect_ex((self.topo.etcd_ip, ETCD_PORT)) == 0
+        for member in self.topo.etcd_names:
+            with netns.entered(ns_path(self.prefix + member)):
+                sock = socket.socket()
+            with sock:
+                sock.settimeout(0.5)
+                if sock.connect_ex((self.topo.etcd_member_ip(member), ETCD_PORT)) != 0:
+                    return False
+        return True
 
     def _wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -648,8 +674,9 @@ class Lab:
         self._wait_agent(node)
 
     def stop_etcd(self) -> None:
-        _kill(self.topo.etcd_pid, ns=self.prefix + "cp")
-        self.topo.etcd_pid = 0
+        for member in self.topo.etcd_names:
+            _kill(self.topo.etcd_pids.get(member, 0), ns=self.prefix + member)
+            self.topo.etcd_pids[member] = 0
         self.save()
 
     def start_etcd(self) -> None:
@@ -659,7 +686,7 @@ class Lab:
         """A node, a pod, or `cp`, `sw`, `rt`: its namespace path."""
         names = {n.name: n.netns(self.topo.name) for n in self.topo.nodes}
         names.update({p.name: p.netns(self.topo.name) for p in self.topo.pods})
-        names.update({k: self.prefix + k for k in ("cp", "sw", "rt")})
+        names.update({k: self.prefix + k for k in ("sw", "rt", *self.topo.etcd_names)})
         if target not in names or names[target] not in self.topo.netns_made:
             raise UserError(f"no {target!r} in lab {self.topo.name}",
                             f"try one of {', '.join(sorted(names))}")
@@ -707,6 +734,9 @@ def status(lab: Lab) -> dict[str, Any]:
         "name": t.name, "backend": t.backend, "underlay": t.underlay,
         # Where a client reaches the lab's datastore: the URL, from inside that namespace.
         "etcd": {"url": t.etcd_url, "netns": t.netns_prefix + "cp",
+                 "members": [{"name": m, "netns": t.netns_prefix + m,
+                              "url": t.etcd_member_url(m), "pid": t.etcd_pids.get(m, 0)}
+                             for m in t.etcd_names],
                  **({} if lab.certs is None else {"ca": lab.certs.ca,
                                                   "cert": lab.certs.client_cert,
                                                   "key": lab.certs.client_key})},

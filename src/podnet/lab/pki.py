@@ -21,13 +21,15 @@ def _openssl(*argv: str) -> None:
     subprocess.run(["openssl", *argv], check=True, capture_output=True)
 
 
-def make_certs(d: Path, server_ip: str) -> Certs:
-    """A CA, a server certificate for `server_ip` and a client certificate, in `d`."""
+def make_certs(d: Path, server_ips: list[str]) -> Certs:
+    """A CA, a server certificate for `server_ips` (every member's) and a client certificate,
+    in `d`."""
     d.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "ca.key"),
              "-out", str(d / "ca.crt"), "-days", "30", "-subj", "/CN=podnet-lab-ca")
     # etcd's own gateway dials etcd with the server certificate: it needs clientAuth too.
-    server = f"subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth,clientAuth"
+    names = ",".join(f"IP:{ip}" for ip in server_ips)
+    server = f"subjectAltName={names}\nextendedKeyUsage=serverAuth,clientAuth"
     for name, ext in (("server", server), ("client", "extendedKeyUsage=clientAuth")):
         (d / f"{name}.ext").write_text(ext + "\n")
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / f"{name}.key"),

@@ -17,6 +17,7 @@ SWITCH_NET = ipaddress.IPv4Network("192.168.100.0/24")
 ETCD_PORT = 2379
 MAX_NODES = 50
 MAX_PODS_PER_NODE = 50
+MAX_ETCD_MEMBERS = 5
 
 
 def check_lab_name(name: str) -> str:
@@ -66,7 +67,7 @@ class Topology:
     cidr: str = CLUSTER_CIDR
     nodes: list[NodeSpec] = field(default_factory=list)
     pods: list[PodSpec] = field(default_factory=list)
-    etcd_pid: int = 0
+    etcd_pids: dict[str, int] = field(default_factory=dict)  # by member
     router_pid: int = 0
     reconcile_interval: float = 2.0
     gateway_mode: str = "bgp"  # the gateway backend: BIRD on the router, or `agent --role router`
@@ -77,10 +78,15 @@ class Topology:
     # as a runtime gives re-made sandboxes new IDs (IPAM still holds the old ones).
     retired_pods: list[str] = field(default_factory=list)
     etcd_tls: bool = False  # etcd with TLS and client certificates, as in production
+    etcd_members: int = 1  # etcd's members, each in a namespace of its own (cp, cp2, ...)
     # Agents run from this image as the Kubernetes DaemonSet runs them (needs etcd_tls).
     agent_image: str = ""
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """The topology can be built (again after options were set on it)."""
         check_lab_name(self.name)
         if self.underlay not in ("switch", "routed"):
             raise UserError(f"underlay {self.underlay!r} is not known", "use switch or routed")
@@ -88,6 +94,12 @@ class Topology:
             spec = registry.spec(self.backend)
         except KeyError as exc:
             raise UserError(exc.args[0], "see `podnet lab up --help`") from None
+        if not 1 <= self.etcd_members <= MAX_ETCD_MEMBERS:
+            raise UserError(f"{self.etcd_members} etcd members are out of range",
+                            f"give 1 to {MAX_ETCD_MEMBERS}")
+        if self.etcd_members > 1 and self.underlay != "switch":
+            raise UserError("several etcd members need the switch underlay",
+                            "use --underlay switch")
         if self.agent_image and not self.etcd_tls:
             raise UserError("the DaemonSet's agent takes etcd's client certificate",
                             "add --etcd-tls")
@@ -143,8 +155,28 @@ class Topology:
         return str(net.network_address + 2)
 
     @property
+    def etcd_pid(self) -> int:
+        """The first member's process (the only one of a single-member lab)."""
+        return self.etcd_pids.get("cp", 0)
+
+    @property
+    def etcd_names(self) -> list[str]:
+        return ["cp", *(f"cp{i}" for i in range(2, self.etcd_members + 1))]
+
+    def etcd_member_ip(self, member: str) -> str:
+        """cp at the usual place, further members after it (on the switch: nodes are at .11+)."""
+        if member == "cp":
+            return self.etcd_ip
+        return str(SWITCH_NET.network_address + 2 + self.etcd_names.index(member))
+
+    def etcd_member_url(self, member: str) -> str:
+        scheme = "https" if self.etcd_tls else "http"
+        return f"{scheme}://{self.etcd_member_ip(member)}:{ETCD_PORT}"
+
+    @property
     def etcd_url(self) -> str:
-        return f"{'https' if self.etcd_tls else 'http'}://{self.etcd_ip}:{ETCD_PORT}"
+        """What `--etcd` takes: every member's URL, comma-separated."""
+        return ",".join(self.etcd_member_url(m) for m in self.etcd_names)
 
     def node_net(self, node: NodeSpec) -> ipaddress.IPv4Network:
         if self.underlay == "switch":
@@ -173,7 +205,8 @@ class Topology:
     def namespaces(self) -> list[str]:
         p = netns_prefix(self.name)
         core = [p + "sw"] if self.underlay == "switch" else [p + "rt"]
-        return [*core, p + "cp", *(n.netns(self.name) for n in self.nodes),
+        return [*core, *(p + m for m in self.etcd_names),
+                *(n.netns(self.name) for n in self.nodes),
                 *(pod.netns(self.name) for pod in self.pods)]
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,7 +215,9 @@ class Topology:
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> Topology:
         topo = cls(name=obj["name"], backend=obj["backend"], underlay=obj["underlay"],
-                   cidr=obj["cidr"], etcd_pid=obj.get("etcd_pid", 0),
+                   cidr=obj["cidr"],
+                   etcd_pids=dict(obj.get("etcd_pids", {"cp": obj.get("etcd_pid", 0)})),
+                   etcd_members=obj.get("etcd_members", 1),
                    router_pid=obj.get("router_pid", 0),
                    reconcile_interval=obj.get("reconcile_interval", 2.0),
                    gateway_mode=obj.get("gateway_mode", "bgp"),
