@@ -6,6 +6,7 @@ peer. The agents are given every member."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -71,3 +72,31 @@ def test_the_leader_then_a_follower_killed_during_churn_and_a_join(make_lab: Mak
                         10.0)
     report = verify(lab)
     assert report.ok, failures(report)
+
+
+def test_quorum_lost_for_30_s_leaves_the_data_plane_and_agents_converge(
+        make_lab: MakeLab) -> None:
+    lab = make_lab("vxlan", nodes=2, pods=1, etcd_members=3)
+    src, dst = lab.topo.pods
+    routes = {n: sh(lab, n, "ip", "route") for n in ("node1", "node2")}
+    ping = subprocess.Popen(["nsenter", f"--net={lab.target_netns(src.name)}", "ping", "-i",
+                             "0.05", "-q", dst.ip], stdout=subprocess.PIPE, text=True)
+    lost = lab.topo.etcd_names[1:]  # two of three: no quorum
+    for member in lost:
+        lab.kill_etcd_member(member)
+    for _ in range(6):
+        time.sleep(5)
+        for n in ("node1", "node2"):
+            assert sh(lab, n, "ip", "route") == routes[n]  # the data plane stays as it is
+        assert all(os.path.exists(f"/proc/{n.agent_pid}") for n in lab.topo.nodes)
+    for member in lost:
+        lab.start_etcd_member(member)
+    for member in lost:
+        assert wait_for(lambda m=member: healthy(lab, m), 30.0)
+    ping.send_signal(signal.SIGINT)
+    out, _ = ping.communicate(timeout=30)
+    assert " 0% packet loss" in out, out
+    joined = lab.add_node()  # the agents converge on the cluster as it is now
+    for peer in ("node1", "node2"):
+        assert wait_for(lambda p=peer: subnet_of(lab, joined.name) in sh(lab, p, "ip", "route"),
+                        15.0)
