@@ -13,11 +13,11 @@ from pyroute2 import IPRoute
 
 from podnet.lab.lab import Lab, ns_path
 from podnet.netlink import links, netns
+from podnet.wire import VXLAN_OVERHEAD
 
 SUBNETS = ipaddress.IPv4Network("10.250.0.0/16")
 VTEPS = ipaddress.IPv4Network("10.251.0.0/16")
 VNI, PORT = 42, 4790  # apart from podnet's 1 and 8472
-VXLAN_OVERHEAD = 50
 
 
 def build(lab: Lab, mode: str) -> list[tuple[str, str]]:

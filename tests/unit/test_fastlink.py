@@ -8,7 +8,7 @@ from typing import Any
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from podnet.netlink import fastlink
+from podnet.netlink import constants, fastlink
 
 
 class Capture:
@@ -62,5 +62,5 @@ def test_address_decodes_as_pyroute2_reads_it() -> None:
     rt.add_address(4, "fd00::2/64")
     msg = _decode(ifaddrmsg, cap.sent[0])
     assert (msg["family"], msg["prefixlen"], msg["index"]) == (socket.AF_INET6, 64, 4)
-    assert msg["flags"] == fastlink.IFA_F_NODAD
+    assert msg["flags"] == constants.IFA_F_NODAD
     assert msg.get_attr("IFA_LOCAL") == "fd00::2"

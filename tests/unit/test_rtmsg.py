@@ -7,7 +7,7 @@ import socket
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg as pr_rtmsg
 
-from podnet.netlink import rtmsg
+from podnet.netlink import constants, rtmsg
 
 
 def _decode(cls: type, data: bytes) -> object:
@@ -18,7 +18,7 @@ def _decode(cls: type, data: bytes) -> object:
 
 def test_route_decodes_as_pyroute2_reads_it() -> None:
     data = rtmsg.route("replace", 7, "10.244.3.0/24", oif=5, proto=88, gateway="10.244.3.0",
-                       flags=rtmsg.RTNH_F_ONLINK)
+                       flags=constants.RTNH_F_ONLINK)
     msg = _decode(pr_rtmsg, data)
     assert msg["header"]["type"] == rtmsg.RTM_NEWROUTE  # type: ignore[index]
     assert msg["header"]["sequence_number"] == 7  # type: ignore[index]
@@ -39,6 +39,6 @@ def test_neigh_and_fdb_decode_as_pyroute2_reads_them() -> None:
     assert n.get_attr("NDA_DST") == "10.244.3.0"  # type: ignore[attr-defined]
     assert n.get_attr("NDA_LLADDR") == "0a:01:02:03:04:05"  # type: ignore[attr-defined]
     f = _decode(ndmsg, rtmsg.fdb("append", 2, "0a:01:02:03:04:05", "192.168.1.7", 9))
-    assert (f["family"], f["flags"]) == (socket.AF_BRIDGE, rtmsg.NTF_SELF)  # type: ignore[index]
+    assert (f["family"], f["flags"]) == (socket.AF_BRIDGE, constants.NTF_SELF)  # type: ignore[index]
     assert f["header"]["flags"] & rtmsg.F_APPEND  # type: ignore[index]
     assert f.get_attr("NDA_DST") == "192.168.1.7"  # type: ignore[attr-defined]

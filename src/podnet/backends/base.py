@@ -20,15 +20,16 @@ from pyroute2 import IPRoute
 from podnet.datastore.model import Lease, NetworkConfig
 from podnet.fastpath.program import Encap
 from podnet.netlink import batch, links, rtmsg
+from podnet.netlink.constants import (
+    NTF_SELF,
+    NUD_PERMANENT,
+    RT_TABLE_MAIN,
+    RTNH_F_ONLINK,
+    RTPROT_PODNET,
+)
 
 log = logging.getLogger("podnet.backend")
 
-# Routes podnet installs carry this protocol number, so they can be told apart from anyone
-# else's and all removed when the backend changes.
-RTPROT_PODNET = 88
-NUD_PERMANENT = 0x80
-NTF_SELF = 0x02
-RTNH_F_ONLINK = 4
 
 
 class BackendError(Exception):
@@ -251,7 +252,7 @@ class Backend(ABC):
         devices = set(self.owned_devices())
         with batch.raw_socket() as sock:
             for r in rtmsg.dump_routes(sock):
-                if r.proto == RTPROT_PODNET and r.table == rtmsg.RT_TABLE_MAIN:
+                if r.proto == RTPROT_PODNET and r.table == RT_TABLE_MAIN:
                     out.add(Route(r.dst, r.gw, r.oif, r.onlink))
             if not devices:
                 return out

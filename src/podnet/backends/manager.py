@@ -27,9 +27,9 @@ def cleanup(kind: str, state_dir: str) -> None:
     """Remove what a backend of this kind programmed: podnet's routes, devices, daemons."""
     from pyroute2 import IPRoute
 
-    from podnet.backends.base import RTPROT_PODNET
     from podnet.fastpath import node as fastpath
     from podnet.netlink import batch, rtmsg
+    from podnet.netlink.constants import RTPROT_PODNET
 
     fastpath.remove()
     ipr = IPRoute(groups=0)

@@ -14,12 +14,11 @@ from typing import Any
 from podnet.backends.base import BackendError, Entry, Fdb, Route
 from podnet.backends.tunnel import TunnelBackend
 from podnet.datastore.model import Lease
-from podnet.fastpath.program import ENCAP_LEN, Encap
+from podnet.fastpath.program import Encap
 from podnet.netlink import links
+from podnet.wire import VXLAN_OVERHEAD, VXLAN_PORT
 
-VXLAN_OVERHEAD = ENCAP_LEN  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 DEFAULT_VNI = 1
-DEFAULT_PORT = 8472
 
 
 def tx_offload_wanted(option: object, kernel_release: str) -> bool:
@@ -53,7 +52,7 @@ class VxlanBackend(TunnelBackend):
         super().__init__(*args)
         opts = self.config.backend
         self.vni = int(opts.get("vni", DEFAULT_VNI))
-        self.port = int(opts.get("port", DEFAULT_PORT))
+        self.port = int(opts.get("port", VXLAN_PORT))
         self.direct = bool(opts.get("directRouting", False))
         if not 0 < self.vni < 1 << 24 or not 0 < self.port < 65536:
             raise BackendError(f"invalid VXLAN VNI {self.vni} or port {self.port}")

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from podnet.fastpath.asm import R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, Program
 from podnet.netlink import rtmsg
+from podnet.wire import VXLAN_FLAG_VNI, VXLAN_OVERHEAD
 
 # struct __sk_buff offsets (linux/bpf.h)
 SKB_LEN, SKB_PKT_TYPE, SKB_IFINDEX, SKB_DATA, SKB_DATA_END, SKB_GSO_SIZE = 0, 4, 40, 76, 80, 176
@@ -59,11 +60,10 @@ VALUE_SIZE = 16
 # the headers an encapsulation puts in front (50, 8-aligned as the stack must be) at -144
 FIB, NH, KEY, HDR = -64, -88, -4, -144
 FIB_FAMILY, FIB_PROTO, FIB_IFINDEX, FIB_TOS, FIB_SRC, FIB_DST = 0, 1, 8, 12, 16, 32
-# VXLAN: what goes in front of the inner IP packet (outer IPv4 20, UDP 8, VXLAN 8, Ethernet 14),
-# and where its fields sit in the encapsulated frame
-ENCAP_LEN = 50
+# VXLAN: what goes in front of the inner IP packet (podnet.wire), and where its fields sit in
+# the encapsulated frame
+ENCAP_LEN = VXLAN_OVERHEAD
 UDP_DPORT, VXLAN_FLAGS, VXLAN_VNI, INNER_PROTO = 36, 42, 46, 62
-VXLAN_FLAG_VNI = 0x08  # the I flag, the first byte; the other 3 reserved
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from podnet.netlink import rtmsg
+from podnet.netlink.constants import IFA_F_NODAD, RT_TABLE_MAIN, RTN_UNICAST, RTPROT_STATIC
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
@@ -24,11 +25,9 @@ IFLA_LINKINFO, IFLA_NET_NS_FD = 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
-IFA_F_NODAD = 0x02
 IFF_UP = 0x1
 NLA_F_NESTED = 0x8000
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
-RTPROT_STATIC = 4
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 IFINFO = struct.Struct("=BxHiII")
 IFADDR = struct.Struct("=BBBBi")
@@ -185,8 +184,8 @@ class Rtnl:
         net = ipaddress.ip_network(dst, strict=False)
         family = socket.AF_INET if net.version == 4 else socket.AF_INET6
         scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
-        body = rtmsg.RTMSG.pack(family, net.prefixlen, 0, 0, rtmsg.RT_TABLE_MAIN, RTPROT_STATIC,
-                                scope, rtmsg.RTN_UNICAST, 0)
+        body = rtmsg.RTMSG.pack(family, net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC,
+                                scope, RTN_UNICAST, 0)
         if net.prefixlen:
             body += rtmsg._attr(rtmsg.RTA_DST, net.network_address.packed)
         body += rtmsg._attr(rtmsg.RTA_OIF, struct.pack("=I", oif))

@@ -11,6 +11,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from podnet.netlink.constants import IFA_F_NODAD, RTN_UNICAST
+
 __all__ = ["IPRoute", "NetlinkError"]
 
 
@@ -70,7 +72,6 @@ def addresses(ipr: IPRoute, index: int) -> list[ipaddress.IPv4Interface | ipaddr
     return out
 
 
-IFA_F_NODAD = 0x02
 
 
 def add_address(ipr: IPRoute, index: int, iface: str) -> None:
@@ -94,7 +95,7 @@ def del_address(ipr: IPRoute, index: int, iface: str) -> None:
 def routes(ipr: IPRoute, family: int, table: int = 254) -> Iterator[dict[str, Any]]:
     """Main-table unicast routes as {dst, gw, oif}, dst in CIDR form."""
     for msg in ipr.get_routes(family=family, table=table):
-        if msg["type"] != 1:  # RTN_UNICAST
+        if msg["type"] != RTN_UNICAST:
             continue
         dst = msg.get_attr("RTA_DST")
         default = "0.0.0.0" if family == socket.AF_INET else "::"

@@ -15,6 +15,14 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from podnet.netlink.constants import (
+    NTF_SELF,
+    NUD_PERMANENT,
+    RT_TABLE_MAIN,
+    RTN_UNICAST,
+    RTNH_F_ONLINK,
+)
+
 NLMSG_DONE = 3
 NLMSG_ERROR = 2
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
@@ -29,11 +37,6 @@ FLAGS = {
 }
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 NDA_DST, NDA_LLADDR = 1, 2
-RT_TABLE_MAIN = 254
-RTN_UNICAST = 1
-NUD_PERMANENT = 0x80
-NTF_SELF = 0x02
-RTNH_F_ONLINK = 4
 
 HDR = struct.Struct("=IHHII")
 RTMSG = struct.Struct("=BBBBBBBBI")
