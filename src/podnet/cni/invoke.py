@@ -40,10 +40,11 @@ class Runtime:
              container_id: str = "", netns: str = "", ifname: str = "eth0",
              env: dict[str, str] | None = None) -> Outcome:
         argv = [self.find(plugin_type)]
+        enter = [f"--mount={self.node_mounts}"] if self.node_mounts else []
         if self.node_netns:
-            argv = ["nsenter", f"--net={self.node_netns}", *argv]
-        if self.node_mounts:
-            argv = ["nsenter", f"--mount={self.node_mounts}", *argv]
+            enter.append(f"--net={self.node_netns}")
+        if enter:  # one nsenter: it opens both before it enters either
+            argv = ["nsenter", *enter, *argv]
         full_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command,
                     "CNI_PATH": os.pathsep.join(self.path), **self.extra_env}
         if container_id:

@@ -700,11 +700,8 @@ class Lab:
         """Remove what the lab's record holds: its namespaces (and the processes in them),
         its directory and its state. Returns the namespaces removed."""
         made = [ns for ns in self.topo.netns_made if os.path.exists(ns_path(ns))]
-        for ns in made:
-            for pid in netns.pids_in(ns_path(ns)):
-                _kill(pid, timeout=5)
-        for ns in reversed(made):
-            netns.remove(ns)
+        for ns in reversed(made):  # pods and nodes before etcd and the underlay
+            self._forget_ns(ns)
         shutil.rmtree(self.dir, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.remove(state_path(self.topo.name))
