@@ -322,7 +322,7 @@ class Lab:
     def _router(self) -> None:
         """The nodes' default gateway learns the pod subnets: BIRD over BGP, or a podnet agent
         in the router role (static mode)."""
-        from podnet.backends.gateway import bird_paths, router_bird_config
+        from podnet.backends.gateway import bird_paths, bird_pid, router_bird_config
 
         t = self.topo
         rt = self.prefix + "rt"
@@ -335,9 +335,9 @@ class Lab:
                 fh.write(router_bird_config("192.168.99.1", t.cidr, 64512, 64513,
                                             "192.168.0.0/16"))
             self._run_in(rt, ["bird", "-c", conf, "-s", ctl, "-P", pidfile])
-            self._wait(lambda: os.path.exists(pidfile), 10, "BIRD did not start on the router")
-            with open(pidfile) as fh:
-                t.router_pid = int(fh.read().strip())
+            # BIRD creates its pid file before it writes the pid: wait for a live pid in it.
+            self._wait(lambda: bird_pid(d) is not None, 10, "BIRD did not start on the router")
+            t.router_pid = bird_pid(d) or 0
         else:
             self.progress("router: podnet agent --role router")
             t.router_pid = _spawn(rt, self._podnet(
