@@ -13,6 +13,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from podnet.datastore.args import add_args, from_args
 from podnet.errors import UserError
 
 if TYPE_CHECKING:
@@ -115,22 +116,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo(keep=args.keep, backend=args.backend)
 
 
-def _store(args: argparse.Namespace) -> Any:
-    from podnet.datastore.open import open_store
-
-    return open_store(args.etcd, ca_cert=args.etcd_ca, cert=args.etcd_cert, key=args.etcd_key)
-
-
-def _add_store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--etcd", "--datastore", dest="etcd", default="http://127.0.0.1:2379",
-                   help="etcd's URL (http[s]://HOST:PORT; every member, comma-separated: a "
-                        "request goes to the next when one does not answer) or file:///DIR for "
-                        "a single node")
-    p.add_argument("--etcd-ca", help="CA certificate to verify etcd with")
-    p.add_argument("--etcd-cert", help="client certificate for etcd")
-    p.add_argument("--etcd-key", help="client certificate key for etcd")
-
-
 def _cmd_cluster_init(args: argparse.Namespace) -> int:
     from podnet.datastore.model import ConfigError, NetworkConfig
 
@@ -146,7 +131,7 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
         config = NetworkConfig.make(args.cidr, args.subnet_len, backend)
     except ConfigError as exc:
         raise UserError(*_split(str(exc))) from None
-    store = _store(args)
+    store = from_args(args)
     old = store.get_config()
     if old is not None and old.network != config.network and not args.force:
         held = store.snapshot(old)[0]
@@ -169,7 +154,7 @@ def _split(message: str) -> tuple[str, str]:
 
 
 def _cmd_cluster_show(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = from_args(args)
     config = store.get_config()
     if config is None:
         raise UserError("the cluster is not initialised", "run `podnet cluster init` first")
@@ -204,7 +189,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from podnet.agent.logs import setup as setup_logs
 
     opts = agent_options(args)
-    store = _store(args)
+    store = from_args(args)
     if args.leave:
         for warning in leave(opts, store):
             print(f"podnet agent --leave: {warning}", file=sys.stderr)
@@ -264,7 +249,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("cluster", help="the cluster's network config in the datastore")
     csub = p.add_subparsers(dest="cluster_command", required=True, parser_class=Parser)
     c = csub.add_parser("init", help="store the cluster network config")
-    _add_store_args(c)
+    add_args(c)
     c.add_argument("--cidr", required=True, help="the cluster's pod network, e.g. 10.244.0.0/16")
     c.add_argument("--subnet-len", type=in_range(int, 1, 30),
                    help="prefix length of each node's share (default /24; l2: /16+8)")
@@ -287,12 +272,12 @@ def build_parser() -> Parser:
                         "kernel can (docs/fastpath.md)")
     c.set_defaults(func=_cmd_cluster_init)
     c = csub.add_parser("show", help="print the config and every lease")
-    _add_store_args(c)
+    add_args(c)
     c.add_argument("--json", action="store_true", help="machine-readable: config and leases")
     c.set_defaults(func=_cmd_cluster_show)
 
     p = sub.add_parser("agent", help="run the node agent")
-    _add_store_args(p)
+    add_args(p)
     p.add_argument("--node-name", required=True,
                    help="this node's Kubernetes name (its lease is held under it)")
     p.add_argument("--iface", help="the underlay interface (default: the default route's)")

@@ -197,3 +197,32 @@ def test_installed_plugins_run_with_clean_environment(cni_bin: str) -> None:
                               input=b'{"cniVersion": "1.1.0"}', capture_output=True, check=False)
         assert proc.returncode == 0
         assert "1.1.0" in json.loads(proc.stdout)["supportedVersions"]
+
+
+def test_pod_records_follow_add_and_del(runtime: Runtime, make_ns: Callable[[str], str],
+                                        node: str, data_dir: str, mode_socket: str | None,
+                                        tmp_path: Any) -> None:
+    """The record the agent publishes: written by ADD with kubelet's names, gone after DEL;
+    an ADD that cannot write it fails whole (IO error) and leaves nothing."""
+    from podnet import podrecords
+
+    records = str(tmp_path / "pods")
+    c = conf(data_dir, socket=mode_socket, podRecords=records)
+    pod = make_ns("pod")
+    args = {"CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0"}
+    out = runtime.exec("podnet", "ADD", c, "ctr1", pod, env=args)
+    assert out.code == 0, out.stdout
+    (rec,) = podrecords.read_all(records).values()
+    assert rec == podrecords.PodRecord("ctr1", "eth0", "shop", "web-0", ("10.88.0.2/24",), pod)
+    assert rec.display == "shop/web-0"
+    assert runtime.exec("podnet", "DEL", c, "ctr1", pod, env=args).code == 0
+    assert podrecords.read_all(records) == {}
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    out = runtime.exec("podnet", "ADD", {**c, "podRecords": str(blocked / "pods")}, "ctr2", pod)
+    assert out.code != 0 and out.json["code"] == 5 and "pod's record" in out.json["msg"]
+    assert links_in(pod) == ["lo"] and allocated(data_dir) == []
+    assert not [n for n in links_in(node) if n.startswith("veth")]
+    bad = runtime.exec("podnet", "ADD", {**c, "podRecords": "relative/dir"}, "ctr3", pod)
+    assert bad.json["code"] == 7 and "podRecords" in bad.json["msg"]

@@ -102,6 +102,7 @@ def test_the_daemonset_runs_and_wires_a_pod(podnet_image: str, tls_etcd: tuple[s
                for name, path in host_paths(spec).items()}
     volumes["host-python"] = "/usr/bin"  # the host's own, read-only
     volumes["etcd-certs"] = str(secret)
+    volumes["netns"] = netns.NETNS_DIR  # where make_ns puts the pod's, as a runtime would
     for path in volumes.values():
         os.makedirs(path, exist_ok=True)
     env = {"NODE_NAME": "ds1", "PODNET_ETCD": URL}
@@ -145,6 +146,18 @@ def test_the_daemonset_runs_and_wires_a_pod(podnet_image: str, tls_etcd: tuple[s
         assert ns_run(node, "ping", "-c1", "-W2", ip).returncode == 0
         records = Path(volumes["cni-ipam"]) / "networks" / "podnet"
         assert ip in os.listdir(records)  # the server in the container did the IPAM
+        # The agent in its container probes from the pod for `podnet verify --etcd`: it sees
+        # the pod's namespace through the manifest's mount, made after the container started.
+        deadline = time.monotonic() + 15
+        while True:
+            out = podnet(node, "verify", "--etcd", URL, *tls, "--json")
+            report = json.loads(out.stdout or "{}")
+            if "dspod1" in report.get("own_address", {}) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert out.returncode == 0 and report["ok"], (out.stderr, report)
+        assert [(p["src"], p["dst"]) for p in report["pairs"]] == [("ds1", "dspod1"),
+                                                                    ("dspod1", "ds1")]
         rt.del_list(conflist, "dspod1", pod)
         assert ip not in os.listdir(records)
         # As kubelet stops it: SIGTERM, then the grace period.

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from podnet.lab.lab import Lab, down, status
+from podnet.datastore.etcd import EtcdStore
+from podnet.lab.lab import Lab, down, ns_path, status
 from podnet.lab.topology import Topology, netns_prefix
 from podnet.netlink import netns
 from podnet.verify.check import Report, endpoints_of, run
 
 MakeLab = Callable[..., Lab]
+PODNET = [sys.executable, "-m", "podnet"]
 
 
 @pytest.fixture
@@ -51,3 +58,36 @@ def failures(report: Report) -> list[str]:
     out = [f"{p.src}->{p.dst}: {p.why}" for p in report.pairs if not p.ok]
     out += [f"MTU {m['src']}->{m['dst']}" for m in report.mtu if not m["ok"]]
     return out
+
+
+def verify_etcd(lab: Lab, *extra: str) -> tuple[int, dict[str, Any] | None, str]:
+    """`podnet verify --etcd URL --json` from the etcd member's namespace, as an operator's
+    machine that reaches etcd (and nothing else of the cluster) would run it."""
+    st = status(lab)
+    proc = subprocess.run(["nsenter", f"--net={ns_path(st['etcd']['netns'])}", *PODNET,
+                           "verify", *lab.etcd_args(), "--json", *extra],
+                          capture_output=True, text=True, timeout=120, check=False)
+    report = json.loads(proc.stdout) if proc.stdout.startswith("{") else None
+    return proc.returncode, report, proc.stderr
+
+
+def published(lab: Lab) -> set[str]:
+    """The pods the agents published in etcd, read from etcd's own namespace."""
+    st = status(lab)
+    with netns.entered(ns_path(st["etcd"]["netns"])):
+        c = lab.certs
+        store = (EtcdStore(st["etcd"]["url"]) if c is None else EtcdStore(
+            st["etcd"]["url"], ca_cert=c.ca, cert=c.client_cert, key=c.client_key))
+        try:
+            return {json.loads(raw)["name"] for records in store.pods().values()
+                    for raw in records.values()}
+        finally:
+            store.close()
+
+
+def wait_published(lab: Lab) -> None:
+    want = {p.name for p in lab.topo.pods}
+    deadline = time.monotonic() + 10
+    while published(lab) != want:
+        assert time.monotonic() < deadline, f"published {published(lab)}, not {want}"
+        time.sleep(0.2)

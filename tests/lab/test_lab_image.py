@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from podnet.lab.lab import ns_path
-from tests.lab.conftest import MakeLab, failures, verify
+from tests.lab.conftest import MakeLab, failures, verify, verify_etcd, wait_published
 
 
 def _in_container(pid: int) -> bool:
@@ -26,6 +26,11 @@ def test_a_lab_of_daemonset_agents_verifies(make_lab: MakeLab, podnet_image: str
         assert shim.read_text().startswith("#!/usr/bin/python3 -IS\n")  # the init container's
     report = verify(lab)
     assert report.ok, failures(report)
+    # As a real cluster is verified: the agents in their containers probe, asked through etcd.
+    wait_published(lab)
+    code, remote, err = verify_etcd(lab)
+    assert code == 0 and remote is not None and remote["ok"], (err, remote)
+    assert len(remote["pairs"]) == 10  # 2 pod->pod, 4 node->pod, 4 pod->node
     node = lab.add_node()
     lab.add_pod(node.name)
     report = verify(lab)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TypeVar
 
+from podnet import podrecords
 from podnet.agent import conflist
 from podnet.agent.hostlock import HostBusy, HostLock, holder
 from podnet.agent.metrics import Metrics, serve
@@ -43,6 +44,7 @@ from podnet.netlink import links, netns
 
 log = logging.getLogger("podnet.agent")
 T = TypeVar("T")
+PODS_REFRESH = 30.0
 EXIT_CONFIG_CHANGED = 3  # the cluster's config changed: the supervisor starts us with it
 
 
@@ -51,6 +53,7 @@ class Agent:
         self.opts = opts
         self.store = store
         self.stopping = threading.Event()
+        self.pods_changed = threading.Event()
         self.lock = threading.Lock()  # peers and backend calls
         self.peers: dict[str, Lease] = {}  # by datastore key, this node excluded
         self.metrics = Metrics()
@@ -117,16 +120,71 @@ class Agent:
         self.fast = self._start_fast_path(config, plugin["bridge"])
         if self.fast is not None:
             plugin["fastPathUplink"] = self.fast.uplink
+        plugin["podRecords"] = self.opts.pod_records
         path = conflist.write(self.opts.cni_conf_dir, conflist.render(
             plugin, self.backend.pod_mtu(), self.opts.cni_socket, self.opts.ipam_data_dir))
         log.info("wrote %s", path)
         revision = self._resync()
         # The socket appearing means ready: peers are programmed. Until then the shim falls back
         # to the plugin in-process, so pods still start.
-        self.cni = Server(self.opts.cni_socket)
+        self.cni = Server(self.opts.cni_socket, on_change=self.pods_changed.set)
         self.cni.start_thread()
         self._start_loops(revision)
         threading.Thread(target=self._renew_loop, name="renew", daemon=True).start()
+        threading.Thread(target=self._pods_loop, name="pods", daemon=True).start()
+        self._start_responder(str(node.ip))
+
+    def _start_responder(self, node_ip: str) -> None:
+        """Answer `podnet verify --etcd` (a file store has no one to ask)."""
+        from podnet.datastore.etcd import EtcdStore
+        from podnet.verify.responder import Local, Responder
+
+        if isinstance(self.store, EtcdStore):
+            assert self.backend is not None
+            local = Local(self.opts.node_name, node_ip, self.opts.pod_records,
+                          self.backend.pod_mtu(), self.lacks)
+            Responder(self.store, local, self.stopping).start()
+
+    def lacks(self) -> dict[str, list[str]]:
+        """What this node lacks towards each peer's pods (for verify's diagnosis)."""
+        from podnet.verify.diagnose import node_lacks
+
+        assert self.config is not None
+        with self.lock:
+            peers = list(self.peers.values())
+        ipr = netns.iproute_in(None)
+        try:
+            return {p.node: node_lacks(ipr, self.config.backend_type, self.opts.node_name,
+                                       p.node, p.subnet, str(p.node_ip)) for p in peers}
+        finally:
+            ipr.close()
+
+    def _pods_loop(self) -> None:
+        """Publish the node's pod records: when the plugin changed them (the directory's
+        mtime), when the lease changed (they live on it), and every PODS_REFRESH seconds."""
+        published: tuple[int, int] | None = None
+        refresh = 0.0
+        while not self.stopping.is_set():
+            # A pod the server wired wakes this at once; the plugin run in-process (no server
+            # yet) within a second.
+            self.pods_changed.wait(1.0)
+            self.pods_changed.clear()
+            assert self.held is not None
+            try:
+                mtime = os.stat(self.opts.pod_records).st_mtime_ns
+            except FileNotFoundError:
+                mtime = 0
+            mark = (mtime, self.held.lease_id)
+            if mark == published and time.monotonic() < refresh:
+                continue
+            records = {k: r.to_json() for k, r in podrecords.read_all(
+                self.opts.pod_records).items()}
+            try:
+                if changed := self.store.publish_pods(self.held, records):
+                    log.info("published %d pod records (%d changes)", len(records), changed)
+                published, refresh = mark, time.monotonic() + PODS_REFRESH
+            except DatastoreError as exc:
+                log.debug("publishing pod records: %s", exc)  # the watch loop reports it
 
     def _start_fast_path(self, config: NetworkConfig,
                          bridge: str) -> fastpath.FastPath | None:
@@ -451,6 +509,13 @@ def leave(opts: AgentOptions, store: Datastore) -> list[str]:
                      state.path):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
+        try:
+            os.rmdir(opts.pod_records)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            warnings.append(f"pods remain on this node (records in {opts.pod_records}): "
+                            "delete them through the runtime first")
     finally:
         state.unlock()
     return warnings

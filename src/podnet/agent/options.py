@@ -30,6 +30,11 @@ class AgentOptions:
     metrics_addr: str = "127.0.0.1:9153"
     role: str = "node"  # or "router": route every lease, hold none (gateway static mode)
 
+    @property
+    def pod_records(self) -> str:
+        """Where the plugin records the node's pods: beside the socket, so on /run."""
+        return os.path.join(os.path.dirname(self.cni_socket), "pods")
+
     def check(self) -> None:
         """Raise UserError for the first option that cannot work."""
         if (problem := node_name_problem(self.node_name)) is not None:

@@ -95,7 +95,7 @@ def _resolver(fds: list[int]) -> Callable[[protocol.Request], None]:
     return resolve
 
 
-def handle(conn: socket.socket) -> None:
+def handle(conn: socket.socket, on_change: Callable[[], None] = lambda: None) -> None:
     fds: list[int] = []
     with conn:
         try:
@@ -109,6 +109,8 @@ def handle(conn: socket.socket) -> None:
                     else f"/proc/{pid}/ns/net")
             ctx = _context_for(host)
             code, out = protocol.run(bridge.handlers(ctx), env, stdin, _resolver(fds))
+            if env.get("CNI_COMMAND") in ("ADD", "DEL"):
+                on_change()
             conn.sendall(f"{code}\n{out}".encode())
         except Exception as exc:  # one bad client must not take the server down
             protocol.log(f"cni-server: request failed: {exc!r}")
@@ -119,8 +121,11 @@ def handle(conn: socket.socket) -> None:
 
 
 class Server:
-    def __init__(self, path: str, workers: int = WORKERS) -> None:
+    def __init__(self, path: str, workers: int = WORKERS,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        """`on_change`: called after each ADD and DEL (the node's pods may have changed)."""
         self.path = path
+        self.on_change = on_change
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._stop = threading.Event()
@@ -148,7 +153,7 @@ class Server:
                     break
                 raise
             conn.settimeout(120)
-            self.pool.submit(handle, conn)
+            self.pool.submit(handle, conn, self.on_change)
 
     def stop(self) -> None:
         self._stop.set()

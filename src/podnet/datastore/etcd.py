@@ -4,6 +4,9 @@ Key layout (see docs/datastore.md):
   /podnet/config                     the NetworkConfig
   /podnet/subnets/<addr>-<len>       a node's Lease, bound to an etcd lease with a TTL
   /podnet/nodes/<name>               {"subnet", "leaseID"}: one agent per node name, same etcd lease
+  /podnet/pods/<node>/<veth>         a PodRecord the node's agent publishes, on its etcd lease
+  /podnet/verify/<id>                a `podnet verify` run's request (see verify/remote.py), and
+  /podnet/verify/<id>/<step>/<node>  each agent's answers, all on the request's etcd lease
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ PREFIX = "/podnet/"
 CONFIG_KEY = PREFIX + "config"
 SUBNETS = PREFIX + "subnets/"
 NODES = PREFIX + "nodes/"
+PODS = PREFIX + "pods/"
+VERIFY = PREFIX + "verify/"
 IDLE = 10.0  # seconds a watch stream may stay silent before it is re-made
 
 
@@ -67,7 +72,7 @@ class EtcdStore:
         # Per request: requests lets REQUESTS_CA_BUNDLE in the environment override a session's
         # CA, and the cluster's CA is the one to trust.
         self._verify: str | bool = ca_cert or True
-        self._stream: requests.Response | None = None
+        self._streams: list[requests.Response] = []  # open watches, closed by close()
 
     @property
     def client(self) -> Etcd3Client:
@@ -110,6 +115,54 @@ class EtcdStore:
         out = self._post("/kv/range", {"key": _b64(key)})
         kvs = out.get("kvs", [])
         return _unb64(kvs[0].get("value", "")) if kvs else None
+
+    # -- keys of podnet's other records (pods, verify runs) -----------------------------------
+    def get(self, key: str) -> str | None:
+        return self._get(key)
+
+    def get_prefix(self, prefix: str) -> dict[str, str]:
+        kvs, _ = self._range(prefix)
+        return {_unb64(kv["key"]): _unb64(kv.get("value", "")) for kv in kvs}
+
+    def put(self, key: str, value: str, lease: int = 0) -> None:
+        payload: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            payload["lease"] = lease
+        self._post("/kv/put", payload)
+
+    def grant(self, ttl: int) -> int:
+        return int(self._post("/lease/grant", {"TTL": ttl})["ID"])
+
+    def revoke(self, lease: int) -> None:
+        self._post("/kv/lease/revoke", {"ID": lease})
+
+    def revision(self, prefix: str) -> int:
+        """The store's revision now: a watch of `prefix` from it sees every later change."""
+        return self._range(prefix, keys_only=True)[1]
+
+    def publish_pods(self, held: Held, records: dict[str, str]) -> int:
+        """Make this node's pod records in etcd `records` (by key), on its lease; the
+        number of keys written or deleted."""
+        prefix = f"{PODS}{held.lease.node}/"
+        kvs, _ = self._range(prefix)
+        have = {_unb64(kv["key"])[len(prefix):]: (_unb64(kv.get("value", "")),
+                                                   int(kv.get("lease", 0))) for kv in kvs}
+        ops: list[dict[str, Any]] = [{"request_delete_range": {"key": _b64(prefix + k)}}
+               for k in have if k not in records]
+        ops += [{"request_put": {"key": _b64(prefix + k), "value": _b64(v),
+                                 "lease": held.lease_id}}
+                for k, v in records.items() if have.get(k) != (v, held.lease_id)]
+        if ops:
+            self._post("/kv/txn", {"compare": [], "success": ops, "failure": []})
+        return len(ops)
+
+    def pods(self) -> dict[str, dict[str, str]]:
+        """Every node's published pod records: node -> key -> raw record."""
+        out: dict[str, dict[str, str]] = {}
+        for key, raw in self.get_prefix(PODS).items():
+            node, _, name = key[len(PODS):].partition("/")
+            out.setdefault(node, {})[name] = raw
+        return out
 
     def healthy(self) -> bool:
         try:
@@ -228,16 +281,31 @@ class EtcdStore:
 
     def watch(self, config: NetworkConfig, revision: int, on_event: Callable[[Event], None],
               stopped: Callable[[], bool]) -> int:
-        create = {"create_request": {"key": _b64(SUBNETS),
-                                     "range_end": _b64(_prefix_end(SUBNETS)),
+        def on_change(key: str, value: str | None, rev: int) -> None:
+            if value is None:
+                on_event(Event(key, None, rev, deleted=True))
+            else:
+                on_event(Event(key, self._parse(key, value, config), rev, deleted=False))
+
+        return self.watch_prefix(SUBNETS, revision, on_change, stopped)
+
+    def watch_prefix(self, prefix: str, revision: int,
+                     on_change: Callable[[str, str | None, int], None],
+                     stopped: Callable[[], bool]) -> int:
+        """Deliver (key, value or None when deleted, revision) for each change under `prefix`
+        after `revision`; returns the last revision seen when stopped or idle for a while,
+        raises DatastoreError when the store fails."""
+        create = {"create_request": {"key": _b64(prefix),
+                                     "range_end": _b64(_prefix_end(prefix)),
                                      "start_revision": revision + 1}}
+        resp: requests.Response | None = None
         try:
             # The stream idles between events: a read timeout ends this call quietly, and the
             # caller (after a health check) watches again from the last revision seen.
             resp = self.client.session.post(self.client.get_url("/watch"), json=create,
                                             stream=True, timeout=(self.timeout, IDLE),
                                             verify=self._verify)
-            self._stream = resp
+            self._streams.append(resp)
             for line in resp.iter_lines(chunk_size=None):
                 if stopped():
                     return revision
@@ -250,14 +318,10 @@ class EtcdStore:
                     raise DatastoreError(f"watch canceled: {result.get('cancel_reason')}")
                 for ev in result.get("events", []):
                     kv = ev["kv"]
-                    key = _unb64(kv["key"])
                     rev = int(kv.get("mod_revision", revision))
                     revision = max(revision, rev)
-                    if ev.get("type") == "DELETE":
-                        on_event(Event(key, None, rev, deleted=True))
-                    else:
-                        lease = self._parse(key, _unb64(kv.get("value", "")), config)
-                        on_event(Event(key, lease, rev, deleted=False))
+                    on_change(_unb64(kv["key"]), None if ev.get("type") == "DELETE"
+                              else _unb64(kv.get("value", "")), rev)
         except requests.exceptions.ConnectionError as exc:
             if stopped():
                 return revision
@@ -269,19 +333,22 @@ class EtcdStore:
             if stopped():
                 return revision
             raise DatastoreError(f"watch broken: {exc}") from None
+        finally:
+            if resp is not None:
+                self._streams.remove(resp)
         if not stopped():
             raise DatastoreError("watch stream ended")
         return revision
 
     def close(self) -> None:
-        if self._stream is not None:
+        for stream in list(self._streams):
             # Wake a watch blocked in its read first: closing the stream alone waits for the
             # reader's buffer lock, i.e. until etcd sends something or the stream idles out.
-            conn = getattr(self._stream.raw, "connection", None)
+            conn = getattr(stream.raw, "connection", None)
             if conn is not None and getattr(conn, "sock", None) is not None:
                 with contextlib.suppress(OSError):
                     conn.sock.shutdown(socket.SHUT_RDWR)
-            self._stream.close()
+            stream.close()
         for client in self.clients:
             client.session.close()
 

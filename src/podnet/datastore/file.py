@@ -95,5 +95,19 @@ class FileStore:
             time.sleep(0.2)
         return revision
 
+    def publish_pods(self, held: Held, records: dict[str, str]) -> int:
+        with self._locked():
+            raw = self._read("pods.json")
+            pods: dict[str, dict[str, str]] = {} if raw is None else dict(json.loads(raw))
+            if pods.get(held.lease.node) == records:
+                return 0
+            pods[held.lease.node] = records
+            self._write("pods.json", json.dumps(pods))
+            return 1
+
+    def pods(self) -> dict[str, dict[str, str]]:
+        raw = self._read("pods.json")
+        return {} if raw is None else dict(json.loads(raw))
+
     def close(self) -> None:
         pass

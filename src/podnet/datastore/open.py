@@ -51,3 +51,4 @@ def open_store(url: str, ca_cert: str | None = None, cert: str | None = None,
     from podnet.datastore.etcd import EtcdStore
 
     return EtcdStore(members, ca_cert=ca_cert, cert=cert, key=key)
+

@@ -21,6 +21,10 @@ events_logger = "file"
 """  # what podman needs on these VMs (no CAP_SYS_RESOURCE, no systemd)
 
 
+# Kubernetes' mount propagation as podman's -v option says it.
+PROPAGATION = {"None": "private", "HostToContainer": "rslave", "Bidirectional": "rshared"}
+
+
 def documents(path: Path = MANIFEST) -> dict[str, Any]:
     import yaml
 
@@ -56,8 +60,11 @@ def podman_run(container: dict[str, Any], volumes: dict[str, str], env: dict[str
             *(f"--cap-drop={c}" for c in caps.get("drop", [])),
             *(f"--cap-add={c}" for c in caps.get("add", []))]
     for mount in container.get("volumeMounts", []):
-        ro = ":ro" if mount.get("readOnly") else ""
-        argv += ["-v", f"{volumes[mount['name']]}:{mount['mountPath']}{ro}"]
+        opts = ["ro"] if mount.get("readOnly") else []
+        if "mountPropagation" in mount:
+            opts.append(PROPAGATION[mount["mountPropagation"]])
+        suffix = ":" + ",".join(opts) if opts else ""
+        argv += ["-v", f"{volumes[mount['name']]}:{mount['mountPath']}{suffix}"]
     for key, value in env.items():
         argv += ["-e", f"{key}={value}"]
     command = expand(container["command"], env)

@@ -34,6 +34,7 @@ from podnet.netlink import links, netns
 
 LABS_DIR = "/run/podnet/labs"
 REFERENCE_PLUGINS = "/usr/lib/cni"
+POD_NAMESPACE = "default"  # the Kubernetes namespace the lab's pods are in
 Progress = Callable[[str], None]
 
 
@@ -506,6 +507,7 @@ class Lab:
         for path in volumes.values():  # the node's own directories, in the lab's
             os.makedirs(path, exist_ok=True)
         volumes["host-python"] = "/usr/bin"  # the host's own python3, as a node's
+        volumes["netns"] = "/run/netns"  # where the lab's pods' namespaces are
         volumes["etcd-certs"] = self._etcd_secret(d)
         env = daemonset.containers_conf(self.dir)
         if not _alive(node.mounts_pid):
@@ -571,7 +573,11 @@ class Lab:
         node = self.topo.node(pod.node)
         ns = pod.netns(self.topo.name)
         self._new_ns(ns)
-        result = self.runtime(node).add_list(self.conflist(node), pod.name, ns_path(ns))
+        runtime = self.runtime(node)
+        # As kubelet names a pod to its plugins (and so to the records verify reads).
+        runtime.extra_env["CNI_ARGS"] = (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};"
+                                         f"K8S_POD_NAME={pod.name}")
+        result = runtime.add_list(self.conflist(node), pod.name, ns_path(ns))
         pod.ip = result["ips"][0]["address"].split("/")[0]
         self.progress(f"pod {pod.name}: {pod.ip}")
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from podnet import podrecords
 from podnet.cni import delegate, protocol
 from podnet.cni.errors import (
     CHECK_MISMATCH,
@@ -48,6 +49,7 @@ class BridgeConf:
     anti_spoof: bool = False  # podnet's: the pod's port admits only its own MAC and addresses
     mtu: int | None = None
     fast_path_uplink: str | None = None  # podnet's: where the agent's eBPF fast path sits
+    pod_records: str | None = None  # podnet's: the agent's directory of pod records
 
     @classmethod
     def parse(cls, config: dict[str, Any]) -> BridgeConf:
@@ -71,6 +73,11 @@ class BridgeConf:
                                    or not protocol.valid_ifname(uplink)):
             raise CNIError(INVALID_NETWORK_CONFIG, f"invalid fastPathUplink {uplink!r}")
         conf.fast_path_uplink = uplink
+        records = config.get("podRecords")
+        if records is not None and (not isinstance(records, str) or not records.startswith("/")):
+            raise CNIError(INVALID_NETWORK_CONFIG, f"podRecords {records!r} must be an absolute "
+                           "path")
+        conf.pod_records = records
         # isDefaultGateway implies isGateway, as in the reference plugin.
         conf.is_gateway = conf.is_gateway or conf.is_default_gateway
         return conf
@@ -229,6 +236,15 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
             uplink, index = conf.fast_path_uplink, host_link.index
             undo.append(lambda: podmap.remove_pod(ctx.fast, uplink, index))
             podmap.add_pod(ctx.fast, uplink, index, host_link.mac, pod_link.mac, addresses)
+        if conf.pod_records:
+            records = conf.pod_records
+            undo.append(lambda: podrecords.remove(records, host_name))
+            record = podrecords.PodRecord.of_request(req.container_id, req.ifname, req.args,
+                                                     addresses, req.netns)
+            try:
+                podrecords.write(records, host_name, record)
+            except OSError as exc:
+                raise CNIError(IO_FAILURE, f"writing the pod's record: {exc}") from None
     except OSError as exc:
         _rollback(undo)
         raise _netlink("ADD", exc) from None
@@ -301,6 +317,11 @@ def cmd_del(ctx: HostContext, req: Request) -> None:
                 pod.delete_link(req.ifname)
             except OSError as exc:
                 raise _netlink(f"deleting {req.ifname}", exc) from None
+    if conf.pod_records:
+        try:
+            podrecords.remove(conf.pod_records, port)
+        except OSError as exc:
+            raise CNIError(IO_FAILURE, f"removing the pod's record: {exc}") from None
     if conf.anti_spoof:
         _in_host(ctx, nft.del_antispoof, port)
     if conf.ip_masq:

@@ -5,13 +5,14 @@ A failure is traced to what is missing on the path (diagnose.py)."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from podnet.netlink import netns
 from podnet.verify import probes
-from podnet.verify.diagnose import explain
+from podnet.verify.diagnose import explain, lab_lacks
 
 
 @dataclass(frozen=True)
@@ -44,15 +45,28 @@ class Report:
     pairs: list[PairResult]
     own_address: dict[str, bool]
     mtu: list[dict[str, Any]]
+    # What could not be checked: a node whose agent did not answer, a pod whose namespace is gone.
+    problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return (all(p.ok for p in self.pairs) and all(self.own_address.values())
-                and all(m["ok"] for m in self.mtu))
+                and all(m["ok"] for m in self.mtu) and not self.problems)
+
+    def explain(self, endpoints: list[Endpoint], lacks: Callable[[str, str], list[str]]
+                ) -> None:
+        """Each failure's why, from what the nodes on its path lack."""
+        by_name = {e.name: e for e in endpoints}
+        for r in self.pairs:
+            if not r.ok:
+                r.why += explain(by_name[r.src], by_name[r.dst], lacks)
+        for m in self.mtu:
+            if not m["ok"]:
+                m["why"] = explain(by_name[m["src"]], by_name[m["dst"]], lacks)
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "pairs": [asdict(p) | {"ok": p.ok} for p in self.pairs],
-                "own_address": self.own_address, "mtu": self.mtu}
+                "own_address": self.own_address, "mtu": self.mtu, "problems": self.problems}
 
 
 def own_addresses(ns_path: str) -> set[str]:
@@ -73,45 +87,62 @@ def _pair(src: Endpoint, dst: Endpoint, src_addrs: set[str]) -> PairResult:
         # No NAT: the receiver saw one of the sender's own addresses (a pod has exactly one).
         result.nat = (result.seen_source != src.ip if src.kind == "pod"
                       else result.seen_source not in src_addrs)
+        if result.nat:
+            result.why.append(f"receiver saw {result.seen_source}, not the sender's own "
+                              "address")
     except OSError as exc:
         result.why.append(f"TCP: {exc.strerror or exc}")
     return result
 
 
-def run(endpoints: list[Endpoint], status: dict[str, Any], pod_mtu: int | None,
-        workers: int = 32) -> Report:
-    pods = [e for e in endpoints if e.kind == "pod"]
-    nodes = [e for e in endpoints if e.kind == "node"]
+def plan(sources: list[Endpoint], targets: list[Endpoint]) -> list[tuple[Endpoint, Endpoint]]:
+    """The pairs to probe from `sources`: pod->pod, node->pod and pod->node."""
+    pods = [t for t in targets if t.kind == "pod"]
+    nodes = [t for t in targets if t.kind == "node"]
+    out: list[tuple[Endpoint, Endpoint]] = []
+    for s in sources:
+        out += [(s, d) for d in pods if d.name != s.name]
+        if s.kind == "pod":
+            out += [(s, d) for d in nodes]
+    return out
+
+
+def mtu_plan(sources: list[Endpoint], targets: list[Endpoint]) -> list[tuple[Endpoint, Endpoint]]:
+    """One pod pair per ordered pair of nodes: the first pod of each."""
+    def first(endpoints: list[Endpoint]) -> dict[str, Endpoint]:
+        out: dict[str, Endpoint] = {}
+        for e in endpoints:
+            if e.kind == "pod":
+                out.setdefault(e.node, e)
+        return out
+
+    dsts = first(targets).values()
+    return [(a, b) for a in first(sources).values() for b in dsts if a.node != b.node]
+
+
+def probe(pairs: list[tuple[Endpoint, Endpoint]], mtu_pairs: list[tuple[Endpoint, Endpoint]],
+          pod_mtu: int | None, addrs: dict[str, set[str]], workers: int = 32
+          ) -> tuple[list[PairResult], list[dict[str, Any]]]:
+    """Each pair's result and each MTU pair's; the receivers' echo servers must be up."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda sd: _pair(sd[0], sd[1], addrs[sd[0].name]), pairs))
+        mtu = list(pool.map(lambda sd: _mtu(sd[0], sd[1], pod_mtu), mtu_pairs))
+    return results, mtu
+
+
+def run(endpoints: list[Endpoint], status: dict[str, Any], pod_mtu: int | None) -> Report:
     addrs = {e.name: own_addresses(e.netns) for e in endpoints}
-    own = {p.name: p.ip in addrs[p.name] for p in pods}
-    pairs = [(s, d) for s in pods for d in pods if s != d]
-    pairs += [(n, p) for n in nodes for p in pods] + [(p, n) for p in pods for n in nodes]
+    own = {p.name: p.ip in addrs[p.name] for p in endpoints if p.kind == "pod"}
     servers = [probes.EchoServer(e.netns) for e in endpoints]
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(lambda sd: _pair(sd[0], sd[1], addrs[sd[0].name]), pairs))
-            mtu = list(pool.map(lambda sd: _mtu(sd[0], sd[1], pod_mtu), _mtu_pairs(pods)))
+        results, mtu = probe(plan(endpoints, endpoints), mtu_plan(endpoints, endpoints),
+                             pod_mtu, addrs)
     finally:
         for server in servers:
             server.close()
-    by_name = {e.name: e for e in endpoints}
-    for r in results:
-        if not r.ok:
-            if r.nat:
-                r.why.append(f"receiver saw {r.seen_source}, not the sender's own address")
-            r.why += explain(by_name[r.src], by_name[r.dst], status)
-    for m in mtu:
-        if not m["ok"]:
-            m["why"] = explain(by_name[m["src"]], by_name[m["dst"]], status)
-    return Report(results, own, mtu)
-
-
-def _mtu_pairs(pods: list[Endpoint]) -> list[tuple[Endpoint, Endpoint]]:
-    """One pod pair per ordered pair of nodes."""
-    first: dict[str, Endpoint] = {}
-    for p in pods:
-        first.setdefault(p.node, p)
-    return [(a, b) for a in first.values() for b in first.values() if a.node != b.node]
+    report = Report(results, own, mtu)
+    report.explain(endpoints, lab_lacks(status))
+    return report
 
 
 def _mtu(src: Endpoint, dst: Endpoint, pod_mtu: int | None) -> dict[str, Any]:
@@ -148,6 +179,8 @@ def render(report: Report, endpoints: list[Endpoint]) -> str:
         if not r.ok:
             lines.append(f"FAIL {r.src} -> {r.dst} ({r.kind}): icmp {'ok' if r.icmp else 'no'}"
                          f", tcp {'ok' if r.tcp else 'no'}; " + "; ".join(r.why))
+    for problem in report.problems:
+        lines.append(f"FAIL {problem}")
     for name, good in report.own_address.items():
         if not good:
             lines.append(f"FAIL {name}: its address is not on its own interface")

@@ -1,44 +1,85 @@
-"""`podnet verify`."""
+"""`podnet verify`: a lab's (probing from this host into its namespaces), or any cluster's
+through its datastore (its agents probe, remote.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from typing import TYPE_CHECKING
 
+from podnet.datastore.args import add_args, from_args
 from podnet.errors import UserError
-from podnet.lab.lab import Lab, status
-from podnet.verify.check import endpoints_of, render, run
+from podnet.verify.check import Endpoint, Report, endpoints_of, render, run
 
 if TYPE_CHECKING:
     from podnet.cli import Parser
 
 
-def cmd(args: argparse.Namespace) -> int:
-    lab = Lab.load(args.lab)
+def _lab(name: str) -> tuple[Report, list[Endpoint]]:
+    from podnet.lab.lab import Lab, status
+
+    lab = Lab.load(name)
     if not lab.topo.nodes:
-        raise UserError(f"lab {args.lab} has no nodes to verify",
-                        f"add one with `podnet lab add-node --name {args.lab}`")
+        raise UserError(f"lab {name} has no nodes to verify",
+                        f"add one with `podnet lab add-node --name {name}`")
     if missing := lab.missing():
-        raise UserError(f"lab {args.lab} is damaged: {', '.join(missing)} no longer exist",
-                        f"`podnet lab down --name {args.lab}`, then up again")
+        raise UserError(f"lab {name} is damaged: {', '.join(missing)} no longer exist",
+                        f"`podnet lab down --name {name}`, then up again")
     st = status(lab)
     mtu = lab.conflist(lab.topo.nodes[0])["plugins"][0].get("mtu")
     endpoints = endpoints_of(st)
-    report = run(endpoints, st, mtu)
+    return run(endpoints, st, mtu), endpoints
+
+
+def _cluster(args: argparse.Namespace) -> tuple[Report, list[Endpoint]]:
+    from podnet.datastore.etcd import EtcdStore
+    from podnet.verify import remote
+
+    if not (math.isfinite(args.timeout) and 5 <= args.timeout <= 600):
+        raise UserError(f"--timeout {args.timeout} is out of range", "give 5 to 600 seconds")
+    store = from_args(args)
+    if not isinstance(store, EtcdStore):
+        raise UserError("verify through the datastore needs etcd: a file store has one node "
+                        "and no agents to ask", "give --etcd http(s)://HOST:PORT")
+    try:
+        return remote.run(store, args.timeout)
+    finally:
+        store.close()
+
+
+def cmd(args: argparse.Namespace) -> int:
+    if args.etcd is not None and args.lab_given:
+        raise UserError("--lab and --etcd name two clusters", "give one of them")
+    report, endpoints = _cluster(args) if args.etcd is not None else _lab(args.lab)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
-    else:
+    elif endpoints:
         print(render(report, endpoints))
+    else:
+        print("\n".join(f"FAIL {p}" for p in report.problems) or "nothing to verify")
     return 0 if report.ok else 1
+
+
+class _Given(argparse.Action):
+    """--lab, remembering that it was given (its default comes from the environment)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.lab_given = True
 
 
 def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     from podnet.lab.cli import lab_name_arg
 
     p = sub.add_parser("verify", help="prove pod<->pod and node<->pod connect without NAT")
-    p.add_argument("--lab", type=lab_name_arg, default=os.environ.get("PODNET_LAB", "lab"),
+    p.add_argument("--lab", type=lab_name_arg, action=_Given,
+                   default=os.environ.get("PODNET_LAB", "lab"),
                    help="the lab to verify (default: $PODNET_LAB, else lab)")
+    add_args(p, default=None)
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="with --etcd: seconds to wait for every node's agent")
     p.add_argument("--json", action="store_true", help="machine-readable report")
-    p.set_defaults(func=cmd)
+    p.set_defaults(func=cmd, lab_given=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from podnet.backends import registry
@@ -25,12 +26,19 @@ def _subnet_of(status: dict[str, Any], node: str) -> ipaddress.IPv4Network | Non
     return ipaddress.IPv4Network(raw)
 
 
-def explain(src: Endpoint, dst: Endpoint, status: dict[str, Any]) -> list[str]:
+def explain(src: Endpoint, dst: Endpoint, lacks: Callable[[str, str], list[str]]) -> list[str]:
+    """Why src may not reach dst: what each of their nodes lacks towards the other's pods
+    (`lacks(on, towards)`)."""
     if src.node == dst.node:
         return [f"same node {src.node}: check the bridge and veth of {dst.name}"]
-    why = _lacks(status, src.node, dst.node) + _lacks(status, dst.node, src.node)
+    why = lacks(src.node, dst.node) + lacks(dst.node, src.node)
     return why or [f"{src.node} and {dst.node} hold every route and entry for each other: "
-                   "a hop dropped it (firewall, MTU, or the underlay)"]
+                   "a hop dropped it (firewall, MTU, the router or the underlay)"]
+
+
+def lab_lacks(status: dict[str, Any]) -> Callable[[str, str], list[str]]:
+    """`lacks` for a lab's nodes (and router), looked up in their namespaces."""
+    return lambda on, towards: _lacks(status, on, towards)
 
 
 def _lacks(status: dict[str, Any], on: str, towards: str) -> list[str]:
@@ -40,8 +48,7 @@ def _lacks(status: dict[str, Any], on: str, towards: str) -> list[str]:
     from podnet.lab.lab import ns_path
     from podnet.lab.topology import netns_prefix
 
-    spec = registry.spec(status["backend"])
-    if spec.routed_by_gateway:
+    if registry.spec(status["backend"]).routed_by_gateway:
         # Nodes hold only a default route: the router must route the subnet.
         ipr = netns.iproute_in(ns_path(netns_prefix(status["name"]) + "rt"))
         try:
@@ -52,24 +59,35 @@ def _lacks(status: dict[str, Any], on: str, towards: str) -> list[str]:
             ipr.close()
     ipr = netns.iproute_in(ns_path(_node(status, on)["netns"]))
     try:
-        route = _route(ipr, subnet)
-        if route is None:
-            return [f"node {on} lacks a route to {subnet} ({towards}'s pods)"]
-        out: list[str] = []
-        # Only a route into the tunnel needs its entries; directRouting goes via eth0.
-        kind = getattr(spec.backend_class(), "device_kind", None)
-        if kind is not None and _route_device_kind(ipr, route) == kind:
-            gw = str(subnet.network_address)
-            if not any(n.get_attr("NDA_DST") == gw for n in ipr.get_neighbours(
-                    family=socket.AF_INET) if n["state"] & 0x80):
-                out.append(f"node {on} lacks the neighbour entry for {gw} ({towards}'s VTEP)")
-            peer_ip = _node(status, towards)["node_ip"]
-            if kind == "vxlan" and not any(f.get_attr("NDA_DST") == peer_ip
-                                           for f in ipr.fdb("dump")):
-                out.append(f"node {on} lacks the FDB entry to {peer_ip} ({towards})")
-        return out
+        return node_lacks(ipr, status["backend"], on, towards, subnet,
+                          _node(status, towards)["node_ip"])
     finally:
         ipr.close()
+
+
+def node_lacks(ipr: Any, backend: str, on: str, towards: str,
+               subnet: ipaddress.IPv4Network, peer_ip: str) -> list[str]:
+    """What node `on` (`ipr` in its namespace) lacks of what reaching `towards`'s pods needs:
+    its route to their subnet and, into a tunnel, the neighbour and FDB entries. Nothing on a
+    backend whose router routes the subnets, or whose nodes share one subnet (l2)."""
+    spec = registry.spec(backend)
+    if spec.routed_by_gateway or backend == "l2":
+        return []
+    route = _route(ipr, subnet)
+    if route is None:
+        return [f"node {on} lacks a route to {subnet} ({towards}'s pods)"]
+    out: list[str] = []
+    # Only a route into the tunnel needs its entries; directRouting goes via eth0.
+    kind = getattr(spec.backend_class(), "device_kind", None)
+    if kind is not None and _route_device_kind(ipr, route) == kind:
+        gw = str(subnet.network_address)
+        if not any(n.get_attr("NDA_DST") == gw for n in ipr.get_neighbours(
+                family=socket.AF_INET) if n["state"] & 0x80):
+            out.append(f"node {on} lacks the neighbour entry for {gw} ({towards}'s VTEP)")
+        if kind == "vxlan" and not any(f.get_attr("NDA_DST") == peer_ip
+                                       for f in ipr.fdb("dump")):
+            out.append(f"node {on} lacks the FDB entry to {peer_ip} ({towards})")
+    return out
 
 
 def _route(ipr: Any, subnet: ipaddress.IPv4Network) -> Any:

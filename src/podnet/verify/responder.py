@@ -1,0 +1,150 @@
+"""The agent's side of `podnet verify --etcd` (the protocol: channel.py): on a request, echo
+servers in its node and pods; on go, probes from them to every target; the answer in etcd."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from podnet import podrecords
+from podnet.datastore.base import DatastoreError
+from podnet.datastore.etcd import VERIFY, EtcdStore
+from podnet.netlink import netns
+from podnet.verify import channel, check, probes
+
+log = logging.getLogger("podnet.verify")
+
+
+@dataclass
+class _Run:
+    request: str
+    go: str = ""
+    going: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Local:
+    """What this node answers for: its node and its pods' records."""
+
+    node: str
+    node_ip: str
+    records_dir: str
+    pod_mtu: int | None
+    # What this node lacks towards each peer (diagnose.node_lacks), asked after the probes.
+    lacks: Callable[[], dict[str, list[str]]]
+
+
+class Responder:
+    def __init__(self, store: EtcdStore, local: Local, stopping: threading.Event) -> None:
+        self.store = store
+        self.local = local
+        self.stopping = stopping
+        self.runs: dict[str, _Run] = {}
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="verify", daemon=True).start()
+
+    def _loop(self) -> None:
+        revision: int | None = None
+        while not self.stopping.is_set():
+            try:
+                if revision is None:
+                    revision = self.store.revision(VERIFY)
+                revision = self.store.watch_prefix(VERIFY, revision, self._on_change,
+                                                   self.stopping.is_set)
+            except DatastoreError:
+                revision = None  # the watch loop reports the datastore's state
+                self.stopping.wait(1.0)
+            except Exception:
+                log.exception("verify watch failed")
+                revision = None
+                self.stopping.wait(1.0)
+
+    def _on_change(self, key: str, value: str | None, _revision: int) -> None:
+        parts = channel.split(key)
+        if parts is None:
+            return
+        rid, step, _node = parts
+        with self.lock:
+            run = self.runs.get(rid)
+            if step == "" and value is None and run is not None:
+                run.ended.set()
+            elif step == "" and value is not None and run is None:
+                self.runs[rid] = run = _Run(value)
+                threading.Thread(target=self._answer, args=(rid, run), name=f"verify-{rid}",
+                                 daemon=True).start()
+            elif step == channel.GO and value is not None and run is not None:
+                run.go = value
+                run.going.set()
+
+    def endpoints(self) -> tuple[list[check.Endpoint], dict[str, str]]:
+        """This node and its pods whose namespaces it can enter; why it cannot, by pod."""
+        me = self.local
+        out = [check.Endpoint(me.node, "node", f"/proc/{os.getpid()}/ns/net", me.node_ip,
+                              me.node)]
+        problems: dict[str, str] = {}
+        for rec in podrecords.read_all(me.records_dir).values():
+            v4 = [ip for ip in rec.ips if ":" not in ip]
+            if not v4:
+                continue
+            try:
+                fd = os.open(rec.netns, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                problems[rec.display] = (f"its network namespace {rec.netns} is gone on node "
+                                         f"{me.node} ({exc.strerror}): the runtime has not "
+                                         "deleted the pod")
+                continue
+            try:
+                if not netns.is_netns(fd):
+                    problems[rec.display] = f"{rec.netns} is no longer a network namespace"
+                    continue
+            finally:
+                os.close(fd)
+            out.append(check.Endpoint(rec.display, "pod", rec.netns, v4[0], me.node))
+        return out, problems
+
+    def _answer(self, rid: str, run: _Run) -> None:
+        servers: list[probes.EchoServer] = []
+        try:
+            req = json.loads(run.request)
+            lease, port, timeout = int(req["lease"]), int(req["port"]), float(req["timeout"])
+            deadline = time.monotonic() + timeout
+            local, problems = self.endpoints()
+            serving = []
+            for e in local:
+                try:
+                    servers.append(probes.EchoServer(e.netns, port))
+                    serving.append(e)
+                except OSError as exc:
+                    problems[e.name] = f"cannot serve probes on port {port}: {exc.strerror}"
+            me = self.local.node
+            self.store.put(channel.key(rid, channel.READY, me),
+                           json.dumps({"problems": problems}), lease)
+            if not run.going.wait(max(0.0, deadline - time.monotonic())):
+                return
+            targets = [channel.endpoint_from(o) for o in json.loads(run.go)["targets"]]
+            wanted = {t.name for t in targets if t.node == me}
+            sources = [e for e in serving if e.name in wanted]
+            addrs = {e.name: check.own_addresses(e.netns) for e in sources}
+            own = {e.name: e.ip in addrs[e.name] for e in sources if e.kind == "pod"}
+            pairs, mtu = check.probe(check.plan(sources, targets),
+                                     check.mtu_plan(sources, targets), self.local.pod_mtu, addrs)
+            self.store.put(channel.key(rid, channel.RESULT, me), json.dumps({
+                "pairs": [asdict(p) for p in pairs], "own_address": own, "mtu": mtu,
+                "lacks": self.local.lacks()}), lease)
+            # The others may still be probing this node's servers.
+            run.ended.wait(max(0.0, deadline - time.monotonic()))
+        except (DatastoreError, ValueError, KeyError, TypeError, OSError) as exc:
+            log.warning("verify run %s: %s", rid, exc)
+        finally:
+            for server in servers:
+                server.close()
+            with self.lock:
+                self.runs.pop(rid, None)
