@@ -145,6 +145,47 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _etcd_of(args: argparse.Namespace) -> Any:
+    from podnet.datastore.etcd import EtcdStore
+
+    store = from_args(args)
+    if not isinstance(store, EtcdStore):
+        raise UserError("credentials are etcd's users: a file store has none",
+                        "give --etcd http(s)://HOST:PORT")
+    return store
+
+
+def _cmd_cluster_credentials(args: argparse.Namespace) -> int:
+    from podnet.datastore.base import LeaseRefused
+    from podnet.datastore.credentials import issue
+    from podnet.datastore.model import node_name_problem
+    from podnet.fsutil import write_atomic
+
+    for node in args.node:
+        if (problem := node_name_problem(node)) is not None:
+            raise UserError(problem, "give --node a node's Kubernetes name")
+    if args.out is not None and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is not a directory", "make it first")
+    store = _etcd_of(args)
+    config = store.get_config()
+    if config is None:
+        raise UserError("the cluster is not initialised", "run `podnet cluster init` first")
+    for node in args.node:
+        try:
+            user, password, subnet = issue(store, config, node)
+        except LeaseRefused as exc:
+            raise UserError(str(exc), "widen the cluster network or remove unused "
+                            "assignments") from None
+        if args.out is None:
+            print(f"{node} {user} {password} {subnet}")
+            continue
+        path = os.path.join(args.out, f"{node}.password")
+        write_atomic(path, password + "\n", 0o600)
+        print(f"node {node}: etcd user {user}, subnet {subnet}, password in {path} (the agent: "
+              f"--etcd-user {user} --etcd-password-file {path})")
+    return 0
+
+
 def _split(message: str) -> tuple[str, str]:
     """A message that ends in '(fix)' as (what, fix)."""
     what, sep, fix = message.rpartition(" (")
@@ -271,6 +312,14 @@ def build_parser() -> Parser:
                    help="pods of different nodes skip the bridges through eBPF where the "
                         "kernel can (docs/fastpath.md)")
     c.set_defaults(func=_cmd_cluster_init)
+    c = csub.add_parser("credentials", help="make (or renew) nodes' own etcd users: each may "
+                        "read the cluster and write only its own keys (docs/datastore.md)")
+    add_args(c)
+    c.add_argument("--node", action="append", required=True,
+                   help="a node's name (repeat for more); its subnet is assigned now")
+    c.add_argument("--out", help="write NODE.password here (mode 0600) instead of printing "
+                                 "'NODE USER PASSWORD SUBNET' lines")
+    c.set_defaults(func=_cmd_cluster_credentials)
     c = csub.add_parser("show", help="print the config and every lease")
     add_args(c)
     c.add_argument("--json", action="store_true", help="machine-readable: config and leases")
@@ -340,13 +389,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.debug:
         rc: int = args.func(args)
         return rc
-    from podnet.datastore.base import DatastoreError
+    from podnet.datastore.base import DatastoreError, PermissionDenied
 
     name = f"podnet {_command(argv)}"
     try:
         rc = args.func(args)
     except UserError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    except PermissionDenied as exc:
+        print(f"{name}: {exc} (check --etcd-user and --etcd-password-file; `podnet cluster "
+              "credentials` makes a node's)", file=sys.stderr)
         return 1
     except DatastoreError as exc:
         print(f"{name}: {exc} (check --etcd and that etcd runs)", file=sys.stderr)

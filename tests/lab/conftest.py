@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from podnet.datastore.etcd import EtcdStore
 from podnet.lab.lab import Lab, down, ns_path, status
 from podnet.lab.topology import Topology, netns_prefix
 from podnet.netlink import netns
@@ -28,7 +27,7 @@ def make_lab() -> Iterator[MakeLab]:
 
     def make(backend: str = "vxlan", nodes: int = 3, pods: int = 2, underlay: str = "switch",
              reconcile: float = 2.0, gateway_mode: str = "bgp", fast_path: bool = True,
-             agent_image: str = "", etcd_members: int = 1) -> Lab:
+             agent_image: str = "", etcd_members: int = 1, etcd_auth: bool = False) -> Lab:
         name = f"t{uuid.uuid4().hex[:6]}"
         made.append(name)
         topo = Topology.make(name, backend, nodes, pods, underlay)
@@ -38,6 +37,7 @@ def make_lab() -> Iterator[MakeLab]:
         topo.agent_image = agent_image
         topo.etcd_tls = bool(agent_image)
         topo.etcd_members = etcd_members
+        topo.etcd_auth = etcd_auth
         lab = Lab(topo)
         lab.up()
         return lab
@@ -75,9 +75,7 @@ def published(lab: Lab) -> set[str]:
     """The pods the agents published in etcd, read from etcd's own namespace."""
     st = status(lab)
     with netns.entered(ns_path(st["etcd"]["netns"])):
-        c = lab.certs
-        store = (EtcdStore(st["etcd"]["url"]) if c is None else EtcdStore(
-            st["etcd"]["url"], ca_cert=c.ca, cert=c.client_cert, key=c.client_key))
+        store = lab.etcd_store()
         try:
             return {json.loads(raw)["name"] for records in store.pods().values()
                     for raw in records.values()}

@@ -37,11 +37,15 @@ def test_invalid_records_are_refused(obj: object) -> None:
 
 
 def test_channel_keys() -> None:
-    assert channel.split(channel.key("r1")) == ("r1", "", "")
-    assert channel.split(channel.key("r1", channel.READY, "node-a")) == ("r1", "ready", "node-a")
-    assert channel.split(channel.key("r1", channel.GO)) == ("r1", "go", "")
-    assert channel.split("/podnet/verify/") is None
-    assert channel.split("/podnet/verify/r1/result/a/b") is None
-    assert channel.split("/podnet/subnets/x") is None
+    assert channel.split_request(channel.request_key("r1")) == ("r1", False)
+    assert channel.split_request(channel.go_key("r1")) == ("r1", True)
+    assert channel.split_request("/podnet/verify/") is None
+    assert channel.split_request("/podnet/verify/r1/result") is None
+    assert channel.split_request("/podnet/subnets/x") is None
+    kvs = {channel.answer_key("node-a", "r1", channel.READY): "a",
+           channel.answer_key("node-b", "r1", channel.READY): "b",
+           channel.answer_key("node-a", "r1", channel.RESULT): "c",
+           channel.answer_key("node-a", "r2", channel.READY): "d"}
+    assert channel.answers(kvs, "r1", channel.READY) == {"node-a": "a", "node-b": "b"}
     with pytest.raises(ValueError):
         channel.endpoint_from({"name": "a", "kind": "router", "ip": "1.2.3.4", "node": "a"})

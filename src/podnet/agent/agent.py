@@ -27,7 +27,7 @@ from podnet.agent.state import AlreadyRunning, NodeState, StateFile
 from podnet.backends import manager
 from podnet.backends.base import Backend
 from podnet.cni.server import Server
-from podnet.datastore.base import Datastore, DatastoreError, Event, Held
+from podnet.datastore.base import Datastore, DatastoreError, Event, Held, PermissionDenied
 from podnet.datastore.model import (
     ConfigError,
     Lease,
@@ -142,8 +142,12 @@ class Agent:
         if isinstance(self.store, EtcdStore):
             assert self.backend is not None
             local = Local(self.opts.node_name, node_ip, self.opts.pod_records,
-                          self.backend.pod_mtu(), self.lacks)
+                          self.backend.pod_mtu(), self.lacks, self._lease_id)
             Responder(self.store, local, self.stopping).start()
+
+    def _lease_id(self) -> int:
+        assert self.held is not None
+        return self.held.lease_id
 
     def lacks(self) -> dict[str, list[str]]:
         """What this node lacks towards each peer's pods (for verify's diagnosis)."""
@@ -213,6 +217,9 @@ class Agent:
         while True:
             try:
                 return fn()
+            except PermissionDenied as exc:
+                raise UserError(f"{what}: {exc}", "give this node's etcd credentials "
+                                "(`podnet cluster credentials` makes them)") from None
             except DatastoreError as exc:
                 log.warning("%s: %s; retrying", what, exc)
                 if self.stopping.wait(delay):

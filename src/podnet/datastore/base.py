@@ -13,6 +13,11 @@ class DatastoreError(Exception):
     """The datastore cannot be reached or refused an operation; the caller may retry."""
 
 
+class PermissionDenied(DatastoreError):
+    """etcd refused these credentials the operation (or the credentials themselves): retrying
+    cannot help."""
+
+
 class LeaseRefused(Exception):
     """A lease that must not be taken (no free subnet, node name already held)."""
 

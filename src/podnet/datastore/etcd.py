@@ -4,9 +4,12 @@ Key layout (see docs/datastore.md):
   /podnet/config                     the NetworkConfig
   /podnet/subnets/<addr>-<len>       a node's Lease, bound to an etcd lease with a TTL
   /podnet/nodes/<name>               {"subnet", "leaseID"}: one agent per node name, same etcd lease
+  /podnet/assignments/<name>         {"subnet"}: the one subnet a node with credentials may lease
   /podnet/pods/<node>/<veth>         a PodRecord the node's agent publishes, on its etcd lease
-  /podnet/verify/<id>                a `podnet verify` run's request (see verify/remote.py), and
-  /podnet/verify/<id>/<step>/<node>  each agent's answers, all on the request's etcd lease
+  /podnet/verify/<id>[/go]           a `podnet verify` run's request (verify/channel.py), and
+  /podnet/answers/<node>/<id>/<step> each agent's answers, all on the request's etcd lease
+Every key a node writes is under a prefix of its own name, or its assigned subnet's: etcd's
+roles can then confine a node's credentials to them (credentials.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import logging
 import random
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
@@ -25,7 +29,7 @@ from urllib.parse import urlparse
 import requests
 from etcd3gw.client import Etcd3Client
 
-from podnet.datastore.base import DatastoreError, Event, Held, LeaseRefused
+from podnet.datastore.base import DatastoreError, Event, Held, LeaseRefused, PermissionDenied
 from podnet.datastore.model import ConfigError, Lease, NetworkConfig, subnet_key
 
 log = logging.getLogger("podnet.datastore")
@@ -35,6 +39,8 @@ SUBNETS = PREFIX + "subnets/"
 NODES = PREFIX + "nodes/"
 PODS = PREFIX + "pods/"
 VERIFY = PREFIX + "verify/"
+ANSWERS = PREFIX + "answers/"
+ASSIGNMENTS = PREFIX + "assignments/"
 IDLE = 10.0  # seconds a watch stream may stay silent before it is re-made
 
 
@@ -46,8 +52,20 @@ def _unb64(text: str) -> str:
     return base64.b64decode(text).decode("utf-8", "replace")
 
 
-def _prefix_end(prefix: str) -> str:
+def prefix_end(prefix: str) -> str:
+    """The end of the key range of every key that starts with `prefix`."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class _TokenRefused(DatastoreError):
+    """etcd no longer knows the auth token: authenticate again."""
+
+
+def _message(resp: requests.Response) -> str:
+    try:
+        return str(resp.json().get("message", resp.text[:200]))
+    except ValueError:
+        return resp.text[:200]
 
 
 class EtcdStore:
@@ -56,7 +74,10 @@ class EtcdStore:
     have been applied (a read timeout) is the caller's to retry."""
 
     def __init__(self, url: str | list[str], ca_cert: str | None = None,
-                 cert: str | None = None, key: str | None = None, timeout: float = 5.0) -> None:
+                 cert: str | None = None, key: str | None = None, timeout: float = 5.0,
+                 user: str | None = None, password: str | None = None) -> None:
+        self.user, self._password = user, password
+        self._token_lock = threading.Lock()
         self.urls = [url] if isinstance(url, str) else list(url)
         self.clients = []
         for member in self.urls:
@@ -82,7 +103,31 @@ class EtcdStore:
         self._member = (self._member + 1) % len(self.clients)
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def _authenticate(self, stale: str | bytes | None = None) -> None:
+        """A token for the user, on every member's session; `stale`: the token etcd refused
+        (another thread may have renewed it meanwhile)."""
+        with self._token_lock:
+            current = self.clients[0].session.headers.get("Authorization")
+            if current is not None and current != stale and stale is not None:
+                return
+            for client in self.clients:
+                client.session.headers.pop("Authorization", None)
+            out = self._post("/auth/authenticate", {"name": self.user,
+                                                    "password": self._password}, auth=False)
+            for client in self.clients:
+                client.session.headers["Authorization"] = str(out["token"])
+
+    def _post(self, path: str, payload: dict[str, Any], auth: bool = True) -> dict[str, Any]:
+        if auth and self.user is not None:
+            token = self.clients[0].session.headers.get("Authorization")
+            if token is None:
+                self._authenticate()
+            try:
+                return self._post(path, payload, auth=False)
+            except _TokenRefused:
+                # Tokens expire (--auth-token-ttl) and die with a restarted member.
+                self._authenticate(stale=str(token))
+                return self._post(path, payload, auth=False)
         why = ""
         for _ in self.clients:
             try:
@@ -98,6 +143,12 @@ class EtcdStore:
                 why = f"{self.urls[self._member]}: HTTP 503: {resp.text[:200]}"
                 self._next_member()
                 continue
+            if resp.status_code == 401:
+                raise _TokenRefused(resp.text[:200])
+            if resp.status_code == 403 or (resp.status_code == 400 and (
+                    path == "/auth/authenticate" or "user name is empty" in resp.text)):
+                raise PermissionDenied(f"etcd refused {path} for user {self.user or '(none)'}: "
+                                       f"{_message(resp)}")
             if resp.status_code != 200:
                 raise DatastoreError(f"etcd {path}: HTTP {resp.status_code}: {resp.text[:200]}")
             out: dict[str, Any] = resp.json()
@@ -105,7 +156,7 @@ class EtcdStore:
         raise DatastoreError(f"etcd unreachable: no member answers ({why})")
 
     def _range(self, prefix: str, keys_only: bool = False) -> tuple[list[dict[str, Any]], int]:
-        payload: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
+        payload: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
         if keys_only:
             payload["keys_only"] = True
         out = self._post("/kv/range", payload)
@@ -129,6 +180,9 @@ class EtcdStore:
         if lease:
             payload["lease"] = lease
         self._post("/kv/put", payload)
+
+    def delete(self, key: str) -> None:
+        self._post("/kv/deleterange", {"key": _b64(key)})
 
     def grant(self, ttl: int) -> int:
         return int(self._post("/lease/grant", {"TTL": ttl})["ID"])
@@ -217,10 +271,24 @@ class EtcdStore:
             log.warning("node %s: releasing lease %d of an earlier run at %s whose state was "
                         "lost", node, stale, node_ip)
             self._post("/kv/lease/revoke", {"ID": stale})
-        lease_id = int(self._post("/lease/grant", {"TTL": ttl})["ID"])
         kvs, _ = self._range(SUBNETS, keys_only=True)
         taken = {_unb64(kv["key"])[len(SUBNETS):] for kv in kvs}
-        free = [s for s in config.subnets() if subnet_key(s) not in taken]
+        assigned = self.assignments()
+        mine = assigned.pop(node, None)
+        if mine is not None:
+            # Credentials of this node's own allow it this subnet and no other.
+            if not mine.subnet_of(config.network) or mine.prefixlen != config.subnet_len:
+                raise LeaseRefused(f"node {node!r} is assigned {mine}, not a /"
+                                   f"{config.subnet_len} of {config.network} (issue its "
+                                   "credentials again)")
+            if subnet_key(mine) in taken:
+                raise LeaseRefused(f"node {node!r}'s assigned subnet {mine} is leased by "
+                                   "another node")
+            free = [mine]
+        else:
+            others = {subnet_key(s) for s in assigned.values()}
+            free = [s for s in config.subnets() if subnet_key(s) not in taken | others]
+        lease_id = int(self._post("/lease/grant", {"TTL": ttl})["ID"])
         if prefer is not None and prefer.lease.subnet in free:
             free.remove(prefer.lease.subnet)
             free.insert(0, prefer.lease.subnet)
@@ -237,6 +305,41 @@ class EtcdStore:
         self._post("/kv/lease/revoke", {"ID": lease_id})
         raise LeaseRefused(f"no free subnet for node {node!r}: all {config.capacity} "
                            f"/{config.subnet_len} subnets of {config.network} are leased")
+
+    def assignments(self) -> dict[str, ipaddress.IPv4Network]:
+        """Each node's assigned subnet (credentials.py); an unreadable one is skipped."""
+        out: dict[str, ipaddress.IPv4Network] = {}
+        for key, raw in self.get_prefix(ASSIGNMENTS).items():
+            try:
+                out[key[len(ASSIGNMENTS):]] = ipaddress.IPv4Network(json.loads(raw)["subnet"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("skipping assignment %s: %r", key, raw[:80])
+        return out
+
+    # -- users and roles (etcd's authentication) ------------------------------------------
+    def set_role(self, role: str, grants: list[tuple[str, str, str]]) -> None:
+        """The role made anew with exactly these (type, key, range end) permissions."""
+        with contextlib.suppress(DatastoreError):
+            self._post("/auth/role/delete", {"role": role})  # a role not there yet
+        self._post("/auth/role/add", {"name": role})
+        for perm_type, key, range_end in grants:
+            perm: dict[str, Any] = {"permType": perm_type, "key": _b64(key)}
+            if range_end:
+                perm["range_end"] = _b64(range_end)
+            self._post("/auth/role/grant", {"name": role, "perm": perm})
+
+    def enable_auth(self, root_password: str) -> None:
+        """etcd's root user (with the root role) and authentication on."""
+        self.set_user("root", root_password, "root")
+        self._post("/auth/enable", {})
+
+    def set_user(self, user: str, password: str, role: str) -> None:
+        """The user with this password (a new one, or changed) and the role."""
+        try:
+            self._post("/auth/user/add", {"name": user, "password": password})
+        except DatastoreError:
+            self._post("/auth/user/changepw", {"name": user, "password": password})
+        self._post("/auth/user/grant", {"user": user, "role": role})
 
     def _own_earlier_run(self, node: str, node_ip: str, held_raw: str) -> int | None:
         """The lease ID of the node key's holder where its lease names `node_ip`; else None."""
@@ -296,7 +399,7 @@ class EtcdStore:
         after `revision`; returns the last revision seen when stopped or idle for a while,
         raises DatastoreError when the store fails."""
         create = {"create_request": {"key": _b64(prefix),
-                                     "range_end": _b64(_prefix_end(prefix)),
+                                     "range_end": _b64(prefix_end(prefix)),
                                      "start_revision": revision + 1}}
         resp: requests.Response | None = None
         try:
@@ -306,6 +409,11 @@ class EtcdStore:
                                             stream=True, timeout=(self.timeout, IDLE),
                                             verify=self._verify)
             self._streams.append(resp)
+            if resp.status_code == 401 and self.user is not None:
+                self._authenticate(stale=resp.request.headers.get("Authorization"))
+                raise DatastoreError("watch: etcd refused the auth token; authenticated again")
+            if resp.status_code != 200:
+                raise DatastoreError(f"watch: HTTP {resp.status_code}: {_message(resp)}")
             for line in resp.iter_lines(chunk_size=None):
                 if stopped():
                     return revision

@@ -31,7 +31,8 @@ def check_url(url: str) -> None:
 
 
 def open_store(url: str, ca_cert: str | None = None, cert: str | None = None,
-               key: str | None = None) -> Datastore:
+               key: str | None = None, user: str | None = None,
+               password_file: str | None = None) -> Datastore:
     """The store at `url`; etcd's members may be listed, comma-separated."""
     members = url.split(",")
     for member in members:
@@ -44,11 +45,27 @@ def open_store(url: str, ca_cert: str | None = None, cert: str | None = None,
     if (cert is None) != (key is None):
         raise UserError("--etcd-cert and --etcd-key come together",
                         "give both, or neither")
+    if (user is None) != (password_file is None):
+        raise UserError("--etcd-user and --etcd-password-file come together",
+                        "give both, or neither")
+    password = None
+    if password_file is not None:
+        try:
+            with open(password_file) as fh:
+                password = fh.read().rstrip("\n")
+        except OSError as exc:
+            raise UserError(f"--etcd-password-file {password_file}: {exc.strerror}",
+                            "give the file `podnet cluster credentials` wrote") from None
+        if not password:
+            raise UserError(f"--etcd-password-file {password_file} is empty",
+                            "give the file `podnet cluster credentials` wrote")
     if urlparse(url).scheme == "file":
+        if user is not None:
+            raise UserError("a file store has no users", "drop --etcd-user")
         from podnet.datastore.file import FileStore
 
         return FileStore(urlparse(url).path)
     from podnet.datastore.etcd import EtcdStore
 
-    return EtcdStore(members, ca_cert=ca_cert, cert=cert, key=key)
+    return EtcdStore(members, ca_cert=ca_cert, cert=cert, key=key, user=user, password=password)
 

@@ -84,6 +84,7 @@ def _dispatch(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         topo.fast_path = args.fast_path == "on"
         topo.etcd_tls = args.etcd_tls or bool(args.agent_image)
         topo.etcd_members = args.etcd_members
+        topo.etcd_auth = args.etcd_auth
         topo.agent_image = args.agent_image or ""
         lab = Lab(topo, say)
         lab.up()  # on failure it removes what it built, and nothing else
@@ -155,6 +156,9 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="etcd's members, each in a namespace of its own (switch underlay)")
     q.add_argument("--etcd-tls", action="store_true",
                    help="etcd with TLS and client certificates (a CA of the lab's own)")
+    q.add_argument("--etcd-auth", action="store_true",
+                   help="etcd's authentication on: each node's agent with its own user, which "
+                        "writes only its own keys (`podnet cluster credentials`)")
     q.add_argument("--agent-image", metavar="IMAGE",
                    help="run each agent from this image as deploy/kubernetes/podnet.yaml's "
                         "DaemonSet runs it (podman; implies --etcd-tls), e.g. "

@@ -15,11 +15,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from podnet.backends import registry
 from podnet.cni.invoke import Runtime
 from podnet.errors import UserError
+from podnet.fsutil import write_atomic
 from podnet.install import install_cni
 from podnet.lab import pki
 from podnet.lab.topology import (
@@ -36,6 +37,8 @@ LABS_DIR = "/run/podnet/labs"
 REFERENCE_PLUGINS = "/usr/lib/cni"
 POD_NAMESPACE = "default"  # the Kubernetes namespace the lab's pods are in
 Progress = Callable[[str], None]
+if TYPE_CHECKING:
+    from podnet.datastore.etcd import EtcdStore
 
 
 def _quiet(_msg: str) -> None:
@@ -196,12 +199,66 @@ class Lab:
         return pki.Certs(*(os.path.join(d, f) for f in (
             "ca.crt", "server.crt", "server.key", "client.crt", "client.key")))
 
-    def etcd_args(self) -> list[str]:
-        """What a podnet command needs to reach the lab's etcd."""
+    def etcd_args(self, node: NodeSpec | None = None) -> list[str]:
+        """What a podnet command needs to reach the lab's etcd: as root where etcd has
+        authentication on, or with `node`, as that node's own user."""
         c = self.certs
         tls = [] if c is None else ["--etcd-ca", c.ca, "--etcd-cert", c.client_cert,
                                     "--etcd-key", c.client_key]
-        return ["--etcd", self.topo.etcd_url, *tls]
+        auth: list[str] = []
+        if self.topo.etcd_auth and node is None:
+            auth = ["--etcd-user", "root", "--etcd-password-file", self.root_password]
+        elif self.topo.etcd_auth and node is not None:
+            from podnet.datastore.credentials import user_of
+
+            auth = ["--etcd-user", user_of(node.name), "--etcd-password-file",
+                    os.path.join(self.node_dir(node), "etcd", f"{node.name}.password")]
+        return ["--etcd", self.topo.etcd_url, *tls, *auth]
+
+    def etcd_store(self, node: NodeSpec | None = None) -> EtcdStore:
+        """The lab's etcd as etcd_args() reach it; use it inside etcd's namespace."""
+        from podnet.datastore.etcd import EtcdStore
+
+        a = self.etcd_args(node)
+
+        def opt(flag: str) -> str | None:
+            return a[a.index(flag) + 1] if flag in a else None
+
+        password = None
+        if (path := opt("--etcd-password-file")) is not None:
+            with open(path) as fh:
+                password = fh.read().strip()
+        return EtcdStore(self.topo.etcd_url, ca_cert=opt("--etcd-ca"), cert=opt("--etcd-cert"),
+                         key=opt("--etcd-key"), user=opt("--etcd-user"), password=password)
+
+    @property
+    def root_password(self) -> str:
+        return os.path.join(self.dir, "etcd-root.password")
+
+    def _node_credentials(self, node: NodeSpec) -> None:
+        """The node's etcd user (made, or its password renewed), as an operator makes it."""
+        out = os.path.join(self.node_dir(node), "etcd")
+        os.makedirs(out, mode=0o700, exist_ok=True)
+        self._run_in(self.prefix + "cp", self._podnet(
+            "cluster", "credentials", *self.etcd_args(), "--node", node.name, "--out", out))
+
+    def _enable_auth(self) -> None:
+        """etcd's root user, with a password of the lab's, and authentication on."""
+        import secrets
+
+        from podnet.datastore.etcd import EtcdStore
+
+        write_atomic(self.root_password, secrets.token_urlsafe(24) + "\n", 0o600)
+        with open(self.root_password) as fh:
+            password = fh.read().strip()
+        c = self.certs
+        with netns.entered(ns_path(self.prefix + "cp")):
+            store = (EtcdStore(self.topo.etcd_url) if c is None else EtcdStore(
+                self.topo.etcd_url, ca_cert=c.ca, cert=c.client_cert, key=c.client_key))
+            try:
+                store.enable_auth(password)
+            finally:
+                store.close()
 
     def _new_ns(self, name: str) -> None:
         """A namespace of the lab, recorded first (a crash leaves nothing unrecorded), its
@@ -376,6 +433,9 @@ class Lab:
         for member in t.etcd_names:
             self.start_etcd_member(member)
         self._wait(self._etcd_ready, 30, "etcd did not start")
+        if t.etcd_auth:
+            self.progress("etcd: authentication on (root, and a user per node)")
+            self._enable_auth()
 
     def start_etcd_member(self, member: str) -> None:
         """One member, started (anew, or again on its data after a kill)."""
@@ -455,6 +515,8 @@ class Lab:
                                                      f"{t.node_ip(node)}/{prefix}"))
             _in_ns(ns, lambda ipr: ipr.route("replace", dst="0.0.0.0/0",
                                              gateway=t.gateway(node)))
+        if t.etcd_auth:
+            self._node_credentials(node)
         if start_agent:
             self.start_agent(node)
 
@@ -483,7 +545,7 @@ class Lab:
         d = self.node_dir(node)
         os.makedirs(d, exist_ok=True)
         node.agent_pid = _spawn(node.netns(self.topo.name), self._podnet(
-            "agent", *self.etcd_args(), "--node-name", node.name, "--iface", "eth0",
+            "agent", *self.etcd_args(node), "--node-name", node.name, "--iface", "eth0",
             "--cni-conf-dir", os.path.join(d, "net.d"), "--cni-socket",
             os.path.join(d, "cni.sock"), "--ipam-data-dir", os.path.join(d, "ipam"),
             "--state-dir", os.path.join(d, "state"),

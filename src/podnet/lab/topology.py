@@ -79,6 +79,8 @@ class Topology:
     retired_pods: list[str] = field(default_factory=list)
     etcd_tls: bool = False  # etcd with TLS and client certificates, as in production
     etcd_members: int = 1  # etcd's members, each in a namespace of its own (cp, cp2, ...)
+    # etcd's authentication on: the lab as root, each node's agent as its own user.
+    etcd_auth: bool = False
     # Agents run from this image as the Kubernetes DaemonSet runs them (needs etcd_tls).
     agent_image: str = ""
 
@@ -103,6 +105,10 @@ class Topology:
         if self.agent_image and not self.etcd_tls:
             raise UserError("the DaemonSet's agent takes etcd's client certificate",
                             "add --etcd-tls")
+        if self.agent_image and self.etcd_auth:
+            raise UserError("the DaemonSet's agents are one user, by their certificate; "
+                            "per-node users are for agents started by hand or by systemd",
+                            "drop --etcd-auth or --agent-image")
         if spec.routed_by_gateway and self.underlay != "routed":
             raise UserError(f"the {self.backend} backend needs a router",
                             "use --underlay routed")
@@ -225,6 +231,7 @@ class Topology:
                    netns_made=list(obj.get("netns_made", [])),
                    retired_pods=list(obj.get("retired_pods", [])),
                    etcd_tls=obj.get("etcd_tls", False),
+                   etcd_auth=obj.get("etcd_auth", False),
                    agent_image=obj.get("agent_image", ""))
         topo.nodes = [NodeSpec(**n) for n in obj["nodes"]]
         topo.pods = [PodSpec(**p) for p in obj["pods"]]

@@ -2,14 +2,18 @@
 that a cluster no lab built is verified the way a lab is, with no port opened for it and etcd's
 own authentication guarding it.
 
-One run, under /podnet/verify/<id>, every key on the etcd lease of verify's own that the request
-names (revoking it ends the run and deletes every key):
-  <id>               the request: {"lease", "port", "timeout"}
-  <id>/ready/<node>  an agent's echo servers are up in its node and pods: {"problems"} names
-                     what it cannot serve (a pod whose namespace is gone)
-  <id>/go            {"targets"}: every endpoint of the nodes that answered
-  <id>/result/<node> the agent's probes from its node and pods to every target, its pods' own
-                     addresses, its MTU probes and what it lacks towards each peer
+One run (its keys of verify's own on a lease of its own, revoked at the end; an agent's on its
+node's lease, as etcd lets a node's user attach keys only to a lease whose keys it may write,
+and deleted by it at the end):
+  /podnet/verify/<id>                     the request: {"port", "timeout"}
+  /podnet/answers/<node>/<id>/ready       the agent's echo servers are up in its node and pods:
+                                          {"problems"} names what it cannot serve (a pod whose
+                                          namespace is gone)
+  /podnet/verify/<id>/go                  {"targets"}: every endpoint of the nodes that answered
+  /podnet/answers/<node>/<id>/result      the agent's probes from its node and pods to every
+                                          target, its pods' own addresses, its MTU probes and
+                                          what it lacks towards each peer
+An agent writes only under its own node's name, which a node's etcd role allows.
 """
 
 from __future__ import annotations
@@ -17,25 +21,42 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from podnet.datastore.etcd import VERIFY
+from podnet.datastore.etcd import ANSWERS, VERIFY
 from podnet.verify.check import Endpoint
 
-READY, GO, RESULT = "ready", "go", "result"
+READY, RESULT = "ready", "result"
 
 
-def key(run: str, step: str = "", node: str = "") -> str:
-    return VERIFY + "/".join(p for p in (run, step, node) if p)
+def request_key(run: str) -> str:
+    return VERIFY + run
 
 
-def split(k: str) -> tuple[str, str, str] | None:
-    """(run, step, node) of a key under VERIFY; None for a key that is not one of a run."""
+def go_key(run: str) -> str:
+    return VERIFY + run + "/go"
+
+
+def answer_key(node: str, run: str, step: str) -> str:
+    return f"{ANSWERS}{node}/{run}/{step}"
+
+
+def split_request(k: str) -> tuple[str, bool] | None:
+    """(run, whether it is the go) of a key under VERIFY; None for any other."""
     if not k.startswith(VERIFY):
         return None
-    parts = k[len(VERIFY):].split("/")
-    if not parts[0] or len(parts) > 3:
+    run, slash, rest = k[len(VERIFY):].partition("/")
+    if not run or (slash and rest != "go"):
         return None
-    run, step, node = [*parts, "", ""][:3]
-    return run, step, node
+    return run, bool(slash)
+
+
+def answers(kvs: dict[str, str], run: str, step: str) -> dict[str, str]:
+    """The answers of one step of a run, by node, from the keys under ANSWERS."""
+    out: dict[str, str] = {}
+    for k, raw in kvs.items():
+        node, _, tail = k[len(ANSWERS):].partition("/")
+        if k.startswith(ANSWERS) and tail == f"{run}/{step}":
+            out[node] = raw
+    return out
 
 
 def endpoint_obj(e: Endpoint) -> dict[str, str]:

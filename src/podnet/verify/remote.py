@@ -8,7 +8,7 @@ import secrets
 import time
 from typing import Any
 
-from podnet.datastore.etcd import EtcdStore
+from podnet.datastore.etcd import ANSWERS, EtcdStore
 from podnet.errors import UserError
 from podnet.podrecords import PodRecord
 from podnet.verify import channel
@@ -46,13 +46,12 @@ def endpoints(store: EtcdStore) -> tuple[list[Endpoint], list[str]]:
     return out, problems
 
 
-def _gather(store: EtcdStore, prefix: str, nodes: set[str], deadline: float
+def _gather(store: EtcdStore, rid: str, step: str, nodes: set[str], deadline: float
             ) -> dict[str, Any]:
-    """The answers of `nodes` under `prefix`, as they come, until all came or the deadline."""
+    """The answers of `nodes` to one step, as they come, until all came or the deadline."""
     got: dict[str, Any] = {}
     while True:
-        for key, raw in store.get_prefix(prefix).items():
-            node = key[len(prefix):]
+        for node, raw in channel.answers(store.get_prefix(ANSWERS), rid, step).items():
             if node in nodes and node not in got:
                 try:
                     got[node] = json.loads(raw)
@@ -74,11 +73,10 @@ def run(store: EtcdStore, timeout: float, port: int = ECHO_PORT
     rid = secrets.token_hex(6)
     lease = store.grant(int(timeout) + 30)
     try:
-        store.put(channel.key(rid), json.dumps({"lease": lease, "port": port,
-                                                "timeout": timeout}), lease)
+        store.put(channel.request_key(rid), json.dumps({"port": port, "timeout": timeout}),
+                  lease)
         # Echo servers come up in well under a second; waiting long only for a dead agent.
-        ready = _gather(store, channel.key(rid, channel.READY) + "/", nodes,
-                        start + min(10.0, timeout / 3))
+        ready = _gather(store, rid, channel.READY, nodes, start + min(10.0, timeout / 3))
         skipped: set[str] = set()
         for node in sorted(nodes - set(ready)):
             problems.append(f"node {node}: its agent did not answer within "
@@ -89,12 +87,14 @@ def run(store: EtcdStore, timeout: float, port: int = ECHO_PORT
                 problems.append(f"{name}: {why}")
                 skipped.add(name)
         targets = [e for e in found if e.node in ready and e.name not in skipped]
-        store.put(channel.key(rid, channel.GO), json.dumps(
+        store.put(channel.go_key(rid), json.dumps(
             {"targets": [channel.endpoint_obj(e) for e in targets]}), lease)
-        results = _gather(store, channel.key(rid, channel.RESULT) + "/", set(ready),
-                          start + timeout)
+        results = _gather(store, rid, channel.RESULT, set(ready), start + timeout)
     finally:
         store.revoke(lease)  # ends the run: its keys go, the agents close their servers
+        for step in (channel.READY, channel.RESULT):  # the agents delete theirs too
+            for node in channel.answers(store.get_prefix(ANSWERS), rid, step):
+                store.delete(channel.answer_key(node, rid, step))
     for node in sorted(set(ready) - set(results)):
         problems.append(f"node {node}: its agent answered but had no result within "
                         f"{timeout:.0f} s (give more --timeout)")

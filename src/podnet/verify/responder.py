@@ -38,6 +38,7 @@ class Local:
     pod_mtu: int | None
     # What this node lacks towards each peer (diagnose.node_lacks), asked after the probes.
     lacks: Callable[[], dict[str, list[str]]]
+    lease: Callable[[], int]  # the node's etcd lease now: its answers live on it
 
 
 class Responder:
@@ -68,19 +69,19 @@ class Responder:
                 self.stopping.wait(1.0)
 
     def _on_change(self, key: str, value: str | None, _revision: int) -> None:
-        parts = channel.split(key)
+        parts = channel.split_request(key)
         if parts is None:
             return
-        rid, step, _node = parts
+        rid, go = parts
         with self.lock:
             run = self.runs.get(rid)
-            if step == "" and value is None and run is not None:
+            if not go and value is None and run is not None:
                 run.ended.set()
-            elif step == "" and value is not None and run is None:
+            elif not go and value is not None and run is None:
                 self.runs[rid] = run = _Run(value)
                 threading.Thread(target=self._answer, args=(rid, run), name=f"verify-{rid}",
                                  daemon=True).start()
-            elif step == channel.GO and value is not None and run is not None:
+            elif go and value is not None and run is not None:
                 run.go = value
                 run.going.set()
 
@@ -114,7 +115,7 @@ class Responder:
         servers: list[probes.EchoServer] = []
         try:
             req = json.loads(run.request)
-            lease, port, timeout = int(req["lease"]), int(req["port"]), float(req["timeout"])
+            port, timeout = int(req["port"]), float(req["timeout"])
             deadline = time.monotonic() + timeout
             local, problems = self.endpoints()
             serving = []
@@ -125,8 +126,8 @@ class Responder:
                 except OSError as exc:
                     problems[e.name] = f"cannot serve probes on port {port}: {exc.strerror}"
             me = self.local.node
-            self.store.put(channel.key(rid, channel.READY, me),
-                           json.dumps({"problems": problems}), lease)
+            self.store.put(channel.answer_key(me, rid, channel.READY),
+                           json.dumps({"problems": problems}), self.local.lease())
             if not run.going.wait(max(0.0, deadline - time.monotonic())):
                 return
             targets = [channel.endpoint_from(o) for o in json.loads(run.go)["targets"]]
@@ -136,9 +137,9 @@ class Responder:
             own = {e.name: e.ip in addrs[e.name] for e in sources if e.kind == "pod"}
             pairs, mtu = check.probe(check.plan(sources, targets),
                                      check.mtu_plan(sources, targets), self.local.pod_mtu, addrs)
-            self.store.put(channel.key(rid, channel.RESULT, me), json.dumps({
+            self.store.put(channel.answer_key(me, rid, channel.RESULT), json.dumps({
                 "pairs": [asdict(p) for p in pairs], "own_address": own, "mtu": mtu,
-                "lacks": self.local.lacks()}), lease)
+                "lacks": self.local.lacks()}), self.local.lease())
             # The others may still be probing this node's servers.
             run.ended.wait(max(0.0, deadline - time.monotonic()))
         except (DatastoreError, ValueError, KeyError, TypeError, OSError) as exc:
@@ -148,3 +149,8 @@ class Responder:
                 server.close()
             with self.lock:
                 self.runs.pop(rid, None)
+            for step in (channel.READY, channel.RESULT):
+                try:
+                    self.store.delete(channel.answer_key(self.local.node, rid, step))
+                except DatastoreError as exc:  # they go with the node's lease at the latest
+                    log.debug("verify run %s: %s", rid, exc)
