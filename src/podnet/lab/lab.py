@@ -228,8 +228,9 @@ class Lab:
         if (path := opt("--etcd-password-file")) is not None:
             with open(path) as fh:
                 password = fh.read().strip()
-        return EtcdStore(self.topo.etcd_url, ca_cert=opt("--etcd-ca"), cert=opt("--etcd-cert"),
-                         key=opt("--etcd-key"), user=opt("--etcd-user"), password=password)
+        return EtcdStore(self.topo.etcd_url.split(","), ca_cert=opt("--etcd-ca"),
+                         cert=opt("--etcd-cert"), key=opt("--etcd-key"),
+                         user=opt("--etcd-user"), password=password)
 
     @property
     def root_password(self) -> str:
@@ -253,8 +254,9 @@ class Lab:
             password = fh.read().strip()
         c = self.certs
         with netns.entered(ns_path(self.prefix + "cp")):
-            store = (EtcdStore(self.topo.etcd_url) if c is None else EtcdStore(
-                self.topo.etcd_url, ca_cert=c.ca, cert=c.client_cert, key=c.client_key))
+            urls = self.topo.etcd_url.split(",")
+            store = (EtcdStore(urls) if c is None else EtcdStore(
+                urls, ca_cert=c.ca, cert=c.client_cert, key=c.client_key))
             try:
                 store.enable_auth(password)
             finally:
