@@ -127,8 +127,14 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
                         else args.vxlan_tx_checksum_offload == "on")):
         if value is not None:
             backend[key] = value
+    if len(args.cidr) > 2:
+        raise UserError(f"{len(args.cidr)} --cidr given", "give one per family: an IPv4 one, "
+                        "and an IPv6 one beside it for dual-stack")
+    # One per family, in either order: the IPv4 one first.
+    cidrs = sorted(args.cidr, key=lambda c: ":" in c)
     try:
-        config = NetworkConfig.make(args.cidr, args.subnet_len, backend)
+        config = NetworkConfig.make(cidrs[0], args.subnet_len, backend,
+                                    cidrs[1] if len(cidrs) == 2 else None, args.subnet_len_v6)
     except ConfigError as exc:
         raise UserError(*_split(str(exc))) from None
     store = from_args(args)
@@ -140,7 +146,9 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
                             f"{config.network} would orphan them",
                             "--force to replace it anyway")
     store.put_config(config)
-    print(f"cluster network {config.network}, /{config.subnet_len} per node "
+    v6 = ("" if config.network6 is None
+          else f" and {config.network6}, /{config.subnet_len6} per node")
+    print(f"cluster network {config.network}, /{config.subnet_len} per node{v6} "
           f"({config.capacity} nodes), backend {config.backend_type}")
     return 0
 
@@ -205,10 +213,12 @@ def _cmd_cluster_show(args: argparse.Namespace) -> int:
         print(json.dumps({"config": json.loads(config.to_json()),
                           "leases": [json.loads(lease.to_json()) for lease in rows]}, indent=2))
         return 0
-    print(f"network {config.network}  subnet /{config.subnet_len}  backend {config.backend}")
-    print(f"{'NODE':20} {'NODE IP':16} SUBNET")
+    v6 = "" if config.network6 is None else f"  {config.network6} /{config.subnet_len6}"
+    print(f"network {config.network}  subnet /{config.subnet_len}{v6}  backend "
+          f"{config.backend}")
+    print(f"{'NODE':20} {'NODE IP':16} SUBNETS")
     for lease in rows:
-        print(f"{lease.node:20} {lease.node_ip!s:16} {lease.subnet}")
+        print(f"{lease.node:20} {lease.node_ip!s:16} {' '.join(map(str, lease.subnets))}")
     return 0
 
 
@@ -291,9 +301,13 @@ def build_parser() -> Parser:
     csub = p.add_subparsers(dest="cluster_command", required=True, parser_class=Parser)
     c = csub.add_parser("init", help="store the cluster network config")
     add_args(c)
-    c.add_argument("--cidr", required=True, help="the cluster's pod network, e.g. 10.244.0.0/16")
+    c.add_argument("--cidr", required=True, action="append",
+                   help="the cluster's pod network, e.g. 10.244.0.0/16; again with an IPv6 one "
+                        "(e.g. fd00:10:244::/56) for dual-stack")
     c.add_argument("--subnet-len", type=in_range(int, 1, 30),
                    help="prefix length of each node's share (default /24; l2: /16+8)")
+    c.add_argument("--subnet-len-v6", type=in_range(int, 1, 128),
+                   help="prefix length of each node's IPv6 share (default /64)")
     c.add_argument("--backend", required=True, choices=registry.NAMES,
                    help="how the nodes' pod subnets are connected (docs/backends.md)")
     c.add_argument("--force", action="store_true",

@@ -27,7 +27,8 @@ def make_lab() -> Iterator[MakeLab]:
 
     def make(backend: str = "vxlan", nodes: int = 3, pods: int = 2, underlay: str = "switch",
              reconcile: float = 2.0, gateway_mode: str = "bgp", fast_path: bool = True,
-             agent_image: str = "", etcd_members: int = 1, etcd_auth: bool = False) -> Lab:
+             agent_image: str = "", etcd_members: int = 1, etcd_auth: bool = False,
+             ip_family: str = "ipv4") -> Lab:
         name = f"t{uuid.uuid4().hex[:6]}"
         made.append(name)
         topo = Topology.make(name, backend, nodes, pods, underlay)
@@ -38,6 +39,7 @@ def make_lab() -> Iterator[MakeLab]:
         topo.etcd_tls = bool(agent_image)
         topo.etcd_members = etcd_members
         topo.etcd_auth = etcd_auth
+        topo.ip_family = ip_family
         lab = Lab(topo)
         lab.up()
         return lab
@@ -48,10 +50,10 @@ def make_lab() -> Iterator[MakeLab]:
         assert netns.listed(netns_prefix(name)) == []
 
 
-def verify(lab: Lab) -> Report:
+def verify(lab: Lab, family: int = 4) -> Report:
     st = status(lab)
     mtu = lab.conflist(lab.topo.nodes[0])["plugins"][0].get("mtu") if lab.topo.nodes else None
-    return run(endpoints_of(st), st, mtu)
+    return run(endpoints_of(st, family), st, mtu, family)
 
 
 def failures(report: Report) -> list[str]:

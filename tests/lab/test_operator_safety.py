@@ -245,10 +245,10 @@ def test_node_ip_inside_the_pod_network_refused(solo: Solo) -> None:
 
 def test_a_newer_datastore_format_is_refused(solo: Solo) -> None:
     path = solo.tmp / "store" / "config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "format": 2}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format": 3}))
     proc = solo.run(*solo.agent_args())
     assert proc.returncode == 1 and FORM.search(proc.stderr), proc.stderr
-    assert ("the datastore was written in format 2 by a newer podnet; this one knows format 1 "
+    assert ("the datastore was written in format 3 by a newer podnet; this one knows format 2 "
             "(upgrade this node's podnet to the cluster's)") in proc.stderr
     nothing_made(solo, "solo")
     assert "kube-bridge" not in links_in(solo.ns) and solo.nft_tables().strip() == ""

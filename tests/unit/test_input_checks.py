@@ -167,6 +167,17 @@ def test_bad_options_refused_by_the_parser(capsys: pytest.CaptureFixture[str], a
     (["cni", "add", "--netns", "/nonexistent", "--id", "a", "--conflist", "/etc/hostname"],
      "cannot read the conflist"),
     (["cni-server", "--socket", "/" + "s" * 120], "longer than 107"),
+    (["cluster", "init", "--etcd", "file:///nonexistent/x", "--cidr", "10.244.0.0/16",
+      "--cidr", "10.245.0.0/16", "--backend", "vxlan"], "two IPv4 cluster CIDRs"),
+    (["cluster", "init", "--etcd", "file:///nonexistent/x", "--cidr", "fd00:1::/56",
+      "--cidr", "10.244.0.0/16", "--backend", "gre"], "carries IPv4 pods only"),
+    (["cluster", "init", "--etcd", "file:///nonexistent/x", "--cidr", "10.244.0.0/16",
+      "--cidr", "fd00:1::/60", "--backend", "vxlan"], "fewer /64 subnets"),
+    (["cluster", "init", "--etcd", "file:///nonexistent/x", "--cidr", "10.244.0.0/16",
+      "--subnet-len-v6", "64", "--backend", "vxlan"], "needs an IPv6 cluster CIDR"),
+    (["cluster", "init", "--etcd", "file:///nonexistent/x", "--cidr", "10.244.0.0/16",
+      "--cidr", "fd00:1::/56", "--cidr", "fd00:2::/56", "--backend", "vxlan"], "3 --cidr"),
+    (["lab", "up", "--backend", "gre", "--ip-family", "dual"], "carries IPv4 pods only"),
 ])
 def test_bad_options_refused_before_anything(capsys: pytest.CaptureFixture[str],
                                              argv: list[str], message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import pytest
@@ -120,8 +121,47 @@ def test_a_datastore_format_newer_than_known_is_refused() -> None:
     assert stored["format"] == 1
     del stored["format"]  # as the first releases wrote it
     assert NetworkConfig.from_json(json.dumps(stored)) == conf
-    with pytest.raises(NewerFormat, match="format 2 by a newer podnet; this one knows format 1"):
-        NetworkConfig.from_json(json.dumps({**stored, "format": 2}))
+    with pytest.raises(NewerFormat, match="format 3 by a newer podnet; this one knows format 2"):
+        NetworkConfig.from_json(json.dumps({**stored, "format": 3}))
     for bad in ("2", None, True):
         with pytest.raises(ConfigError, match="not a number"):
             NetworkConfig.from_json(json.dumps({**stored, "format": bad}))
+
+
+def test_dual_stack_config_and_leases() -> None:
+    conf = NetworkConfig.make("10.244.0.0/16", None, {"type": "vxlan"}, "fd00:10:244::/56")
+    assert conf.subnet_len6 == 64
+    stored = json.loads(conf.to_json())
+    assert (stored["format"], stored["network6"], stored["subnetLen6"]) == (
+        2, "fd00:10:244::/56", 64)
+    assert NetworkConfig.from_json(conf.to_json()) == conf
+    subnet = ipaddress.IPv4Network("10.244.7.0/24")
+    assert str(conf.subnet6_for(subnet)) == "fd00:10:244:7::/64"
+    lease = Lease.make(conf, subnet, "n1", ipaddress.IPv4Address("192.168.1.7"), {})
+    back = Lease.from_json(lease.to_json(), conf)
+    assert back == lease and [str(s) for s in back.subnets] == ["10.244.7.0/24",
+                                                               "fd00:10:244:7::/64"]
+    # A lease written by an IPv4-only agent gains its IPv6 subnet from the config.
+    old = json.loads(lease.to_json())
+    del old["subnet6"]
+    assert Lease.from_json(json.dumps(old), conf).subnet6 == lease.subnet6
+    with pytest.raises(ConfigError, match=r"goes with 10\.244\.7\.0/24"):
+        Lease.from_json(json.dumps({**old, "subnet6": "fd00:10:244:8::/64"}), conf)
+    # An IPv4-only cluster's config and leases are what the previous release wrote.
+    v4 = NetworkConfig.make("10.244.0.0/16", None, {"type": "vxlan"})
+    assert json.loads(v4.to_json())["format"] == 1 and "network6" not in v4.to_json()
+    assert "subnet6" not in Lease.make(v4, subnet, "n1", lease.node_ip, {}).to_json()
+
+
+@pytest.mark.parametrize(("cidr6", "len6", "backend", "message"), [
+    ("10.245.0.0/16", None, "vxlan", "two IPv4 cluster CIDRs"),
+    ("fd00:10:244::/56", 121, "vxlan", "at most /120"),
+    ("fd00:10:244::/60", 64, "vxlan", "fewer /64 subnets"),
+    ("fe80::/56", None, "vxlan", "reserved range fe80::/10"),
+    ("fd00:10:244::/56", None, "gre", "carries IPv4 pods only"),
+    ("fd00:10:244::1/56", None, "vxlan", "malformed"),
+])
+def test_bad_dual_stack_configs(cidr6: str, len6: int | None, backend: str,
+                                message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        NetworkConfig.make("10.244.0.0/16", None, {"type": backend}, cidr6, len6)

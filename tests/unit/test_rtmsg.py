@@ -42,3 +42,19 @@ def test_neigh_and_fdb_decode_as_pyroute2_reads_them() -> None:
     assert (f["family"], f["flags"]) == (socket.AF_BRIDGE, constants.NTF_SELF)  # type: ignore[index]
     assert f["header"]["flags"] & rtmsg.F_APPEND  # type: ignore[index]
     assert f.get_attr("NDA_DST") == "192.168.1.7"  # type: ignore[attr-defined]
+
+
+def test_ipv6_route_and_neigh_decode_as_pyroute2_reads_them() -> None:
+    r = _decode(pr_rtmsg, rtmsg.route("replace", 3, "fd00:10:244:3::/64", oif=5, proto=88,
+                                      gateway="fd00:10:244:3::", flags=constants.RTNH_F_ONLINK))
+    assert (r["family"], r["dst_len"]) == (socket.AF_INET6, 64)  # type: ignore[index]
+    assert r.get_attr("RTA_DST") == "fd00:10:244:3::"  # type: ignore[attr-defined]
+    assert r.get_attr("RTA_GATEWAY") == "fd00:10:244:3::"  # type: ignore[attr-defined]
+    # An IPv6 route via a node's IPv4 address: RTA_VIA, as `ip route add ... via inet` sends.
+    via = _decode(pr_rtmsg, rtmsg.route("replace", 4, "fd00:10:244:3::/64", oif=2, proto=88,
+                                        gateway="192.168.1.7"))
+    assert via.get_attr("RTA_GATEWAY") is None  # type: ignore[attr-defined]
+    assert via.get_attr("RTA_VIA")["addr"] == "192.168.1.7"  # type: ignore[attr-defined]
+    n = _decode(ndmsg, rtmsg.neigh("replace", 5, "fd00:10:244:3::", "0a:01:02:03:04:05", 9))
+    assert n["family"] == socket.AF_INET6  # type: ignore[index]
+    assert n.get_attr("NDA_DST") == "fd00:10:244:3::"  # type: ignore[attr-defined]

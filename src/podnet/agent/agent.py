@@ -115,7 +115,7 @@ class Agent:
                                   str(node.ip)))
         log.info("leased %s for node %s (%s)", own.subnet, own.node, own.node_ip)
         self.backend.start(own)
-        firewall.apply(config.network, [node.ip], self.backend.tunnel_match())
+        firewall.apply(config.network, [node.ip], self.backend.tunnel_match(), config.network6)
         plugin = self.backend.cni_plugin_options()
         self.fast = self._start_fast_path(config, plugin["bridge"])
         if self.fast is not None:
@@ -289,7 +289,8 @@ class Agent:
             t2 = time.perf_counter()
             firewall.apply(self.config.network,
                            [p.node_ip for p in self.peers.values()]
-                           + ([own.node_ip] if own else []), self.backend.tunnel_match())
+                           + ([own.node_ip] if own else []), self.backend.tunnel_match(),
+                           self.config.network6)
         log.info("synced %d peers at revision %d (read %.0f ms, kernel %.0f ms, firewall "
                  "%.0f ms)", len(self.peers), revision, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
                  (time.perf_counter() - t2) * 1e3)
@@ -419,7 +420,9 @@ class Agent:
                     repaired += self._sync_tunnels()
             if self.config is not None:
                 # Other software may have set a FORWARD policy of DROP since the last run.
-                firewall.open_foreign_forward(self.config.network)
+                for network in (self.config.network, self.config.network6):
+                    if network is not None:
+                        firewall.open_foreign_forward(network)
             if repaired:
                 log.warning("reconcile repaired %d kernel entries", repaired)
                 self.metrics.inc("podnet_reconcile_repairs_total", repaired)
@@ -473,6 +476,8 @@ def describe_change(old: NetworkConfig | None, new: NetworkConfig) -> str:
     parts = [f"{what} {a} -> {b}" for what, a, b in (
         ("network", old.network, new.network), ("subnet length", old.subnet_len,
                                                  new.subnet_len),
+        ("IPv6 network", old.network6, new.network6),
+        ("IPv6 subnet length", old.subnet_len6, new.subnet_len6),
         ("backend", old.backend_type, new.backend_type)) if a != b]
     if not parts and old.backend != new.backend:
         parts.append(f"backend options {old.backend} -> {new.backend}")

@@ -121,37 +121,41 @@ class Backend(ABC):
         and no other of the pod network (a node back with a new subnet keeps no old one, which
         would make every pod ADD fail)."""
         self.own = own
-        want = self.pod_gateway()
+        want = self.pod_gateways()
+        networks = [n for n in (self.config.network, self.config.network6) if n is not None]
         ipr = IPRoute(groups=0)
         try:
             index = links.ensure_bridge(ipr, self.pod_bridge, None, self.pod_mtu())
             for have in links.addresses(ipr, index):
-                if have != want and have.version == 4 and have.ip in self.config.network:
+                if have not in want and any(have.ip in n for n in networks):
                     log.warning("%s: removing %s, an address of an earlier lease",
                                 self.pod_bridge, have)
                     links.del_address(ipr, index, str(have))
-            links.add_address(ipr, index, str(want))
+            for gateway in want:
+                links.add_address(ipr, index, str(gateway))
         finally:
             ipr.close()
 
-    def pod_gateway(self) -> ipaddress.IPv4Interface:
-        """The pods' gateway on the pod bridge: the subnet's first address."""
+    def pod_gateways(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+        """The pods' gateways on the pod bridge, one per family: each subnet's first
+        address."""
         assert self.own is not None
-        return ipaddress.IPv4Interface((self.own.subnet.network_address + 1,
-                                        self.own.subnet.prefixlen))
+        return [ipaddress.ip_interface((s.network_address + 1, s.prefixlen))
+                for s in self.own.subnets]
 
     def bridge_problem(self) -> str | None:
         """Why the pod bridge cannot serve pods of this lease, or None."""
         if self.own is None:
             return "no lease yet"
-        want = self.pod_gateway()
         ipr = IPRoute(groups=0)
         try:
             index = links.index_of(ipr, self.pod_bridge)
             if index is None:
                 return f"the pod bridge {self.pod_bridge} is missing"
-            if want not in links.addresses(ipr, index):
-                return f"the pod bridge {self.pod_bridge} lacks the gateway address {want}"
+            have = links.addresses(ipr, index)
+            for want in self.pod_gateways():
+                if want not in have:
+                    return f"the pod bridge {self.pod_bridge} lacks the gateway address {want}"
         finally:
             ipr.close()
         return None
@@ -195,8 +199,12 @@ class Backend(ABC):
     def cni_plugin_options(self) -> dict[str, Any]:
         """Options of the `podnet` plugin entry in the conflist."""
         assert self.own is not None
-        return {"bridge": self.pod_bridge, "isDefaultGateway": True,
-                "ipam": {"type": "podnet-ipam", "subnet": str(self.own.subnet)}}
+        if self.own.subnet6 is None:
+            ipam: dict[str, Any] = {"type": "podnet-ipam", "subnet": str(self.own.subnet)}
+        else:  # a range set per family: a pod gets an address of each
+            ipam = {"type": "podnet-ipam", "ranges": [[{"subnet": str(s)}]
+                                                      for s in self.own.subnets]}
+        return {"bridge": self.pod_bridge, "isDefaultGateway": True, "ipam": ipam}
 
     # -- shared machinery -------------------------------------------------------------------
     def peer_added(self, peer: Lease) -> None:
@@ -250,15 +258,23 @@ class Backend(ABC):
         """What the kernel holds of ours: routes by protocol, neighbours/FDB on our devices."""
         out: set[Entry] = set()
         devices = set(self.owned_devices())
+        families = [socket.AF_INET] + ([socket.AF_INET6] if self.config.network6 else [])
         with batch.raw_socket() as sock:
-            for r in rtmsg.dump_routes(sock):
-                if r.proto == RTPROT_PODNET and r.table == RT_TABLE_MAIN:
-                    out.add(Route(r.dst, r.gw, r.oif, r.onlink))
+            for family in families:
+                for r in rtmsg.dump_routes(sock, family):
+                    if r.proto == RTPROT_PODNET and r.table == RT_TABLE_MAIN:
+                        out.add(Route(r.dst, r.gw, r.oif, r.onlink))
             if not devices:
                 return out
-            for n in rtmsg.dump_neighbours(sock, socket.AF_INET):
-                if n.ifindex in devices and n.state & NUD_PERMANENT and n.dst and n.lladdr:
-                    out.add(Neigh(n.dst, n.lladdr, n.ifindex))
+            networks = [n for n in (self.config.network, self.config.network6) if n]
+            for family in families:
+                for n in rtmsg.dump_neighbours(sock, family):
+                    # Only entries for the pod network's addresses: an uplink may hold
+                    # others' permanent entries.
+                    if (n.ifindex in devices and n.state & NUD_PERMANENT and n.dst
+                            and n.lladdr and any(ipaddress.ip_address(n.dst) in net
+                                                 for net in networks)):
+                        out.add(Neigh(n.dst, n.lladdr, n.ifindex))
             for n in rtmsg.dump_neighbours(sock, socket.AF_BRIDGE):
                 if n.ifindex in devices and n.dst and n.lladdr and n.flags & NTF_SELF:
                     out.add(Fdb(n.lladdr, n.dst, n.ifindex))

@@ -1,14 +1,28 @@
-"""host-gw: every node routes each peer's pod subnet via the peer's node IP. Peers must share an
+"""host-gw: every node routes each peer's pod subnets via the peer's node IP (IPv6 ones through
+a neighbour entry for the peer's node MAC, see routed_via_node). Peers must share an
 L2 segment with the node; one that does not is refused (logged, left unprogrammed)."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from podnet.backends.base import Backend, Entry, Route
+from pyroute2 import IPRoute
+
+from podnet.backends.base import Backend, Entry, Neigh, Route
 from podnet.datastore.model import Lease
+from podnet.netlink import links
 
 log = logging.getLogger("podnet.backend")
+
+
+def node_mac(index: int) -> str:
+    """The MAC of the node's underlay interface."""
+    ipr = IPRoute(groups=0)
+    try:
+        return links.mac_of(links.link(ipr, index))
+    finally:
+        ipr.close()
 
 
 class HostGwBackend(Backend):
@@ -17,10 +31,34 @@ class HostGwBackend(Backend):
     def pod_mtu(self) -> int:
         return self.node.mtu
 
+    def setup(self) -> dict[str, Any]:
+        return {"nodeMAC": node_mac(self.node.iface_index)}
+
+    def owned_devices(self) -> list[int]:
+        # Its IPv6 neighbour entries on the uplink (only those for the pod network's
+        # addresses count as ours).
+        return [self.node.iface_index] if self.config.network6 is not None else []
+
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         if self.connected_link(peer.node_ip) != self.node.iface_index:
             log.error("host-gw: peer %s (%s) is not on-link through %s; its pod subnet %s "
                       "cannot be routed directly (use vxlan with directRouting instead)",
                       peer.node, peer.node_ip, self.node.iface, peer.subnet)
             return frozenset()
-        return frozenset({Route(str(peer.subnet), str(peer.node_ip), self.node.iface_index)})
+        return routed_via_node(peer, self.node.iface_index)
+
+
+def routed_via_node(peer: Lease, oif: int) -> frozenset[Entry]:
+    """Each of the peer's pod subnets via the peer's node, on `oif`. An IPv6 subnet goes
+    on-link via its own network address, which a permanent neighbour entry resolves to the
+    peer's node MAC (published in its lease): dual-stack pods need no IPv6 underlay, and
+    Linux refuses an IPv6 route via an IPv4 gateway ("IPv6 does not support RTA_VIA")."""
+    out: set[Entry] = {Route(str(peer.subnet), str(peer.node_ip), oif)}
+    mac = peer.attrs.get("nodeMAC")
+    if peer.subnet6 is not None and isinstance(mac, str):
+        gw = str(peer.subnet6.network_address)
+        out |= {Neigh(gw, mac, oif), Route(str(peer.subnet6), gw, oif, onlink=True)}
+    elif peer.subnet6 is not None:
+        log.error("peer %s publishes no node MAC: its IPv6 pods %s cannot be routed (upgrade "
+                  "its agent)", peer.node, peer.subnet6)
+    return frozenset(out)

@@ -1,6 +1,7 @@
 """What the overlay backends (vxlan, gre) share: one tunnel device per node holding its pod
-subnet's network address; per peer a permanent neighbour entry for the peer's subnet network
-address and an on-link route to the peer's subnet through it; the device re-made if deleted."""
+subnet's network address; per peer and family a permanent neighbour entry for the peer's subnet
+network address and an on-link route to the peer's subnet through it; the device re-made if
+deleted."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ class TunnelBackend(Backend):
             # and the next hop peers route this subnet through.
             want = ipaddress.ip_interface(f"{own.subnet.network_address}/32")
             for have in links.addresses(ipr, self.index):
-                if have != want:
+                if have != want and have.version == 4:  # IPv6 keeps its link-local
                     links.del_address(ipr, self.index, str(have))
             links.add_address(ipr, self.index, str(want))
         finally:
@@ -98,8 +99,13 @@ class TunnelBackend(Backend):
         return [self.index]
 
     def tunnelled(self, peer: Lease, lladdr: str) -> frozenset[Entry]:
-        """The peer's subnet on-link through the device; its next hop resolves to lladdr (a
-        VTEP MAC for VXLAN, the outer destination address for GRE)."""
-        gw = str(peer.subnet.network_address)
-        return frozenset({Neigh(gw, lladdr, self.index),
-                          Route(str(peer.subnet), gw, self.index, onlink=True)})
+        """Each of the peer's subnets on-link through the device; its next hop (the subnet's
+        network address) resolves to lladdr (a VTEP MAC for VXLAN, the outer destination
+        address for GRE). One device carries both families: the FDB entry, per MAC, serves
+        both, and so does the MTU."""
+        out: set[Entry] = set()
+        for subnet in peer.subnets:
+            gw = str(subnet.network_address)
+            out |= {Neigh(gw, lladdr, self.index),
+                    Route(str(subnet), gw, self.index, onlink=True)}
+        return frozenset(out)

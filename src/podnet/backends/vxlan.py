@@ -11,7 +11,8 @@ import platform
 import re
 from typing import Any
 
-from podnet.backends.base import BackendError, Entry, Fdb, Route
+from podnet.backends.base import BackendError, Entry, Fdb
+from podnet.backends.hostgw import node_mac, routed_via_node
 from podnet.backends.tunnel import TunnelBackend
 from podnet.datastore.model import Lease
 from podnet.fastpath.program import Encap
@@ -67,7 +68,12 @@ class VxlanBackend(TunnelBackend):
     def setup(self) -> dict[str, Any]:
         self.ensure_device()
         set_tx_checksum_offload(self.device, self.tx_offload)
-        return {"vtepMAC": self.mac}
+        return {"vtepMAC": self.mac, "nodeMAC": node_mac(self.node.iface_index)}
+
+    def owned_devices(self) -> list[int]:
+        # directRouting's IPv6 neighbour entries sit on the uplink.
+        return super().owned_devices() + (
+            [self.node.iface_index] if self.direct and self.config.network6 else [])
 
     def device_spec(self) -> dict[str, Any]:
         return {"kind": self.device_kind, "vxlan_id": self.vni, "vxlan_local": str(self.node.ip),
@@ -101,7 +107,7 @@ class VxlanBackend(TunnelBackend):
 
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         if self.direct and self.connected_link(peer.node_ip) == self.node.iface_index:
-            return frozenset({Route(str(peer.subnet), str(peer.node_ip), self.node.iface_index)})
+            return routed_via_node(peer, self.node.iface_index)
         mac = peer.attrs.get("vtepMAC")
         if not isinstance(mac, str):
             return frozenset()

@@ -254,8 +254,8 @@ class EtcdStore:
             # now, not at the renew loop's first turn, which may come after it expires), and
             # refresh the payload.
             if mine.get("leaseID") == prefer.lease_id and self.renew(prefer):
-                lease = Lease(prefer.lease.subnet, node, ipaddress.IPv4Address(node_ip),
-                              dict(attrs))
+                lease = Lease.make(config, prefer.lease.subnet, node,
+                                   ipaddress.IPv4Address(node_ip), dict(attrs))
                 held = Held(lease, prefer.lease_id, ttl)
                 self._put_both(held, node, compare_absent=False)
                 return held
@@ -295,7 +295,7 @@ class EtcdStore:
         else:
             random.shuffle(free)  # concurrent joiners rarely collide
         for subnet in free:
-            lease = Lease(subnet, node, ipaddress.IPv4Address(node_ip), dict(attrs))
+            lease = Lease.make(config, subnet, node, ipaddress.IPv4Address(node_ip), dict(attrs))
             held = Held(lease, lease_id, ttl)
             if self._put_both(held, node, compare_absent=True):
                 return held

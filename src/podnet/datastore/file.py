@@ -63,14 +63,15 @@ class FileStore:
             for key, raw in leases.items():
                 lease = Lease.from_json(raw, config)
                 if lease.node == node:
-                    fresh = Lease(lease.subnet, node, ipaddress.IPv4Address(node_ip),
-                                  dict(attrs))
+                    fresh = Lease.make(config, lease.subnet, node, ipaddress.IPv4Address(node_ip),
+                                       dict(attrs))
                     leases[key] = fresh.to_json()
                     self._write("leases.json", json.dumps(leases))
                     return Held(fresh, 0, ttl)
             for subnet in config.subnets():
                 if subnet_key(subnet) not in leases:
-                    lease = Lease(subnet, node, ipaddress.IPv4Address(node_ip), dict(attrs))
+                    lease = Lease.make(config, subnet, node, ipaddress.IPv4Address(node_ip),
+                                       dict(attrs))
                     leases[subnet_key(subnet)] = lease.to_json()
                     self._write("leases.json", json.dumps(leases))
                     return Held(lease, 0, ttl)

@@ -10,10 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 IPv4Network = ipaddress.IPv4Network
+IPv6Network = ipaddress.IPv6Network
 
 # Ranges a pod network must not overlap: they mean something else to every host.
 RESERVED = tuple(ipaddress.IPv4Network(n) for n in (
     "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"))
+RESERVED6 = tuple(ipaddress.IPv6Network(n) for n in (
+    "::/8", "fe80::/10", "ff00::/8", "2001:db8::/32"))
+# host-local needs room in a range: a node's IPv6 subnet is at most a /120.
+MAX_SUBNET_LEN6 = 120
 
 
 class ConfigError(ValueError):
@@ -25,8 +30,9 @@ class NewerFormat(ConfigError):
 
 
 # The datastore's format, written with the config: an agent refuses a newer one rather than
-# misreading it. 1: the first releases (no field).
-FORMAT = 1
+# misreading it. 1: the first releases (no field); 2: an IPv6 pod network beside the IPv4 one
+# (an agent of format 1 would run such a cluster IPv4-only). An IPv4-only cluster stays 1.
+FORMAT = 2
 
 
 def check_backend(backend: dict[str, Any]) -> None:
@@ -80,20 +86,26 @@ class NetworkConfig:
     network: IPv4Network
     subnet_len: int
     backend: dict[str, Any] = field(default_factory=lambda: {"type": "vxlan"})
+    # Dual-stack: the IPv6 pod network; node i's IPv6 subnet is the i-th /subnet_len6 of it,
+    # where its IPv4 subnet is the i-th of `network` (the lease's key names both).
+    network6: IPv6Network | None = None
+    subnet_len6: int = 64
 
     @property
     def backend_type(self) -> str:
         return str(self.backend["type"])
 
     @classmethod
-    def make(cls, cidr: str, subnet_len: int | None, backend: dict[str, Any]) -> NetworkConfig:
+    def make(cls, cidr: str, subnet_len: int | None, backend: dict[str, Any],
+             cidr6: str | None = None, subnet_len6: int | None = None) -> NetworkConfig:
         try:
             network = ipaddress.ip_network(cidr, strict=True)
         except ValueError as exc:
             raise ConfigError(f"cluster CIDR {cidr!r} is malformed: {exc} (give a network "
                               "address and prefix, e.g. 10.244.0.0/16)") from None
         if not isinstance(network, IPv4Network):
-            raise ConfigError(f"cluster CIDR {cidr} is not IPv4 (give an IPv4 network)")
+            raise ConfigError(f"cluster CIDR {cidr} is not IPv4 (give an IPv4 network, and an "
+                              "IPv6 one beside it for dual-stack)")
         for reserved in RESERVED:
             if network.overlaps(reserved):
                 raise ConfigError(f"cluster CIDR {cidr} overlaps the reserved range {reserved} "
@@ -109,7 +121,27 @@ class NetworkConfig:
         if not network.prefixlen < subnet_len <= 30:
             raise ConfigError(f"subnet length /{subnet_len} cannot fit in {network} (it must be "
                               f"longer than /{network.prefixlen} and at most /30)")
-        return cls(network, subnet_len, dict(backend))
+        config = cls(network, subnet_len, dict(backend))
+        if cidr6 is None:
+            if subnet_len6 is not None:
+                raise ConfigError("an IPv6 subnet length needs an IPv6 cluster CIDR (give one)")
+            return config
+        network6 = _ipv6_network(cidr6)
+        from podnet.backends.registry import SPECS
+
+        if not SPECS[btype].dual_stack:
+            raise ConfigError(f"backend {btype} carries IPv4 pods only (choose one of "
+                              f"{', '.join(b for b, s in SPECS.items() if s.dual_stack)} for "
+                              "dual-stack)")
+        len6 = 64 if subnet_len6 is None else subnet_len6
+        if not network6.prefixlen < len6 <= MAX_SUBNET_LEN6:
+            raise ConfigError(f"IPv6 subnet length /{len6} cannot fit in {network6} (it must "
+                              f"be longer than /{network6.prefixlen} and at most "
+                              f"/{MAX_SUBNET_LEN6})")
+        if len6 - network6.prefixlen < subnet_len - network.prefixlen:
+            raise ConfigError(f"{network6} has fewer /{len6} subnets than {network} has "
+                              f"/{subnet_len} ones (every node needs one of each: widen it)")
+        return cls(network, subnet_len, dict(backend), network6, len6)
 
     @property
     def capacity(self) -> int:
@@ -118,10 +150,22 @@ class NetworkConfig:
     def subnets(self) -> list[IPv4Network]:
         return list(self.network.subnets(new_prefix=self.subnet_len))
 
+    def subnet6_for(self, subnet: IPv4Network) -> IPv6Network | None:
+        """The IPv6 subnet that goes with an IPv4 one: the same index in network6."""
+        if self.network6 is None:
+            return None
+        index = (int(subnet.network_address) - int(self.network.network_address)) >> (
+            32 - self.subnet_len)
+        return IPv6Network((int(self.network6.network_address)
+                            + (index << (128 - self.subnet_len6)), self.subnet_len6))
+
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, "network": str(self.network),
-                           "subnetLen": self.subnet_len, "backend": self.backend},
-                          sort_keys=True)
+        obj: dict[str, Any] = {"format": 1, "network": str(self.network),
+                               "subnetLen": self.subnet_len, "backend": self.backend}
+        if self.network6 is not None:
+            obj |= {"format": 2, "network6": str(self.network6),
+                    "subnetLen6": self.subnet_len6}
+        return json.dumps(obj, sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> NetworkConfig:
@@ -133,11 +177,28 @@ class NetworkConfig:
             if written > FORMAT:
                 raise NewerFormat(f"the datastore was written in format {written} by a newer "
                                   f"podnet; this one knows format {FORMAT}")
-            return cls.make(obj["network"], int(obj["subnetLen"]), dict(obj["backend"]))
+            len6 = obj.get("subnetLen6")
+            return cls.make(obj["network"], int(obj["subnetLen"]), dict(obj["backend"]),
+                            obj.get("network6"), None if len6 is None else int(len6))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(f"stored network config is invalid: {exc}") from None
+
+
+def _ipv6_network(cidr6: str) -> IPv6Network:
+    try:
+        network6 = ipaddress.ip_network(cidr6, strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"cluster CIDR {cidr6!r} is malformed: {exc} (give a network "
+                          "address and prefix, e.g. fd00:10:244::/56)") from None
+    if not isinstance(network6, IPv6Network):
+        raise ConfigError(f"two IPv4 cluster CIDRs ({cidr6}): give one per family")
+    for reserved in RESERVED6:
+        if network6.overlaps(reserved):
+            raise ConfigError(f"cluster CIDR {cidr6} overlaps the reserved range {reserved} "
+                              "(choose a unique local range such as fd00:10:244::/56)")
+    return network6
 
 
 @dataclass(frozen=True)
@@ -148,10 +209,25 @@ class Lease:
     node: str
     node_ip: ipaddress.IPv4Address
     attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    subnet6: IPv6Network | None = None  # dual-stack: config.subnet6_for(subnet)
+
+    @classmethod
+    def make(cls, config: NetworkConfig, subnet: IPv4Network, node: str,
+             node_ip: ipaddress.IPv4Address, attrs: dict[str, Any]) -> Lease:
+        """A lease of `subnet`, with the IPv6 subnet that goes with it in this cluster."""
+        return cls(subnet, node, node_ip, attrs, config.subnet6_for(subnet))
+
+    @property
+    def subnets(self) -> list[ipaddress.IPv4Network | IPv6Network]:
+        """The node's pod subnets, one per family of the cluster."""
+        return [self.subnet] + ([self.subnet6] if self.subnet6 is not None else [])
 
     def to_json(self) -> str:
-        return json.dumps({"subnet": str(self.subnet), "node": self.node,
-                           "nodeIP": str(self.node_ip), "attrs": self.attrs}, sort_keys=True)
+        obj = {"subnet": str(self.subnet), "node": self.node, "nodeIP": str(self.node_ip),
+               "attrs": self.attrs}
+        if self.subnet6 is not None:
+            obj["subnet6"] = str(self.subnet6)
+        return json.dumps(obj, sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str | bytes, config: NetworkConfig) -> Lease:
@@ -183,7 +259,11 @@ class Lease:
         node_ip = ipaddress.IPv4Address(ip)
         if (problem := node_ip_problem(node_ip, config)) is not None:
             raise ConfigError(f"lease {problem}")
-        return cls(subnet, node, node_ip, attrs)
+        subnet6 = config.subnet6_for(subnet)
+        if "subnet6" in obj and str(obj["subnet6"]) != str(subnet6):
+            raise ConfigError(f"lease subnet6 {obj['subnet6']} is not {subnet6}, which goes "
+                              f"with {subnet} in this cluster")
+        return cls(subnet, node, node_ip, attrs, subnet6)
 
 
 def _ipv4_int(text: str) -> int:

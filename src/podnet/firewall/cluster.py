@@ -1,10 +1,14 @@
-"""The agent's nftables table `ip podnet`:
+"""The agent's nftables tables `ip podnet` (and `ip6 podnet` for a dual-stack cluster's IPv6
+pods, whose rules are the same less the tunnel's, which arrives over IPv4):
 - masquerade pod traffic leaving the cluster, never pod-to-pod, node-to-pod or pod-to-node (the
   set `nodes` holds every node's IP, kept in step with the leases);
 - accept forwarding of pod traffic;
 - skip connection tracking for pod-to-pod traffic, which is never translated: the tracking the
   masquerade needs otherwise costs every packet between pods (measured: docs/benchmarks.md);
 - with an overlay, accept tunnel packets (the VXLAN port) only from known nodes.
+
+IPv6 pods are masqueraded off-cluster only where their network is unique local (fc00::/7), which
+no router beyond the cluster would route back; a global prefix is routed as it is.
 
 A FORWARD policy of DROP left by other software (iptables' `filter FORWARD`) would still drop
 pod traffic after our accept, since every base chain on a hook gets its say; so where that chain
@@ -28,9 +32,17 @@ def _elements(ips: Iterable[ipaddress.IPv4Address]) -> str:
     return f" elements = {{ {', '.join(items)} }}" if items else ""
 
 
+ULA = ipaddress.IPv6Network("fc00::/7")
+
+
 def apply(cidr: ipaddress.IPv4Network, node_ips: Iterable[ipaddress.IPv4Address],
-          tunnel_match: str | None = None) -> None:
-    """(Re)write the whole table atomically."""
+          tunnel_match: str | None = None, cidr6: ipaddress.IPv6Network | None = None) -> None:
+    """(Re)write the tables atomically."""
+    if cidr6 is not None:
+        _apply6(cidr6)
+    else:
+        with contextlib.suppress(libnft.NftError):
+            libnft.run(f"delete table ip6 {TABLE}\n")
     tunnel = (f"""  chain input {{
     type filter hook input priority filter - 1; policy accept;
     {tunnel_match} ip saddr != @nodes counter drop comment "tunnel from a non-node"
@@ -62,6 +74,34 @@ table ip {TABLE} {{
     open_foreign_forward(cidr)
 
 
+def _apply6(cidr6: ipaddress.IPv6Network) -> None:
+    masq = (f"ip6 saddr {cidr6} ip6 daddr != {cidr6} masquerade"
+            if cidr6.subnet_of(ULA) else "")
+    libnft.run(f"""table ip6 {TABLE}
+delete table ip6 {TABLE}
+table ip6 {TABLE} {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    {masq}
+  }}
+  chain notrack_in {{
+    type filter hook prerouting priority raw; policy accept;
+    ip6 saddr {cidr6} ip6 daddr {cidr6} notrack
+  }}
+  chain notrack_out {{
+    type filter hook output priority raw; policy accept;
+    ip6 saddr {cidr6} ip6 daddr {cidr6} notrack
+  }}
+  chain forward {{
+    type filter hook forward priority filter - 1; policy accept;
+    ip6 saddr {cidr6} accept
+    ip6 daddr {cidr6} accept
+  }}
+}}
+""")
+    open_foreign_forward(cidr6)
+
+
 def add_node(ip: ipaddress.IPv4Address) -> None:
     libnft.run(f"add element ip {TABLE} nodes {{ {ip} }}\n")
 
@@ -72,17 +112,21 @@ def remove_node(ip: ipaddress.IPv4Address) -> None:
         libnft.run(f"delete element ip {TABLE} nodes {{ {ip} }}\n")
 
 
-def open_foreign_forward(cidr: ipaddress.IPv4Network) -> None:
-    """Accept pod traffic at the top of iptables' FORWARD chain, if that chain exists."""
-    items = libnft.list_json("chain", "ip", "filter", "FORWARD")
+def open_foreign_forward(cidr: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    """Accept pod traffic at the top of iptables' (or ip6tables') FORWARD chain, if that chain
+    exists."""
+    family, match = ("ip", "ip") if cidr.version == 4 else ("ip6", "ip6")
+    items = libnft.list_json("chain", family, "filter", "FORWARD")
     if not items:
         return
     if any(i["rule"].get("comment") == TAG for i in items if "rule" in i):
         return
-    libnft.run(f'insert rule ip filter FORWARD ip daddr {cidr} accept comment "{TAG}"\n'
-               f'insert rule ip filter FORWARD ip saddr {cidr} accept comment "{TAG}"\n')
+    libnft.run(f'insert rule {family} filter FORWARD {match} daddr {cidr} accept comment '
+               f'"{TAG}"\ninsert rule {family} filter FORWARD {match} saddr {cidr} accept '
+               f'comment "{TAG}"\n')
 
 
 def remove() -> None:
-    with contextlib.suppress(libnft.NftError):
-        libnft.run(f"delete table ip {TABLE}\n")
+    for family in ("ip", "ip6"):
+        with contextlib.suppress(libnft.NftError):
+            libnft.run(f"delete table {family} {TABLE}\n")

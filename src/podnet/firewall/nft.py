@@ -57,7 +57,12 @@ def add_antispoof(port: str, mac: str, addresses: list[str]) -> None:
              f"ether type arp arp saddr ether != {mac} drop",
              f"ether type arp arp saddr ip != {{ {', '.join(v4)} }} drop" if v4
              else "ether type arp drop",
-             f"ether type ip6 ip6 saddr != {{ {own6} }} drop"]
+             f"ether type ip6 ip6 saddr != {{ {own6} }} drop",
+             # A neighbour advertisement for an address not the pod's (its link-local aside)
+             # would take that address's traffic: the target sits 8 bytes into the message.
+             "ether type ip6 icmpv6 type nd-neighbor-advert @th,64,16 & 0xffc0 != 0xfe80 "
+             + (f"@th,64,128 != {{ {', '.join(_hex128(a) for a in v6)} }} " if v6 else "")
+             + "drop"]
     libnft.run("\n".join([
         f"add table {t}",
         f"add map {t} ports {{ type ifname : verdict; }}",
@@ -70,6 +75,10 @@ def add_antispoof(port: str, mac: str, addresses: list[str]) -> None:
         *(f"add rule {t} {port} {r}" for r in rules),
         f'add element {t} ports {{ "{port}" : jump {port} }}',
     ]) + "\n")
+
+
+def _hex128(address: str) -> str:
+    return f"0x{int(ipaddress.IPv6Address(address)):032x}"
 
 
 def del_antispoof(port: str) -> None:

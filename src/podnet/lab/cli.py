@@ -16,6 +16,7 @@ from podnet.cni.errors import CNIError
 from podnet.errors import UserError
 from podnet.lab.lab import Lab, names, status
 from podnet.lab.topology import (
+    IP_FAMILIES,
     MAX_ETCD_MEMBERS,
     MAX_NODES,
     MAX_PODS_PER_NODE,
@@ -85,6 +86,7 @@ def _dispatch(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         topo.etcd_tls = args.etcd_tls or bool(args.agent_image)
         topo.etcd_members = args.etcd_members
         topo.etcd_auth = args.etcd_auth
+        topo.ip_family = args.ip_family
         topo.agent_image = args.agent_image or ""
         lab = Lab(topo, say)
         lab.up()  # on failure it removes what it built, and nothing else
@@ -156,6 +158,9 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="etcd's members, each in a namespace of its own (switch underlay)")
     q.add_argument("--etcd-tls", action="store_true",
                    help="etcd with TLS and client certificates (a CA of the lab's own)")
+    q.add_argument("--ip-family", default="ipv4", choices=IP_FAMILIES,
+                   help="the pods' address families: dual gives each pod an IPv6 address "
+                        "beside its IPv4 one (host-gw, vxlan; over the IPv4 underlay)")
     q.add_argument("--etcd-auth", action="store_true",
                    help="etcd's authentication on: each node's agent with its own user, which "
                         "writes only its own keys (`podnet cluster credentials`)")

@@ -30,7 +30,8 @@ def read(lab: Lab) -> list[NodeView]:
                 kind = links.kind_of(msg) or "device"
                 if name == "lo" or (kind == "veth" and name != "eth0"):
                     continue
-                addrs = [str(a) for a in links.addresses(ipr, msg["index"]) if a.version == 4]
+                addrs = [str(a) for a in links.addresses(ipr, msg["index"])
+                         if not a.ip.is_link_local]  # both families, as the pods have
                 view.devices.append(f"{name} ({kind}) {' '.join(addrs)}".strip())
             veths = sum(1 for m in ipr.get_links() if links.kind_of(m) == "veth") - 1
             view.devices.append(f"{max(veths, 0)} pod veths on kube-bridge")
@@ -43,7 +44,8 @@ def read(lab: Lab) -> list[NodeView]:
                 view.routes.append(f"{dst}{' via ' + gw if gw else ''} dev {dev}")
         finally:
             ipr.close()
-        view.pods = [f"{p.name} {p.ip}" for p in lab.topo.pods if p.node == node.name]
+        view.pods = [f"{p.name} {' '.join(p.ips or [p.ip])}" for p in lab.topo.pods
+                     if p.node == node.name]
         views.append(view)
     return views
 

@@ -24,6 +24,7 @@ from podnet.fsutil import write_atomic
 from podnet.install import install_cni
 from podnet.lab import pki
 from podnet.lab.topology import (
+    CLUSTER_CIDR6,
     ETCD_PORT,
     NAME_RE,
     NodeSpec,
@@ -326,6 +327,8 @@ class Lab:
         extra = ["--gateway-mode", t.gateway_mode] if routed else []
         if not t.fast_path:
             extra += ["--fast-path", "off"]
+        if t.ip_family == "dual":
+            extra += ["--cidr", CLUSTER_CIDR6]
         self._run_in(self.prefix + "cp", self._podnet(
             "cluster", "init", *self.etcd_args(), "--cidr", t.cidr, "--backend", t.backend,
             *extra))
@@ -642,8 +645,9 @@ class Lab:
         runtime.extra_env["CNI_ARGS"] = (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};"
                                          f"K8S_POD_NAME={pod.name}")
         result = runtime.add_list(self.conflist(node), pod.name, ns_path(ns))
-        pod.ip = result["ips"][0]["address"].split("/")[0]
-        self.progress(f"pod {pod.name}: {pod.ip}")
+        pod.ips = [ipc["address"].split("/")[0] for ipc in result["ips"]]
+        pod.ip = next((ip for ip in pod.ips if ":" not in ip), "")
+        self.progress(f"pod {pod.name}: {', '.join(pod.ips)}")
 
     # -- changes ------------------------------------------------------------------------------
     def add_node(self, start_agent: bool = True) -> NodeSpec:
@@ -789,14 +793,15 @@ def down(name: str, progress: Progress = _quiet) -> list[str]:
 
 def status(lab: Lab) -> dict[str, Any]:
     t = lab.topo
-    subnets: dict[str, str] = {}
+    subnets: dict[str, list[str]] = {}
     for node in t.nodes:
         with contextlib.suppress(OSError, KeyError, IndexError, ValueError):
             ipam = lab.conflist(node)["plugins"][0]["ipam"]
-            r = ipam["ranges"][0][0] if "ranges" in ipam else ipam
-            start, end = r.get("rangeStart"), r.get("rangeEnd")
-            # l2: the node's range of the shared subnet; otherwise the node's own subnet.
-            subnets[node.name] = f"{start}-{end}" if start else r["subnet"]
+            # l2: the node's range of the shared subnet; otherwise the node's own subnet;
+            # a range set per family.
+            subnets[node.name] = [
+                f"{r['rangeStart']}-{r['rangeEnd']}" if r.get("rangeStart") else r["subnet"]
+                for r in ([rs[0] for rs in ipam["ranges"]] if "ranges" in ipam else [ipam])]
     return {
         "name": t.name, "backend": t.backend, "underlay": t.underlay,
         # Where a client reaches the lab's datastore: the URL, from inside that namespace.
@@ -807,9 +812,11 @@ def status(lab: Lab) -> dict[str, Any]:
                  **({} if lab.certs is None else {"ca": lab.certs.ca,
                                                   "cert": lab.certs.client_cert,
                                                   "key": lab.certs.client_key})},
+        "ip_family": t.ip_family,
         "nodes": [{"name": n.name, "netns": n.netns(t.name), "node_ip": t.node_ip(n),
-                   "pod_subnet": subnets.get(n.name, ""), "agent_pid": n.agent_pid}
+                   "pod_subnet": subnets.get(n.name, [""])[0],
+                   "pod_subnets": subnets.get(n.name, []), "agent_pid": n.agent_pid}
                   for n in t.nodes],
-        "pods": [{"name": p.name, "netns": p.netns(t.name), "ip": p.ip, "node": p.node}
-                 for p in t.pods],
+        "pods": [{"name": p.name, "netns": p.netns(t.name), "ip": p.ip,
+                  "ips": p.ips or [p.ip], "node": p.node} for p in t.pods],
     }

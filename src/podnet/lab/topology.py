@@ -12,6 +12,8 @@ from podnet.errors import UserError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,15}")
 CLUSTER_CIDR = "10.244.0.0/16"
+CLUSTER_CIDR6 = "fd00:10:244::/56"  # dual-stack labs: node i's /64 goes with its IPv4 /24
+IP_FAMILIES = ("ipv4", "dual")
 CONTROL_NET = ipaddress.IPv4Network("192.168.99.0/24")  # routed underlay: etcd's subnet
 SWITCH_NET = ipaddress.IPv4Network("192.168.100.0/24")
 ETCD_PORT = 2379
@@ -45,7 +47,8 @@ class _InLab:
 class PodSpec(_InLab):
     name: str
     node: str
-    ip: str = ""
+    ip: str = ""  # its IPv4 address
+    ips: list[str] = field(default_factory=list)  # every address, one per family
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Topology:
     backend: str
     underlay: str = "switch"  # or "routed"
     cidr: str = CLUSTER_CIDR
+    ip_family: str = "ipv4"  # or "dual": pods get an IPv6 address of CLUSTER_CIDR6 as well
     nodes: list[NodeSpec] = field(default_factory=list)
     pods: list[PodSpec] = field(default_factory=list)
     etcd_pids: dict[str, int] = field(default_factory=dict)  # by member
@@ -105,6 +109,12 @@ class Topology:
         if self.agent_image and not self.etcd_tls:
             raise UserError("the DaemonSet's agent takes etcd's client certificate",
                             "add --etcd-tls")
+        if self.ip_family not in IP_FAMILIES:
+            raise UserError(f"IP family {self.ip_family!r} is not known",
+                            f"use one of {', '.join(IP_FAMILIES)}")
+        if self.ip_family == "dual" and not spec.dual_stack:
+            raise UserError(f"the {self.backend} backend carries IPv4 pods only",
+                            "use host-gw or vxlan for a dual-stack lab")
         if self.agent_image and self.etcd_auth:
             raise UserError("the DaemonSet's agents are one user, by their certificate; "
                             "per-node users are for agents started by hand or by systemd",
@@ -221,7 +231,7 @@ class Topology:
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> Topology:
         topo = cls(name=obj["name"], backend=obj["backend"], underlay=obj["underlay"],
-                   cidr=obj["cidr"],
+                   cidr=obj["cidr"], ip_family=obj.get("ip_family", "ipv4"),
                    etcd_pids=dict(obj.get("etcd_pids", {"cp": obj.get("etcd_pid", 0)})),
                    etcd_members=obj.get("etcd_members", 1),
                    router_pid=obj.get("router_pid", 0),

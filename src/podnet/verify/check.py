@@ -4,7 +4,6 @@ A failure is traced to what is missing on the path (diagnose.py)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -70,9 +69,10 @@ class Report:
 
 
 def own_addresses(ns_path: str) -> set[str]:
+    """Every address of the namespace, of both families."""
     ipr = netns.iproute_in(ns_path)
     try:
-        return {str(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(family=socket.AF_INET)}
+        return {str(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr()}
     finally:
         ipr.close()
 
@@ -130,7 +130,8 @@ def probe(pairs: list[tuple[Endpoint, Endpoint]], mtu_pairs: list[tuple[Endpoint
     return results, mtu
 
 
-def run(endpoints: list[Endpoint], status: dict[str, Any], pod_mtu: int | None) -> Report:
+def run(endpoints: list[Endpoint], status: dict[str, Any], pod_mtu: int | None,
+        family: int = 4) -> Report:
     addrs = {e.name: own_addresses(e.netns) for e in endpoints}
     own = {p.name: p.ip in addrs[p.name] for p in endpoints if p.kind == "pod"}
     servers = [probes.EchoServer(e.netns) for e in endpoints]
@@ -141,24 +142,43 @@ def run(endpoints: list[Endpoint], status: dict[str, Any], pod_mtu: int | None) 
         for server in servers:
             server.close()
     report = Report(results, own, mtu)
-    report.explain(endpoints, lab_lacks(status))
+    report.explain(endpoints, lab_lacks(status, family))
     return report
 
 
 def _mtu(src: Endpoint, dst: Endpoint, pod_mtu: int | None) -> dict[str, Any]:
     mtu = pod_mtu or 1500
-    ok = probes.ping(src.netns, dst.ip, size=mtu - 28, dont_fragment=True)
+    headers = 48 if ":" in dst.ip else 28  # IPv6 or IPv4, and ICMP's 8 bytes
+    ok = probes.ping(src.netns, dst.ip, size=mtu - headers, dont_fragment=True)
     return {"src": src.name, "dst": dst.name, "size": mtu, "ok": ok}
 
 
-def endpoints_of(status: dict[str, Any]) -> list[Endpoint]:
+def endpoints_of(status: dict[str, Any], family: int = 4) -> list[Endpoint]:
+    """The lab's nodes and pods, by their addresses of `family`. Over an IPv4 underlay a node's
+    IPv6 address is its pod bridge's gateway (its own subnet's first address)."""
+    import ipaddress
+
     from podnet.lab.lab import ns_path
 
-    out = [Endpoint(n["name"], "node", ns_path(n["netns"]), n["node_ip"], n["name"])
+    def node_ip(n: dict[str, Any]) -> str:
+        if family == 4:
+            return str(n["node_ip"])
+        subnet = next(s for s in n["pod_subnets"] if ":" in s)
+        return str(ipaddress.ip_network(subnet).network_address + 1)
+
+    def pod_ip(p: dict[str, Any]) -> str:
+        return str(next(ip for ip in p["ips"] if (":" in ip) == (family == 6)))
+
+    out = [Endpoint(n["name"], "node", ns_path(n["netns"]), node_ip(n), n["name"])
            for n in status["nodes"]]
-    out += [Endpoint(p["name"], "pod", ns_path(p["netns"]), p["ip"], p["node"])
+    out += [Endpoint(p["name"], "pod", ns_path(p["netns"]), pod_ip(p), p["node"])
             for p in status["pods"]]
     return out
+
+
+def families(status: dict[str, Any]) -> list[int]:
+    """The lab's address families: 4, and 6 in a dual-stack lab."""
+    return [4, 6] if status.get("ip_family") == "dual" else [4]
 
 
 def render(report: Report, endpoints: list[Endpoint]) -> str:

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 from podnet.datastore.args import add_args, from_args
 from podnet.errors import UserError
-from podnet.verify.check import Endpoint, Report, endpoints_of, render, run
+from podnet.verify.check import Endpoint, Report, endpoints_of, families, render, run
 
 if TYPE_CHECKING:
     from podnet.cli import Parser
 
 
-def _lab(name: str) -> tuple[Report, list[Endpoint]]:
+def _lab(name: str) -> list[tuple[str, Report, list[Endpoint]]]:
     from podnet.lab.lab import Lab, status
 
     lab = Lab.load(name)
@@ -29,8 +29,11 @@ def _lab(name: str) -> tuple[Report, list[Endpoint]]:
                         f"`podnet lab down --name {name}`, then up again")
     st = status(lab)
     mtu = lab.conflist(lab.topo.nodes[0])["plugins"][0].get("mtu")
-    endpoints = endpoints_of(st)
-    return run(endpoints, st, mtu), endpoints
+    out = []
+    for family in families(st):
+        endpoints = endpoints_of(st, family)
+        out.append((f"ipv{family}", run(endpoints, st, mtu, family), endpoints))
+    return out
 
 
 def _cluster(args: argparse.Namespace) -> tuple[Report, list[Endpoint]]:
@@ -52,14 +55,20 @@ def _cluster(args: argparse.Namespace) -> tuple[Report, list[Endpoint]]:
 def cmd(args: argparse.Namespace) -> int:
     if args.etcd is not None and args.lab_given:
         raise UserError("--lab and --etcd name two clusters", "give one of them")
-    report, endpoints = _cluster(args) if args.etcd is not None else _lab(args.lab)
+    runs = [("ipv4", *_cluster(args))] if args.etcd is not None else _lab(args.lab)
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    elif endpoints:
-        print(render(report, endpoints))
-    else:
-        print("\n".join(f"FAIL {p}" for p in report.problems) or "nothing to verify")
-    return 0 if report.ok else 1
+        # The first family's report at the top, as before dual-stack; each under its name.
+        first = runs[0][1].to_json()
+        print(json.dumps(first | {"ok": all(r.ok for _, r, _ in runs)}
+                         | {name: r.to_json() for name, r, _ in runs[1:]}, indent=2))
+    for name, report, endpoints in [] if args.json else runs:
+        if len(runs) > 1:
+            print(f"{name}:")
+        if endpoints:
+            print(render(report, endpoints))
+        else:
+            print("\n".join(f"FAIL {p}" for p in report.problems) or "nothing to verify")
+    return 0 if all(r.ok for _, r, _ in runs) else 1
 
 
 class _Given(argparse.Action):

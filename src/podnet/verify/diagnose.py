@@ -19,11 +19,13 @@ def _node(status: dict[str, Any], name: str) -> dict[str, Any]:
     return next(n for n in status["nodes"] if n["name"] == name)
 
 
-def _subnet_of(status: dict[str, Any], node: str) -> ipaddress.IPv4Network | None:
-    raw = _node(status, node)["pod_subnet"]
+def _subnet_of(status: dict[str, Any], node: str, family: int = 4
+               ) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    raw = next((s for s in _node(status, node).get("pod_subnets", [])
+                if (":" in s) == (family == 6)), "")
     if not raw or "-" in raw:  # l2 ranges share one subnet: no per-node route to check
         return None
-    return ipaddress.IPv4Network(raw)
+    return ipaddress.ip_network(raw)
 
 
 def explain(src: Endpoint, dst: Endpoint, lacks: Callable[[str, str], list[str]]) -> list[str]:
@@ -36,13 +38,14 @@ def explain(src: Endpoint, dst: Endpoint, lacks: Callable[[str, str], list[str]]
                    "a hop dropped it (firewall, MTU, the router or the underlay)"]
 
 
-def lab_lacks(status: dict[str, Any]) -> Callable[[str, str], list[str]]:
-    """`lacks` for a lab's nodes (and router), looked up in their namespaces."""
-    return lambda on, towards: _lacks(status, on, towards)
+def lab_lacks(status: dict[str, Any], family: int = 4) -> Callable[[str, str], list[str]]:
+    """`lacks` for a lab's nodes (and router), looked up in their namespaces, for the pods'
+    addresses of `family`."""
+    return lambda on, towards: _lacks(status, on, towards, family)
 
 
-def _lacks(status: dict[str, Any], on: str, towards: str) -> list[str]:
-    subnet = _subnet_of(status, towards)
+def _lacks(status: dict[str, Any], on: str, towards: str, family: int = 4) -> list[str]:
+    subnet = _subnet_of(status, towards, family)
     if subnet is None:
         return []
     from podnet.lab.lab import ns_path
@@ -66,7 +69,8 @@ def _lacks(status: dict[str, Any], on: str, towards: str) -> list[str]:
 
 
 def node_lacks(ipr: Any, backend: str, on: str, towards: str,
-               subnet: ipaddress.IPv4Network, peer_ip: str) -> list[str]:
+               subnet: ipaddress.IPv4Network | ipaddress.IPv6Network, peer_ip: str
+               ) -> list[str]:
     """What node `on` (`ipr` in its namespace) lacks of what reaching `towards`'s pods needs:
     its route to their subnet and, into a tunnel, the neighbour and FDB entries. Nothing on a
     backend whose router routes the subnets, or whose nodes share one subnet (l2)."""
@@ -81,8 +85,9 @@ def node_lacks(ipr: Any, backend: str, on: str, towards: str,
     kind = getattr(spec.backend_class(), "device_kind", None)
     if kind is not None and _route_device_kind(ipr, route) == kind:
         gw = str(subnet.network_address)
+        family = socket.AF_INET if subnet.version == 4 else socket.AF_INET6
         if not any(n.get_attr("NDA_DST") == gw for n in ipr.get_neighbours(
-                family=socket.AF_INET) if n["state"] & 0x80):
+                family=family) if n["state"] & 0x80):
             out.append(f"node {on} lacks the neighbour entry for {gw} ({towards}'s VTEP)")
         if kind == "vxlan" and not any(f.get_attr("NDA_DST") == peer_ip
                                        for f in ipr.fdb("dump")):
@@ -90,8 +95,9 @@ def node_lacks(ipr: Any, backend: str, on: str, towards: str,
     return out
 
 
-def _route(ipr: Any, subnet: ipaddress.IPv4Network) -> Any:
-    return next((r for r in ipr.get_routes(family=socket.AF_INET, table=254)
+def _route(ipr: Any, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Any:
+    family = socket.AF_INET if subnet.version == 4 else socket.AF_INET6
+    return next((r for r in ipr.get_routes(family=family, table=254)
                  if r.get_attr("RTA_DST") == str(subnet.network_address)
                  and r["dst_len"] == subnet.prefixlen), None)
 

@@ -15,7 +15,13 @@ from podnet.netlink import netns
 
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DO = 2
+IPV6_DONTFRAG = 62
 ECHO_PORT = 7946
+ICMP_ECHO = {socket.AF_INET: (8, 0), socket.AF_INET6: (128, 129)}  # request, reply
+
+
+def family_of(ip: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 
 def socket_in(ns_path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
@@ -27,9 +33,11 @@ class EchoServer:
     """Answers each TCP connection with the source address it saw, then closes it."""
 
     def __init__(self, ns_path: str, port: int = ECHO_PORT) -> None:
-        self.sock = socket_in(ns_path, socket.AF_INET, socket.SOCK_STREAM)
+        # One socket for both families: IPv4 clients arrive as ::ffff:a.b.c.d.
+        self.sock = socket_in(ns_path, socket.AF_INET6, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("0.0.0.0", port))
+        self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        self.sock.bind(("::", port))
         self.sock.listen(256)
         self.sock.settimeout(0.2)
         self._stop = threading.Event()
@@ -39,7 +47,8 @@ class EchoServer:
     def _serve(self) -> None:
         while not self._stop.is_set():
             try:
-                conn, (addr, _port) = self.sock.accept()
+                conn, peer = self.sock.accept()
+                addr = peer[0].removeprefix("::ffff:")
             except TimeoutError:
                 continue
             except OSError:
@@ -56,7 +65,7 @@ class EchoServer:
 def tcp_seen_source(src_ns: str, dst_ip: str, port: int = ECHO_PORT,
                     timeout: float = 2.0) -> str:
     """The source address the receiver saw; raises OSError if unreachable."""
-    sock = socket_in(src_ns, socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket_in(src_ns, family_of(dst_ip), socket.SOCK_STREAM)
     with sock:
         sock.settimeout(timeout)
         sock.connect((dst_ip, port))
@@ -80,16 +89,24 @@ def _checksum(data: bytes) -> int:
 
 def ping(src_ns: str, dst_ip: str, size: int = 56, dont_fragment: bool = False,
          timeout: float = 2.0, tries: int = 2) -> bool:
-    """One ICMP echo (of `size` payload bytes, DF set if asked) answered within the timeout."""
-    sock = socket_in(src_ns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    """One ICMP (or ICMPv6) echo of `size` payload bytes, DF set if asked (IPv6 routers never
+    fragment: a too-big packet is dropped either way), answered within the timeout."""
+    family = family_of(dst_ip)
+    proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
+    request, reply = ICMP_ECHO[family]
+    sock = socket_in(src_ns, family, socket.SOCK_RAW, proto)
     with sock:
-        if dont_fragment:
+        if dont_fragment and family == socket.AF_INET:
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        elif dont_fragment:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
         ident = (os.getpid() ^ threading.get_ident()) & 0xFFFF
         payload = (b"podnet-verify" * (size // 13 + 1))[:size]
         for seq in range(1, tries + 1):
-            header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-            packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq)
+            header = struct.pack("!BBHHH", request, 0, 0, ident, seq)
+            # The kernel sums ICMPv6 itself (its checksum covers a pseudo-header).
+            check = _checksum(header + payload) if family == socket.AF_INET else 0
+            packet = struct.pack("!BBHHH", request, 0, check, ident, seq)
             try:
                 sock.sendto(packet + payload, (dst_ip, 0))
             except OSError:
@@ -98,11 +115,12 @@ def ping(src_ns: str, dst_ip: str, size: int = 56, dont_fragment: bool = False,
             while (left := deadline - time.monotonic()) > 0:
                 sock.settimeout(left)
                 try:
-                    data, (addr, _) = sock.recvfrom(65535)
+                    data, src = sock.recvfrom(65535)
                 except TimeoutError:
                     break
-                ihl = (data[0] & 0x0F) * 4
-                rtype, _code, _sum, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-                if rtype == 0 and rid == ident and rseq == seq and addr == dst_ip:
+                # IPv4 raw sockets see the IP header; IPv6 ones only the ICMPv6 message.
+                start = (data[0] & 0x0F) * 4 if family == socket.AF_INET else 0
+                rtype, _code, _sum, rid, rseq = struct.unpack("!BBHHH", data[start:start + 8])
+                if rtype == reply and rid == ident and rseq == seq and src[0] == dst_ip:
                     return True
         return False

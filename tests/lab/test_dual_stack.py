@@ -1,0 +1,143 @@
+"""Dual-stack clusters over the IPv4 underlay: every pod has an address of each family, and
+every ordered pair connects without NAT in both, on host-gw and vxlan, with the fast path."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+
+from podnet.lab.lab import Lab, ns_path, status
+from podnet.netlink import links, netns
+from tests.lab.conftest import PODNET, MakeLab, failures, verify
+
+
+def sh(lab: Lab, node: str, *argv: str) -> str:
+    path = ns_path(lab.topo.node(node).netns(lab.topo.name))
+    return subprocess.run(["nsenter", f"--net={path}", *argv], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def subnets(lab: Lab, node: str) -> list[str]:
+    return next(n["pod_subnets"] for n in status(lab)["nodes"] if n["name"] == node)
+
+
+@pytest.mark.parametrize("backend", ["host-gw", "vxlan"])
+def test_every_pair_connects_in_both_families(make_lab: MakeLab, backend: str) -> None:
+    lab = make_lab(backend, nodes=2, pods=2, ip_family="dual")
+    for pod in lab.topo.pods:
+        v4, v6 = pod.ips
+        assert ipaddress.ip_address(v4) in ipaddress.ip_network("10.244.0.0/16")
+        assert ipaddress.ip_address(v6) in ipaddress.ip_network("fd00:10:244::/56")
+    node2_v4, node2_v6 = subnets(lab, "node2")
+    index = ipaddress.ip_network(node2_v4).network_address.packed[2]  # the i-th /24 ...
+    assert node2_v6 == f"fd00:10:244:{index:x}::/64"  # ... goes with the i-th /64
+    routes6 = sh(lab, "node1", "ip", "-6", "route", "show", "proto", "88")
+    neigh6 = sh(lab, "node1", "ip", "-6", "neigh", "show", "nud", "permanent")
+    gw = node2_v6.split("/")[0]
+    # IPv6 pods need no IPv6 underlay: host-gw resolves the next hop to the peer's node MAC
+    # on eth0, vxlan to its VTEP MAC on the one device that carries both families.
+    device, mac = (("eth0", _mac_of(ns_path(lab.topo.node("node2").netns(lab.topo.name))))
+                   if backend == "host-gw" else ("podnet.1", None))
+    assert f"{node2_v6} via {gw} dev {device} metric 1024 onlink" in routes6, routes6
+    assert f"{gw} dev {device} lladdr" in neigh6 and (mac is None or mac in neigh6), neigh6
+    for family in (4, 6):
+        report = verify(lab, family)
+        assert report.ok, (family, failures(report))
+        assert len(report.pairs) == 28  # 12 pod->pod, 8 node->pod, 8 pod->node
+    out = subprocess.run([*PODNET, "verify", "--lab", lab.topo.name, "--json"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    both = json.loads(out.stdout)
+    assert out.returncode == 0 and both["ok"] and both["ipv6"]["ok"]
+
+
+def test_a_missing_ipv6_route_is_named(make_lab: MakeLab) -> None:
+    lab = make_lab("vxlan", nodes=2, pods=1, ip_family="dual", reconcile=2.0)
+    node1 = lab.topo.node("node1")
+    target = subnets(lab, "node2")[1]
+    os.kill(node1.agent_pid, signal.SIGSTOP)  # hold the repair back while verify looks
+    try:
+        sh(lab, "node1", "ip", "-6", "route", "del", target)
+        assert verify(lab, 4).ok
+        report = verify(lab, 6)
+        assert not report.ok
+        assert f"node node1 lacks a route to {target} (node2's pods)" in " ".join(
+            failures(report))
+    finally:
+        os.kill(node1.agent_pid, signal.SIGCONT)
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total >> 16) + (total & 0xFFFF)
+    return ~total & 0xFFFF
+
+
+def _advert(src_mac: str, dst_mac: str, src: str, dst: str, target: str) -> bytes:
+    """An Ethernet frame carrying a neighbour advertisement (solicited, override) for
+    `target`, with its link-layer address option."""
+    mac = bytes.fromhex(src_mac.replace(":", ""))
+    body = struct.pack("!BBHI", 136, 0, 0, 0x60000000) + socket.inet_pton(
+        socket.AF_INET6, target) + bytes([2, 1]) + mac
+    s, d = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+    pseudo = s + d + struct.pack("!I3xB", len(body), 58)
+    body = body[:2] + struct.pack("!H", _checksum(pseudo + body)) + body[4:]
+    ip6 = struct.pack("!IHBB", 6 << 28, len(body), 58, 255) + s + d
+    return bytes.fromhex(dst_mac.replace(":", "")) + mac + b"\x86\xdd" + ip6 + body
+
+
+def test_a_pod_cannot_advertise_another_pods_address(make_lab: MakeLab) -> None:
+    """IPv6 anti-spoofing covers neighbour discovery: a pod's advertisement for its own
+    address passes its bridge port; one for a neighbour pod's address is dropped there."""
+    lab = make_lab("vxlan", nodes=1, pods=3, ip_family="dual")
+    (a, b, c) = lab.topo.pods
+    ns = {p.name: ns_path(p.netns(lab.topo.name)) for p in lab.topo.pods}
+    macs = {p.name: _mac_of(ns[p.name]) for p in lab.topo.pods}
+    with netns.entered(ns[b.name]):
+        rx = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    with netns.entered(ns[a.name]):
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    with rx, tx:
+        rx.setblocking(False)
+        tx.bind(("eth0", 0))
+
+        def adverts(target: str) -> int:
+            time.sleep(0.3)
+            with contextlib.suppress(BlockingIOError):
+                while rx.recv(2048):
+                    pass  # drain
+            for _ in range(5):
+                tx.send(_advert(macs[a.name], macs[b.name], a.ips[1], b.ips[1], target))
+            time.sleep(0.4)
+            seen = 0
+            with contextlib.suppress(BlockingIOError):
+                while data := rx.recv(2048):
+                    if data[0] == 136 and data[8:24] == socket.inet_pton(socket.AF_INET6,
+                                                                          target):
+                        seen += 1
+            return seen
+
+        assert adverts(a.ips[1]) == 5  # its own address passes
+        assert adverts(c.ips[1]) == 0  # a neighbour pod's: dropped at a's bridge port
+
+
+def _mac_of(ns: str) -> str:
+    """The MAC of eth0 in the namespace."""
+    ipr = netns.iproute_in(ns)
+    try:
+        msg = links.by_name(ipr, "eth0")
+        assert msg is not None
+        return links.mac_of(msg)
+    finally:
+        ipr.close()
