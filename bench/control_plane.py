@@ -24,7 +24,7 @@ import requests
 
 from podnet.lab.lab import Lab, down
 from podnet.lab.topology import Topology
-from podnet.netlink import netns, rtmsg
+from podnet.netlink import codec, netns, rtmsg
 from podnet.netlink.batch import raw_socket
 
 CIDR = ipaddress.IPv4Network("10.0.0.0/8")
@@ -87,11 +87,11 @@ class RouteWatcher:
             now = time.perf_counter()
             pos = 0
             while pos + 16 <= len(buf):
-                length, mtype = rtmsg.HDR.unpack_from(buf, pos)[:2]
+                length, mtype = codec.HDR.unpack_from(buf, pos)[:2]
                 if mtype == rtmsg.RTM_NEWROUTE and buf[pos + 16 + 5] == 88:  # podnet's
                     body = pos + 16
                     dst_len = buf[body + 1]
-                    attrs = rtmsg._attrs(buf, body + rtmsg.RTMSG.size, pos + length)
+                    attrs = codec.attrs(buf, body + rtmsg.RTMSG.size, pos + length)
                     if rtmsg.RTA_DST in attrs:
                         dst = f"{socket.inet_ntoa(attrs[rtmsg.RTA_DST])}/{dst_len}"
                         with self.cond:

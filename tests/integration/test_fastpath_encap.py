@@ -15,7 +15,7 @@ import pytest
 
 from podnet.fastpath import bpf, podmap, program
 from podnet.fastpath.podmap import PodEntry
-from podnet.netlink import netns, rtmsg
+from podnet.netlink import codec, netns
 
 PROG_TEST_RUN = 10
 TC_ACT_REDIRECT = 7
@@ -49,7 +49,7 @@ def ipv4(src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address, ttl: int = 64,
 
 
 def frame(dst_mac: str, src_mac: str, packet: bytes) -> bytes:
-    return rtmsg._mac(dst_mac) + rtmsg._mac(src_mac) + b"\x08\x00" + packet
+    return codec.mac(dst_mac) + codec.mac(src_mac) + b"\x08\x00" + packet
 
 
 class Node:
@@ -116,7 +116,7 @@ def test_encapsulates_as_a_vxlan_device_would(nodes: tuple[Node, Node]) -> None:
     sport, dport, length, ucsum = struct.unpack("!HHHH", out[34:42])
     assert sport >= 49152 and dport == 8472 and length == len(out) - 34 and ucsum == 0
     assert out[42:50] == bytes([0x08, 0, 0, 0, 0, 0, 1, 0])  # flags: VNI valid; VNI 1
-    assert out[50:64] == rtmsg._mac(VTEP2) + rtmsg._mac(VTEP1) + b"\x08\x00"
+    assert out[50:64] == codec.mac(VTEP2) + codec.mac(VTEP1) + b"\x08\x00"
     sent = out[64:]
     assert sent[8] == 63 and checksum(sent[:20]) == 0xFFFF  # routed once, as the node does
     assert sent[:8] == inner[:8] and sent[12:] == inner[12:]
@@ -144,7 +144,7 @@ def test_decapsulates_to_the_pod_what_its_peer_encapsulated(nodes: tuple[Node, N
     arrived = bytes(6) + wire[6:]  # to this node's MAC: lo's
     verdict, out = node2.run(arrived)
     assert verdict == TC_ACT_REDIRECT  # into the pod's namespace
-    assert out[:14] == rtmsg._mac(POD_MAC) + rtmsg._mac(HOST_MAC) + b"\x08\x00"
+    assert out[:14] == codec.mac(POD_MAC) + codec.mac(HOST_MAC) + b"\x08\x00"
     assert out[14 + 8] == 62 and checksum(out[14:34]) == 0xFFFF  # routed by both nodes
     assert out[34:] == inner[20:]
 

@@ -66,8 +66,11 @@ def test_status_json_keys(make_lab: MakeLab) -> None:
                           lab.topo.name, "--json"], capture_output=True, text=True, check=True)
     st = json.loads(out.stdout)
     assert set(st) >= {"name", "backend", "nodes", "pods"}
-    assert set(st["nodes"][0]) >= {"name", "netns", "node_ip", "pod_subnet", "agent_pid"}
-    assert set(st["pods"][0]) == {"name", "netns", "ip", "node"}
+    assert set(st["nodes"][0]) >= {"name", "netns", "node_ip", "pod_subnet", "pod_subnets",
+                                   "agent_pid"}
+    assert set(st["pods"][0]) == {"name", "netns", "ip", "ips", "node"}
+    assert st["pods"][0]["ips"] == [st["pods"][0]["ip"]] and st["ip_family"] == "ipv4"
+    assert st["nodes"][0]["pod_subnets"] == [st["nodes"][0]["pod_subnet"]]
     assert all(os.path.exists(f"/proc/{n['agent_pid']}") for n in st["nodes"])
 
 

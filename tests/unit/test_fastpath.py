@@ -12,7 +12,7 @@ from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from podnet.fastpath import asm, program
 from podnet.fastpath.podmap import PodEntry
-from podnet.netlink import rtmsg, tc
+from podnet.netlink import codec, tc
 
 
 def test_instructions_encode_as_the_kernel_defines_them() -> None:
@@ -116,7 +116,7 @@ def test_pod_entry_layout() -> None:
 
 
 def test_tc_filter_message_reads_as_pyroute2_reads_it() -> None:
-    msg = tcmsg(rtmsg._message(tc.RTM_NEWTFILTER, 0, 1, tc.filter_message(5, 42)))
+    msg = tcmsg(codec.message(tc.RTM_NEWTFILTER, 0, 1, tc.filter_message(5, 42)))
     msg.decode()
     assert msg["index"] == 5 and msg["parent"] == tc.TC_H_INGRESS and msg["handle"] == 1
     assert msg["info"] == (1 << 16) | socket.htons(0x0800)
@@ -125,6 +125,6 @@ def test_tc_filter_message_reads_as_pyroute2_reads_it() -> None:
     assert opts.get_attr("TCA_BPF_FD") == 42
     assert opts.get_attr("TCA_BPF_NAME") == tc.FILTER_NAME
     assert opts.get_attr("TCA_BPF_FLAGS") == tc.TCA_BPF_FLAG_ACT_DIRECT
-    qdisc = tcmsg(rtmsg._message(tc.RTM_NEWQDISC, 0, 1, tc.qdisc_message(5)))
+    qdisc = tcmsg(codec.message(tc.RTM_NEWQDISC, 0, 1, tc.qdisc_message(5)))
     qdisc.decode()
     assert qdisc.get_attr("TCA_KIND") == "clsact" and qdisc["parent"] == tc.TC_H_CLSACT

@@ -7,7 +7,7 @@ import socket
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg as pr_rtmsg
 
-from podnet.netlink import constants, rtmsg
+from podnet.netlink import codec, constants, rtmsg
 
 
 def _decode(cls: type, data: bytes) -> object:
@@ -40,7 +40,7 @@ def test_neigh_and_fdb_decode_as_pyroute2_reads_them() -> None:
     assert n.get_attr("NDA_LLADDR") == "0a:01:02:03:04:05"  # type: ignore[attr-defined]
     f = _decode(ndmsg, rtmsg.fdb("append", 2, "0a:01:02:03:04:05", "192.168.1.7", 9))
     assert (f["family"], f["flags"]) == (socket.AF_BRIDGE, constants.NTF_SELF)  # type: ignore[index]
-    assert f["header"]["flags"] & rtmsg.F_APPEND  # type: ignore[index]
+    assert f["header"]["flags"] & codec.F_APPEND  # type: ignore[index]
     assert f.get_attr("NDA_DST") == "192.168.1.7"  # type: ignore[attr-defined]
 
 

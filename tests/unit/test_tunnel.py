@@ -12,7 +12,7 @@ from podnet.backends.base import Neigh as NeighEntry
 from podnet.backends.gre import GreBackend, kernel_has_gre
 from podnet.backends.vxlan import VxlanBackend
 from podnet.datastore.model import Lease, NetworkConfig
-from podnet.netlink import rtmsg
+from podnet.netlink import codec, rtmsg
 
 NODE = NodeInfo("node1", ipaddress.IPv4Address("192.168.100.11"), "eth0", 2, 1500)
 PEER = Lease(ipaddress.IPv4Network("10.244.7.0/24"), "node2",
@@ -52,6 +52,6 @@ def test_gre_is_refused_without_ip_gre() -> None:
 def test_an_ipv4_link_layer_address_is_packed_as_four_bytes() -> None:
     data = rtmsg.neigh("replace", 1, "10.244.7.0", "192.168.100.12", 9)
     assert bytes([192, 168, 100, 12]) in data and bytes.fromhex("0a0102030405") not in data
-    assert rtmsg._lladdr(bytes([192, 168, 100, 12])) == "192.168.100.12"
-    assert rtmsg._lladdr(bytes.fromhex("0a0102030405")) == "0a:01:02:03:04:05"
-    assert rtmsg._lladdr(b"") is None
+    assert codec.lladdr(bytes([192, 168, 100, 12])) == "192.168.100.12"
+    assert codec.lladdr(bytes.fromhex("0a0102030405")) == "0a:01:02:03:04:05"
+    assert codec.lladdr(b"") is None

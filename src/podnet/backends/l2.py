@@ -77,10 +77,11 @@ class L2Backend(Backend):
     def gateway(self, own: Lease) -> ipaddress.IPv4Address:
         return own.subnet.network_address + 1
 
-    def pod_gateway(self) -> ipaddress.IPv4Interface:
+    def pod_gateways(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
         # This node's gateway for its pods, on the shared subnet: unique per node.
         assert self.own is not None
-        return ipaddress.IPv4Interface((self.gateway(self.own), self.config.network.prefixlen))
+        return [ipaddress.IPv4Interface((self.gateway(self.own),
+                                         self.config.network.prefixlen))]
 
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         return frozenset()  # ARP and switching reach every peer's pods

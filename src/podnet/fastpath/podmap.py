@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from podnet.fastpath import bpf, program
-from podnet.netlink import rtmsg, tc
-from podnet.netlink.fastlink import Rtnl, _mac_text
+from podnet.netlink import codec, tc
+from podnet.netlink.fastlink import Rtnl
 
 NAME = "podnet_pods"
 KEY_SIZE, VALUE_SIZE = 4, program.VALUE_SIZE
@@ -40,12 +40,12 @@ class PodEntry:
     host_mac: str
 
     def pack(self) -> bytes:
-        return VALUE.pack(self.ifindex, rtmsg._mac(self.pod_mac), rtmsg._mac(self.host_mac))
+        return VALUE.pack(self.ifindex, codec.mac(self.pod_mac), codec.mac(self.host_mac))
 
     @classmethod
     def unpack(cls, raw: bytes) -> PodEntry:
         ifindex, pod, host = VALUE.unpack(raw)
-        return cls(ifindex, _mac_text(pod), _mac_text(host))
+        return cls(ifindex, codec.lladdr(pod) or "", codec.lladdr(host) or "")
 
 
 def key(ip: ipaddress.IPv4Address) -> bytes:
@@ -53,7 +53,7 @@ def key(ip: ipaddress.IPv4Address) -> bytes:
 
 
 def tunnel_value(peer: Peer) -> bytes:
-    return TUNNEL_VALUE.pack(peer[0].packed, rtmsg._mac(peer[1]))
+    return TUNNEL_VALUE.pack(peer[0].packed, codec.mac(peer[1]))
 
 
 @dataclass

@@ -33,7 +33,7 @@ import socket
 from dataclasses import dataclass
 
 from podnet.fastpath.asm import R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, Program
-from podnet.netlink import rtmsg
+from podnet.netlink import codec
 from podnet.wire import VXLAN_FLAG_VNI, VXLAN_OVERHEAD
 
 # struct __sk_buff offsets (linux/bpf.h)
@@ -238,7 +238,7 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
     p.store(4, R10, h + 36, R2)
     p.load(2, R2, R9, 8)
     p.store(2, R10, h + 40, R2)
-    mac = rtmsg._mac(encap.mac)
+    mac = codec.mac(encap.mac)
     p.store_imm(2, R10, h + 42, _le(mac[:2]))
     p.store_imm(4, R10, h + 44, _le(mac[2:]))
     p.store_imm(2, R10, h + 48, ETH_P_IP_RAW)
@@ -390,7 +390,7 @@ def _route_in(p: Program) -> None:
 
 
 def _switch_out(p: Program, uplink: int, bridge_mac: str) -> None:
-    raw = rtmsg._mac(bridge_mac)
+    raw = codec.mac(bridge_mac)
     p.load(1, R2, R7, 0)
     p.alu("&", R2, 1)
     p.jump_if(R2, "!=", 0, "pass")  # broadcast, multicast: every port's

@@ -6,12 +6,11 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from podnet.netlink import netns, rtmsg
+from podnet.netlink import codec, netns, rtmsg
 
 CHUNK = 60_000
 SOL_NETLINK = 270
@@ -85,16 +84,16 @@ def apply(ops: list[Op], ns_path: str | None = None) -> BatchResult:
 
 def _collect_acks(sock: socket.socket, count: int, by_seq: dict[int, Op],
                   result: BatchResult) -> None:
+    if count == 0:
+        return
     seen = 0
-    while seen < count:
-        buf = sock.recv(1 << 20)
-        pos = 0
-        while pos + rtmsg.HDR.size <= len(buf):
-            length, mtype, _f, seq, _p = rtmsg.HDR.unpack_from(buf, pos)
-            if mtype == rtmsg.NLMSG_ERROR:
-                seen += 1
-                code = -struct.unpack_from("=i", buf, pos + rtmsg.HDR.size)[0]
-                op = by_seq.get(seq)
-                if code and op is not None and code not in op.ignore:
-                    result.failures.append(Failure(op, code))
-            pos += max(length, rtmsg.HDR.size) + (-length % 4)
+    for mtype, seq, buf, start, _end in codec.receive(sock):
+        if mtype != codec.NLMSG_ERROR:
+            continue
+        code = codec.error_code(buf, start)
+        op = by_seq.get(seq)
+        if code and op is not None and code not in op.ignore:
+            result.failures.append(Failure(op, code))
+        seen += 1
+        if seen == count:
+            return

@@ -15,7 +15,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from podnet.netlink import rtmsg
+from podnet.netlink import codec, rtmsg
+from podnet.netlink.codec import NetlinkError
 from podnet.netlink.constants import IFA_F_NODAD, RT_TABLE_MAIN, RTN_UNICAST, RTPROT_STATIC
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
@@ -26,15 +27,10 @@ IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFF_UP = 0x1
-NLA_F_NESTED = 0x8000
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 IFINFO = struct.Struct("=BxHiII")
 IFADDR = struct.Struct("=BBBBi")
-
-
-class NetlinkError(OSError):
-    """A request the kernel refused (errno in .errno)."""
 
 
 @dataclass(frozen=True)
@@ -47,14 +43,6 @@ class Link:
     master: int
     peer_index: int
     kind: str | None
-
-
-def _nest(kind: int, data: bytes) -> bytes:
-    return rtmsg._attr(kind | NLA_F_NESTED, data)
-
-
-def _mac_text(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
 
 
 class Rtnl:
@@ -71,62 +59,44 @@ class Rtnl:
     def close(self) -> None:
         self.sock.close()
 
-    def _send(self, mtype: int, flags: int, body: bytes) -> int:
+    def send(self, mtype: int, flags: int, body: bytes) -> int:
+        """Send one message; its sequence number."""
         self.seq += 1
-        self.sock.send(rtmsg._message(mtype, flags, self.seq, body))
+        self.sock.send(codec.message(mtype, flags, self.seq, body))
         return self.seq
 
-    def _ack(self, seq: int) -> None:
-        while True:
-            buf = self.sock.recv(65536)
-            pos = 0
-            while pos + rtmsg.HDR.size <= len(buf):
-                length, mtype, _f, rseq, _p = rtmsg.HDR.unpack_from(buf, pos)
-                if mtype == rtmsg.NLMSG_ERROR and rseq == seq:
-                    code = -struct.unpack_from("=i", buf, pos + rtmsg.HDR.size)[0]
-                    if code:
-                        raise NetlinkError(code, os.strerror(code))
-                    return
-                pos += length + (-length % 4)
-
     def request(self, mtype: int, flags: int, body: bytes) -> None:
-        self._ack(self._send(mtype, flags | rtmsg.F_REQUEST | rtmsg.F_ACK, body))
+        codec.ack(self.sock, self.send(mtype, flags | codec.F_REQUEST | codec.F_ACK, body))
 
     # -- links -----------------------------------------------------------------------------------
     def get_link(self, name: str) -> Link | None:
-        seq = self._send(RTM_GETLINK, rtmsg.F_REQUEST,
-                         IFINFO.pack(0, 0, 0, 0, 0) + rtmsg._attr(IFLA_IFNAME, name.encode()
-                                                                   + b"\0"))
-        while True:
-            buf = self.sock.recv(65536)
-            pos = 0
-            while pos + rtmsg.HDR.size <= len(buf):
-                length, mtype, _f, rseq, _p = rtmsg.HDR.unpack_from(buf, pos)
-                if rseq == seq and mtype == rtmsg.NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", buf, pos + rtmsg.HDR.size)[0]
-                    if code in (errno.ENODEV, errno.EINVAL):
-                        return None
-                    raise NetlinkError(code, os.strerror(code))
-                if rseq == seq and mtype == RTM_NEWLINK:
-                    return _parse_link(buf, pos + rtmsg.HDR.size, pos + length)
-                pos += length + (-length % 4)
-
+        seq = self.send(RTM_GETLINK, codec.F_REQUEST, IFINFO.pack(0, 0, 0, 0, 0)
+                        + codec.attr(IFLA_IFNAME, name.encode() + b"\0"))
+        for mtype, rseq, buf, start, end in codec.receive(self.sock):
+            if rseq == seq and mtype == codec.NLMSG_ERROR:
+                code = codec.error_code(buf, start)
+                if code in (errno.ENODEV, errno.EINVAL):
+                    return None
+                raise NetlinkError(code, os.strerror(code))
+            if rseq == seq and mtype == RTM_NEWLINK:
+                return _parse_link(buf, start, end)
+        return None
     def create_veth(self, name: str, peer: str, peer_netns_fd: int, mtu: int | None,
                     master: int, peer_mac: str | None = None) -> None:
         """A veth pair: `name` here, enslaved to `master` and up; `peer` in the netns."""
-        peer_attrs = rtmsg._attr(IFLA_IFNAME, peer.encode() + b"\0")
-        peer_attrs += rtmsg._attr(IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd))
+        peer_attrs = codec.attr(IFLA_IFNAME, peer.encode() + b"\0")
+        peer_attrs += codec.attr(IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd))
         if peer_mac:
-            peer_attrs += rtmsg._attr(IFLA_ADDRESS, rtmsg._mac(peer_mac))
-        attrs = rtmsg._attr(IFLA_IFNAME, name.encode() + b"\0")
+            peer_attrs += codec.attr(IFLA_ADDRESS, codec.mac(peer_mac))
+        attrs = codec.attr(IFLA_IFNAME, name.encode() + b"\0")
         if mtu:
-            peer_attrs += rtmsg._attr(IFLA_MTU, struct.pack("=I", mtu))
-            attrs += rtmsg._attr(IFLA_MTU, struct.pack("=I", mtu))
-        attrs += rtmsg._attr(IFLA_MASTER, struct.pack("=I", master))
-        info = rtmsg._attr(IFLA_INFO_KIND, b"veth\0") + _nest(
-            IFLA_INFO_DATA, _nest(VETH_INFO_PEER, IFINFO.pack(0, 0, 0, 0, 0) + peer_attrs))
-        attrs += _nest(IFLA_LINKINFO, info)
-        self.request(RTM_NEWLINK, rtmsg.F_CREATE | rtmsg.F_EXCL,
+            peer_attrs += codec.attr(IFLA_MTU, struct.pack("=I", mtu))
+            attrs += codec.attr(IFLA_MTU, struct.pack("=I", mtu))
+        attrs += codec.attr(IFLA_MASTER, struct.pack("=I", master))
+        info = codec.attr(IFLA_INFO_KIND, b"veth\0") + codec.nest(
+            IFLA_INFO_DATA, codec.nest(VETH_INFO_PEER, IFINFO.pack(0, 0, 0, 0, 0) + peer_attrs))
+        attrs += codec.nest(IFLA_LINKINFO, info)
+        self.request(RTM_NEWLINK, codec.F_CREATE | codec.F_EXCL,
                      IFINFO.pack(0, 0, 0, IFF_UP, IFF_UP) + attrs)
 
     def set_up(self, index: int) -> None:
@@ -136,7 +106,7 @@ class Rtnl:
         """Delete by name; False when it was not there."""
         try:
             self.request(RTM_DELLINK, 0, IFINFO.pack(0, 0, 0, 0, 0)
-                         + rtmsg._attr(IFLA_IFNAME, name.encode() + b"\0"))
+                         + codec.attr(IFLA_IFNAME, name.encode() + b"\0"))
         except NetlinkError as exc:
             if exc.errno in (errno.ENODEV, errno.EINVAL):
                 return False
@@ -150,9 +120,9 @@ class Rtnl:
         packed = addr.ip.packed
         flags = IFA_F_NODAD if addr.version == 6 else 0  # IPAM made it unique
         body = IFADDR.pack(family, addr.network.prefixlen, flags, 0, index)
-        body += rtmsg._attr(IFA_LOCAL, packed) + rtmsg._attr(IFA_ADDRESS, packed)
+        body += codec.attr(IFA_LOCAL, packed) + codec.attr(IFA_ADDRESS, packed)
         try:
-            self.request(RTM_NEWADDR, rtmsg.F_CREATE | rtmsg.F_EXCL, body)
+            self.request(RTM_NEWADDR, codec.F_CREATE | codec.F_EXCL, body)
         except NetlinkError as exc:
             if exc.errno != errno.EEXIST:
                 raise
@@ -160,13 +130,13 @@ class Rtnl:
     def addresses(self, index: int) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
         """The addresses on a link (one dump of RTM_GETADDR)."""
         out: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
-        self._send(RTM_GETADDR, rtmsg.F_REQUEST | rtmsg.F_ROOT | rtmsg.F_MATCH,
+        self.send(RTM_GETADDR, codec.F_REQUEST | codec.F_ROOT | codec.F_MATCH,
                    IFADDR.pack(0, 0, 0, 0, index))
-        for mtype, buf, start, end in rtmsg._messages(self.sock):
+        for mtype, buf, start, end in codec.dump(self.sock):
             if mtype != RTM_NEWADDR:
                 continue
             _fam, plen, _f, _scope, ifindex = IFADDR.unpack_from(buf, start)
-            a = rtmsg._attrs(buf, start + IFADDR.size, end)
+            a = codec.attrs(buf, start + IFADDR.size, end)
             raw = a.get(IFA_ADDRESS) or a.get(IFA_LOCAL)
             if ifindex == index and raw is not None:
                 out.append(ipaddress.ip_interface((ipaddress.ip_address(raw), plen)))
@@ -176,7 +146,7 @@ class Rtnl:
         addr = ipaddress.ip_interface(iface)
         family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
         body = IFADDR.pack(family, addr.network.prefixlen, 0, 0, index)
-        body += rtmsg._attr(IFA_LOCAL, addr.ip.packed) + rtmsg._attr(IFA_ADDRESS,
+        body += codec.attr(IFA_LOCAL, addr.ip.packed) + codec.attr(IFA_ADDRESS,
                                                                      addr.ip.packed)
         self.request(RTM_DELADDR, 0, body)
 
@@ -187,19 +157,19 @@ class Rtnl:
         body = rtmsg.RTMSG.pack(family, net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC,
                                 scope, RTN_UNICAST, 0)
         if net.prefixlen:
-            body += rtmsg._attr(rtmsg.RTA_DST, net.network_address.packed)
-        body += rtmsg._attr(rtmsg.RTA_OIF, struct.pack("=I", oif))
+            body += codec.attr(rtmsg.RTA_DST, net.network_address.packed)
+        body += codec.attr(rtmsg.RTA_OIF, struct.pack("=I", oif))
         if gateway:
-            body += rtmsg._attr(rtmsg.RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
-        self.request(rtmsg.RTM_NEWROUTE, rtmsg.F_CREATE | rtmsg.F_REPLACE, body)
+            body += codec.attr(rtmsg.RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
+        self.request(rtmsg.RTM_NEWROUTE, codec.F_CREATE | codec.F_REPLACE, body)
 
 
 def _parse_link(buf: bytes, start: int, end: int) -> Link:
     _fam, _type, index, flags, _change = IFINFO.unpack_from(buf, start)
-    a = rtmsg._attrs(buf, start + IFINFO.size, end)
+    a = codec.attrs(buf, start + IFINFO.size, end)
     kind = None
     if IFLA_LINKINFO in a:
-        info = rtmsg._attrs(a[IFLA_LINKINFO], 0, len(a[IFLA_LINKINFO]))
+        info = codec.attrs(a[IFLA_LINKINFO], 0, len(a[IFLA_LINKINFO]))
         if IFLA_INFO_KIND in info:
             kind = info[IFLA_INFO_KIND].rstrip(b"\0").decode()
 
@@ -207,5 +177,5 @@ def _parse_link(buf: bytes, start: int, end: int) -> Link:
         return struct.unpack("=I", a[key][:4])[0] if key in a else 0
 
     return Link(index=index, name=a.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(), flags=flags,
-                mtu=u32(IFLA_MTU), mac=_mac_text(a.get(IFLA_ADDRESS, b"")), master=u32(
+                mtu=u32(IFLA_MTU), mac=codec.lladdr(a.get(IFLA_ADDRESS)) or "", master=u32(
                     IFLA_MASTER), peer_index=u32(IFLA_LINK), kind=kind)

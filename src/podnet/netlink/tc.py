@@ -8,8 +8,9 @@ import errno
 import socket
 import struct
 
-from podnet.netlink import rtmsg
-from podnet.netlink.fastlink import NetlinkError, Rtnl, _nest
+from podnet.netlink import codec
+from podnet.netlink.codec import NetlinkError
+from podnet.netlink.fastlink import Rtnl
 
 RTM_NEWQDISC, RTM_DELQDISC = 36, 37
 RTM_NEWTFILTER, RTM_DELTFILTER, RTM_GETTFILTER = 44, 45, 46
@@ -36,26 +37,26 @@ def _filter_info() -> int:
 
 
 def qdisc_message(ifindex: int) -> bytes:
-    return TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0) + rtmsg._attr(
+    return TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0) + codec.attr(
         TCA_KIND, _str("clsact"))
 
 
 def filter_message(ifindex: int, prog_fd: int) -> bytes:
-    options = (rtmsg._attr(TCA_BPF_FD, struct.pack("=I", prog_fd))
-               + rtmsg._attr(TCA_BPF_NAME, _str(FILTER_NAME))
-               + rtmsg._attr(TCA_BPF_FLAGS, struct.pack("=I", TCA_BPF_FLAG_ACT_DIRECT)))
+    options = (codec.attr(TCA_BPF_FD, struct.pack("=I", prog_fd))
+               + codec.attr(TCA_BPF_NAME, _str(FILTER_NAME))
+               + codec.attr(TCA_BPF_FLAGS, struct.pack("=I", TCA_BPF_FLAG_ACT_DIRECT)))
     return (TCMSG.pack(socket.AF_UNSPEC, ifindex, HANDLE, TC_H_INGRESS, _filter_info())
-            + rtmsg._attr(TCA_KIND, _str("bpf")) + _nest(TCA_OPTIONS, options))
+            + codec.attr(TCA_KIND, _str("bpf")) + codec.nest(TCA_OPTIONS, options))
 
 
 def attach_ingress(rtnl: Rtnl, ifindex: int, prog_fd: int) -> None:
     """Run the program at the link's ingress, replacing the one podnet put there before."""
     try:
-        rtnl.request(RTM_NEWQDISC, rtmsg.F_CREATE | rtmsg.F_EXCL, qdisc_message(ifindex))
+        rtnl.request(RTM_NEWQDISC, codec.F_CREATE | codec.F_EXCL, qdisc_message(ifindex))
     except NetlinkError as exc:
         if exc.errno != errno.EEXIST:
             raise
-    rtnl.request(RTM_NEWTFILTER, rtmsg.F_CREATE | rtmsg.F_REPLACE,
+    rtnl.request(RTM_NEWTFILTER, codec.F_CREATE | codec.F_REPLACE,
                  filter_message(ifindex, prog_fd))
 
 
@@ -64,7 +65,7 @@ def detach_ingress(rtnl: Rtnl, ifindex: int) -> bool:
     there."""
     body = TCMSG.pack(socket.AF_UNSPEC, ifindex, HANDLE, TC_H_INGRESS, _filter_info())
     try:
-        rtnl.request(RTM_DELTFILTER, 0, body + rtmsg._attr(TCA_KIND, _str("bpf")))
+        rtnl.request(RTM_DELTFILTER, 0, body + codec.attr(TCA_KIND, _str("bpf")))
     except NetlinkError as exc:
         if exc.errno in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
             return False
@@ -74,17 +75,17 @@ def detach_ingress(rtnl: Rtnl, ifindex: int) -> bool:
 
 def ingress_program(rtnl: Rtnl, ifindex: int) -> int | None:
     """The id of the program podnet's filter runs at the link's ingress, or None."""
-    rtnl._send(RTM_GETTFILTER, rtmsg.F_REQUEST | rtmsg.F_ROOT | rtmsg.F_MATCH,
+    rtnl.send(RTM_GETTFILTER, codec.F_REQUEST | codec.F_ROOT | codec.F_MATCH,
                TCMSG.pack(socket.AF_UNSPEC, ifindex, 0, TC_H_INGRESS, 0))
     found = None
     try:
-        for mtype, buf, start, end in rtmsg._messages(rtnl.sock):
+        for mtype, buf, start, end in codec.dump(rtnl.sock):
             if mtype != RTM_NEWTFILTER:
                 continue
-            attrs = rtmsg._attrs(buf, start + TCMSG.size, end)
+            attrs = codec.attrs(buf, start + TCMSG.size, end)
             if attrs.get(TCA_KIND) != _str("bpf") or TCA_OPTIONS not in attrs:
                 continue
-            opts = rtmsg._attrs(attrs[TCA_OPTIONS], 0, len(attrs[TCA_OPTIONS]))
+            opts = codec.attrs(attrs[TCA_OPTIONS], 0, len(attrs[TCA_OPTIONS]))
             if opts.get(TCA_BPF_NAME, b"").rstrip(b"\0") == FILTER_NAME.encode() and \
                     TCA_BPF_ID in opts:
                 found = struct.unpack("=I", opts[TCA_BPF_ID][:4])[0]
