@@ -1,9 +1,12 @@
 """One agent against etcd holding N simulated peer leases (vxlan: a route, a neighbour and an FDB
-entry per peer). Measures, for each N: agent start to every peer programmed, new lease to its
-route installed (p50/p99 over --events events), agent RSS, idle CPU; and, side by side, the same
-entries programmed by `ip -batch` (iproute2) as the baseline for the kernel-side cost.
+entry per peer; dual-stack: a route and a neighbour per family, one FDB entry). Measures, for
+each N: agent start to every peer programmed, new lease to its routes installed (p50/p99 over
+--events events), agent RSS, idle CPU; and, side by side, the same entries programmed by
+`ip -batch` (iproute2) as the baseline for the kernel-side cost. With `--families ipv4 dual`
+both clusters run in turn at each N, and the table gives dual-stack's time over IPv4-only's.
 
     .venv/bin/python bench/control_plane.py --peers 100 1000 5000 [--events 100]
+        [--families ipv4 dual]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import subprocess
 import threading
 import time
 import uuid
+from typing import Any
 
 import requests
 
@@ -28,25 +32,33 @@ from podnet.netlink import codec, netns, rtmsg
 from podnet.netlink.batch import raw_socket
 
 CIDR = ipaddress.IPv4Network("10.0.0.0/8")
-RTMGRP_IPV4_ROUTE = 0x40
+CIDR6 = ipaddress.IPv6Network("fd00:10::/48")  # a /64 for each /24 of CIDR
+RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE = 0x40, 0x400
 
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def lease(i: int) -> tuple[str, str]:
+def lease(i: int, dual: bool = False) -> tuple[str, str]:
     subnet = ipaddress.IPv4Network((int(CIDR.network_address) + ((i + 10) << 8), 24))
     peer_ip = ipaddress.IPv4Address(int(ipaddress.IPv4Address("172.16.0.0")) + i + 1)
     mac = f"0a:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}:07:01"
-    value = json.dumps({"subnet": str(subnet), "node": f"sim{i}", "nodeIP": str(peer_ip),
-                        "attrs": {"vtepMAC": mac}})
-    return f"/podnet/subnets/{subnet.network_address}-24", value
+    obj = {"subnet": str(subnet), "node": f"sim{i}", "nodeIP": str(peer_ip),
+           "attrs": {"vtepMAC": mac}}
+    if dual:
+        obj["subnet6"] = str(subnet6_of(subnet))
+    return f"/podnet/subnets/{subnet.network_address}-24", json.dumps(obj)
 
 
-def put_leases(url: str, indices: range) -> None:
+def subnet6_of(subnet: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
+    index = (int(subnet.network_address) - int(CIDR.network_address)) >> 8
+    return ipaddress.IPv6Network((int(CIDR6.network_address) + (index << 64), 64))
+
+
+def put_leases(url: str, indices: range, dual: bool) -> None:
     ops = [{"request_put": {"key": b64(k), "value": b64(v)}}
-           for k, v in (lease(i) for i in indices)]
+           for k, v in (lease(i, dual) for i in indices)]
     for start in range(0, len(ops), 100):  # etcd's default cap on ops per transaction
         r = requests.post(f"{url}/v3/kv/txn", json={"success": ops[start:start + 100]},
                           timeout=30)
@@ -66,7 +78,8 @@ def cpu_seconds(pid: int) -> float:
 
 def route_count(ns_path: str) -> int:
     with raw_socket(ns_path) as sock:
-        return sum(1 for r in rtmsg.dump_routes(sock) if r.proto == 88)
+        return sum(1 for family in (socket.AF_INET, socket.AF_INET6)
+                   for r in rtmsg.dump_routes(sock, family) if r.proto == 88)
 
 
 class RouteWatcher:
@@ -75,7 +88,7 @@ class RouteWatcher:
     def __init__(self, ns_path: str) -> None:
         with netns.entered(ns_path):
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
-        self.sock.bind((0, RTMGRP_IPV4_ROUTE))
+        self.sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.seen: dict[str, float] = {}
         self.cond = threading.Condition()
@@ -93,7 +106,7 @@ class RouteWatcher:
                     dst_len = buf[body + 1]
                     attrs = codec.attrs(buf, body + rtmsg.RTMSG.size, pos + length)
                     if rtmsg.RTA_DST in attrs:
-                        dst = f"{socket.inet_ntoa(attrs[rtmsg.RTA_DST])}/{dst_len}"
+                        dst = f"{codec.ntop(attrs[rtmsg.RTA_DST])}/{dst_len}"
                         with self.cond:
                             self.seen.setdefault(dst, now)
                             self.cond.notify_all()
@@ -105,17 +118,18 @@ class RouteWatcher:
             return self.seen[dst]
 
 
-def baseline_ip_batch(ns: str, n: int) -> float:
-    """The same 3N entries through `ip -batch` on a VXLAN device of its own."""
+def baseline_ip_batch(ns: str, n: int, dual: bool) -> float:
+    """The same entries through `ip -batch` on a VXLAN device of its own."""
     dev = "bvx"
     lines, fdb = [], []
     for i in range(n):
-        _, value = lease(i)
+        _, value = lease(i, dual)
         obj = json.loads(value)
-        gw = obj["subnet"].split("/")[0]
         mac = obj["attrs"]["vtepMAC"]
-        lines += [f"neigh replace {gw} lladdr {mac} dev {dev} nud permanent",
-                  f"route replace {obj['subnet']} via {gw} dev {dev} onlink proto 89"]
+        for subnet in [obj["subnet"]] + ([obj["subnet6"]] if dual else []):
+            gw = subnet.split("/")[0]
+            lines += [f"neigh replace {gw} lladdr {mac} dev {dev} nud permanent",
+                      f"route replace {subnet} via {gw} dev {dev} onlink proto 89"]
         fdb.append(f"fdb append {mac} dev {dev} dst {obj['nodeIP']} self permanent")
     path = f"/var/run/netns/{ns}"
     subprocess.run(["nsenter", f"--net={path}", "ip", "link", "set", "lo", "up"], check=True)
@@ -132,9 +146,11 @@ def baseline_ip_batch(ns: str, n: int) -> float:
     return elapsed
 
 
-def run_one(n: int, events: int) -> dict[str, float]:
+def run_one(n: int, events: int, family: str = "ipv4") -> dict[str, Any]:
+    dual = family == "dual"
+    routes = 2 if dual else 1  # per peer
     topo = Topology.make(f"bc{uuid.uuid4().hex[:4]}", "vxlan", nodes=0, pods_per_node=0)
-    topo.cidr = str(CIDR)
+    topo.cidr, topo.cidr6, topo.ip_family = str(CIDR), str(CIDR6), family
     topo.reconcile_interval = 10.0  # the agent's default, so idle CPU is what a user sees
     lab = Lab(topo)
     try:
@@ -142,11 +158,11 @@ def run_one(n: int, events: int) -> dict[str, float]:
         cp = lab.target_netns("cp")
         url = topo.etcd_url
         with netns.entered(cp):
-            put_leases(url, range(n))
+            put_leases(url, range(n), dual)
         # The baseline gets a namespace of its own, a node without an agent.
         base_ns = f"pnl-{topo.name}-baseline"
         netns.create(base_ns)
-        baseline = baseline_ip_batch(base_ns, n)
+        baseline = baseline_ip_batch(base_ns, n, dual)
         node = lab.add_node(start_agent=False)  # namespace and underlay: not the agent's time
         node_ns = lab.target_netns(node.name)
         # Route events, not dumps: polling 5000 routes would take the agent's CPU.
@@ -154,25 +170,29 @@ def run_one(n: int, events: int) -> dict[str, float]:
         start = time.perf_counter()
         lab.start_agent(node)
         with watcher.cond:
-            watcher.cond.wait_for(lambda: len(watcher.seen) >= n, 60)
+            watcher.cond.wait_for(lambda: len(watcher.seen) >= n * routes, 60)
         converge = time.perf_counter() - start
-        assert route_count(node_ns) == n
+        assert route_count(node_ns) == n * routes
         latencies = []
         with netns.entered(cp):
             for i in range(n, n + events):
-                key, value = lease(i)
-                subnet = json.loads(value)["subnet"]
+                key, value = lease(i, dual)
+                obj = json.loads(value)
                 t0 = time.perf_counter()
                 requests.post(f"{url}/v3/kv/put", json={"key": b64(key), "value": b64(value)},
                               timeout=10).raise_for_status()
-                latencies.append((watcher.wait(subnet) - t0) * 1000)
+                # The event is programmed when its last route is.
+                latencies.append((max(watcher.wait(s) for s in
+                                      [obj["subnet"]] + ([obj["subnet6"]] if dual else []))
+                                  - t0) * 1000)
         time.sleep(2)
         rss = rss_kb(node.agent_pid) / 1024
         c0 = cpu_seconds(node.agent_pid)
         time.sleep(10)
         idle_cpu = (cpu_seconds(node.agent_pid) - c0) / 10 * 100
         latencies.sort()
-        return {"peers": n, "converge_s": converge, "baseline_ip_batch_s": baseline,
+        return {"peers": n, "family": family, "converge_s": converge,
+                "baseline_ip_batch_s": baseline,
                 "event_p50_ms": statistics.median(latencies),
                 "event_p99_ms": latencies[min(len(latencies) - 1, round(0.99 * (
                     len(latencies) - 1)))], "rss_mb": rss, "idle_cpu_pct": idle_cpu}
@@ -184,23 +204,33 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--peers", type=int, nargs="+", default=[100, 1000, 5000])
     parser.add_argument("--events", type=int, default=100)
+    parser.add_argument("--families", nargs="+", choices=["ipv4", "dual"], default=["ipv4"])
     args = parser.parse_args()
-    rows = [run_one(n, args.events) for n in args.peers]
-    print("| peers | start to all programmed (s) | ip -batch baseline (s) | ratio | "
+    rows = [run_one(n, args.events, family) for n in args.peers for family in args.families]
+    print("| peers | family | start to all programmed (s) | ip -batch baseline (s) | ratio | "
           "event p50 (ms) | event p99 (ms) | RSS (MB) | idle CPU (%) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['peers']} | {r['converge_s']:.2f} | {r['baseline_ip_batch_s']:.2f} | "
+        print(f"| {r['peers']} | {r['family']} | {r['converge_s']:.2f} | "
+              f"{r['baseline_ip_batch_s']:.2f} | "
               f"{r['converge_s'] / r['baseline_ip_batch_s']:.1f} | {r['event_p50_ms']:.1f} | "
               f"{r['event_p99_ms']:.1f} | {r['rss_mb']:.1f} | {r['idle_cpu_pct']:.2f} |")
+    by = {(r["peers"], r["family"]): r for r in rows}
+    for n in args.peers:
+        if (n, "ipv4") in by and (n, "dual") in by:
+            print(f"\n{n} peers: dual-stack programmed in "
+                  f"{by[n, 'dual']['converge_s'] / by[n, 'ipv4']['converge_s']:.2f} times the "
+                  "IPv4-only time (twice the routes and neighbours)")
     os.makedirs("bench/out", exist_ok=True)
-    with open("bench/out/control_plane.json", "w") as fh:
+    name = "control_plane" if args.families == ["ipv4"] else "control_plane_families"
+    with open(f"bench/out/{name}.json", "w") as fh:
         json.dump(rows, fh, indent=2)
-    if len(rows) > 1:
-        plot(rows, "docs/img/control_plane.png")
+    ipv4 = [r for r in rows if r["family"] == "ipv4"]
+    if len(ipv4) > 1:
+        plot(ipv4, "docs/img/control_plane.png")
 
 
-def plot(rows: list[dict[str, float]], path: str) -> None:
+def plot(rows: list[dict[str, Any]], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -17,7 +17,14 @@ import pytest
 
 from podnet.lab.lab import Lab, ns_path, status
 from podnet.netlink import links, netns
-from tests.lab.conftest import PODNET, MakeLab, failures, verify
+from tests.lab.conftest import (
+    PODNET,
+    MakeLab,
+    failures,
+    verify,
+    verify_etcd,
+    wait_published,
+)
 
 
 def sh(lab: Lab, node: str, *argv: str) -> str:
@@ -57,6 +64,12 @@ def test_every_pair_connects_in_both_families(make_lab: MakeLab, backend: str) -
                          capture_output=True, text=True, timeout=120, check=False)
     both = json.loads(out.stdout)
     assert out.returncode == 0 and both["ok"] and both["ipv6"]["ok"]
+    # As a cluster no lab built: the agents probe in each family, asked through etcd.
+    wait_published(lab)
+    code, remote, err = verify_etcd(lab)
+    assert code == 0 and remote is not None and remote["ok"], (err, remote)
+    assert len(remote["pairs"]) == len(remote["ipv6"]["pairs"]) == 28
+    assert all(":" in p["seen_source"] for p in remote["ipv6"]["pairs"])
 
 
 def test_a_missing_ipv6_route_is_named(make_lab: MakeLab) -> None:

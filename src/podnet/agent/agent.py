@@ -141,8 +141,12 @@ class Agent:
 
         if isinstance(self.store, EtcdStore):
             assert self.backend is not None
-            local = Local(self.opts.node_name, node_ip, self.opts.pod_records,
-                          self.backend.pod_mtu(), self.lacks, self._lease_id)
+            assert self.held is not None
+            subnet6 = self.held.lease.subnet6
+            local = Local(self.opts.node_name, node_ip,
+                          None if subnet6 is None else str(subnet6.network_address + 1),
+                          self.opts.pod_records, self.backend.pod_mtu(), self.lacks,
+                          self._lease_id)
             Responder(self.store, local, self.stopping).start()
 
     def _lease_id(self) -> int:
@@ -158,8 +162,9 @@ class Agent:
             peers = list(self.peers.values())
         ipr = netns.iproute_in(None)
         try:
-            return {p.node: node_lacks(ipr, self.config.backend_type, self.opts.node_name,
-                                       p.node, p.subnet, str(p.node_ip)) for p in peers}
+            return {p.node: [why for subnet in p.subnets for why in node_lacks(
+                ipr, self.config.backend_type, self.opts.node_name, p.node, subnet,
+                str(p.node_ip))] for p in peers}
         finally:
             ipr.close()
 
@@ -193,15 +198,14 @@ class Agent:
     def _start_fast_path(self, config: NetworkConfig,
                          bridge: str) -> fastpath.FastPath | None:
         assert self.backend is not None
-        uplinks = self.backend.fast_path_uplinks()
-        if not uplinks or not config.backend.get("fastPath", True):
+        spec = self.backend.fast_path()
+        if not spec.uplinks or not config.backend.get("fastPath", True):
             fastpath.remove()  # one an earlier config had
             return None
         fast = fastpath.FastPath(bridge, self.backend.pod_mtu(), config.network,
-                                 self.backend.switched, self.backend.bridge_links(),
-                                 self.backend.fast_path_encap())
+                                 self.backend.switched, spec.bridge_links, spec.encap)
         try:
-            fast.reconcile(uplinks)
+            fast.reconcile(spec.uplinks)
         except Exception as exc:  # an optimisation only: whatever stops it, pods still connect
             log.warning("eBPF fast path unavailable, pods take the normal path: %r", exc)
             return None
@@ -416,7 +420,7 @@ class Agent:
                 remade = self.backend.repair_devices()
                 repaired = self.backend.sync(list(self.peers.values())) + remade
                 if self.fast is not None:
-                    repaired += self.fast.reconcile(self.backend.fast_path_uplinks())
+                    repaired += self.fast.reconcile(self.backend.fast_path().uplinks)
                     repaired += self._sync_tunnels()
             if self.config is not None:
                 # Other software may have set a FORWARD policy of DROP since the last run.

@@ -12,7 +12,7 @@ import logging
 import socket
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -75,6 +75,19 @@ def _op(entry: Entry, add: bool) -> batch.Op:
     args = {"lladdr": entry.lladdr, "dst": entry.dst, "ifindex": entry.ifindex}
     return batch.Op("fdb", "append" if add else "del", args,
                     batch.ADD_IGNORE if add else batch.DEL_IGNORE)
+
+
+@dataclass(frozen=True)
+class FastPathSpec:
+    """What the eBPF fast path needs of a backend."""
+
+    # The devices packets from other nodes arrive on, where the program hands them straight to
+    # pods; empty where this backend's traffic cannot take the fast path.
+    uplinks: list[int]
+    # This node's tunnel parameters, where the program encapsulates pods' packets itself.
+    encap: Encap | None = None
+    # Veths on the pod bridge that are not pods'.
+    bridge_links: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -165,24 +178,15 @@ class Backend(ABC):
         accepted only from known nodes."""
         return None
 
-    def fast_path_uplinks(self) -> list[int]:
-        """The devices packets from other nodes arrive on, where the eBPF fast path hands them
-        straight to pods; empty where this backend's traffic cannot take it."""
-        return [self.node.iface_index]
-
-    def fast_path_encap(self) -> Encap | None:
-        """Where the fast path encapsulates pods' packets itself, this node's tunnel
-        parameters."""
-        return None
+    def fast_path(self) -> FastPathSpec:
+        """Where the eBPF fast path sits for this backend (asked at start, and again at each
+        reconcile: uplinks may change)."""
+        return FastPathSpec([self.node.iface_index])
 
     def fast_path_tunnel(self, peer: Lease) -> tuple[ipaddress.IPv4Address, str] | None:
         """For the fast path's tunnel map: the peer's node IP and VTEP MAC, where its pod
         subnet is reached through the tunnel."""
         return None
-
-    def bridge_links(self) -> list[int]:
-        """Veths on the pod bridge that are not pods'."""
-        return []
 
     def repair_devices(self) -> bool:
         """Re-make this backend's devices if they were deleted; whether anything was."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from podnet.backends.base import BackendError, Entry
+from podnet.backends.base import BackendError, Entry, FastPathSpec
 from podnet.backends.tunnel import TunnelBackend
 from podnet.datastore.model import Lease
 from podnet.netlink import links
@@ -49,9 +49,9 @@ class GreBackend(TunnelBackend):
                 and data.get_attr("IFLA_GRE_LOCAL") == str(self.node.ip)
                 and data.get_attr("IFLA_GRE_REMOTE") in (None, "0.0.0.0"))
 
-    def fast_path_uplinks(self) -> list[int]:
+    def fast_path(self) -> FastPathSpec:
         # Untested without ip_gre on any machine here: GRE keeps the normal path.
-        return []
+        return FastPathSpec([])
 
     def tunnel_match(self) -> str | None:
         return "ip protocol gre"

@@ -15,7 +15,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from podnet.backends.base import Backend, Entry, NodeInfo
+from podnet.backends.base import Backend, Entry, FastPathSpec, NodeInfo
 from podnet.datastore.model import Lease
 from podnet.netlink import links
 
@@ -86,24 +86,19 @@ class L2Backend(Backend):
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         return frozenset()  # ARP and switching reach every peer's pods
 
-    def fast_path_uplinks(self) -> list[int]:
-        # The physical port of the node bridge: its ingress runs before the bridge's.
+    def fast_path(self) -> FastPathSpec:
+        # The physical port of the node bridge: its ingress runs before the bridge's. The
+        # veth to the pod bridge is not a pod's.
         ipr = IPRoute(groups=0)
         try:
             br = links.index_of(ipr, NODE_BRIDGE)
-            return [int(m["index"]) for m in ipr.get_links()
-                    if br is not None and m.get_attr("IFLA_MASTER") == br
-                    and m.get_attr("IFLA_IFNAME") != VETH_NODE_SIDE]
+            uplinks = [int(m["index"]) for m in ipr.get_links()
+                       if br is not None and m.get_attr("IFLA_MASTER") == br
+                       and m.get_attr("IFLA_IFNAME") != VETH_NODE_SIDE]
+            veth = links.index_of(ipr, VETH_POD_SIDE)
         finally:
             ipr.close()
-
-    def bridge_links(self) -> list[int]:
-        ipr = IPRoute(groups=0)
-        try:
-            index = links.index_of(ipr, VETH_POD_SIDE)
-            return [] if index is None else [index]
-        finally:
-            ipr.close()
+        return FastPathSpec(uplinks, bridge_links=[] if veth is None else [veth])
 
     @classmethod
     def cleanup(cls, ipr: IPRoute, state_dir: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from podnet.backends.base import Backend, BackendError, Entry, Neigh, Route
+from podnet.backends.base import Backend, BackendError, Entry, FastPathSpec, Neigh, Route
 from podnet.datastore.model import Lease
 from podnet.netlink import links
 
@@ -91,9 +91,9 @@ class TunnelBackend(Backend):
             self.start(self.own)
         return True
 
-    def fast_path_uplinks(self) -> list[int]:
+    def fast_path(self) -> FastPathSpec:
         # Decapsulated packets arrive on the device; direct-routed ones on the uplink.
-        return [self.node.iface_index, self.index]
+        return FastPathSpec([self.node.iface_index, self.index])
 
     def owned_devices(self) -> list[int]:
         return [self.index]

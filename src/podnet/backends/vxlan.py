@@ -9,9 +9,10 @@ import hashlib
 import ipaddress
 import platform
 import re
+from dataclasses import replace
 from typing import Any
 
-from podnet.backends.base import BackendError, Entry, Fdb
+from podnet.backends.base import BackendError, Entry, FastPathSpec, Fdb
 from podnet.backends.hostgw import node_mac, routed_via_node
 from podnet.backends.tunnel import TunnelBackend
 from podnet.datastore.model import Lease
@@ -91,12 +92,12 @@ class VxlanBackend(TunnelBackend):
     def tunnel_match(self) -> str | None:
         return f"udp dport {self.port}"
 
-    def fast_path_encap(self) -> Encap | None:
+    def fast_path(self) -> FastPathSpec:
         # Offload off is a workaround for checksum bugs of the underlay's path; the program's
         # packets would meet them as the device's did, so they stay with the device.
-        if not self.tx_offload:
-            return None
-        return Encap(self.vni, self.port, self.node.ip, self.mac, self.config.subnet_len)
+        encap = (Encap(self.vni, self.port, self.node.ip, self.mac, self.config.subnet_len)
+                 if self.tx_offload else None)
+        return replace(super().fast_path(), encap=encap)
 
     def fast_path_tunnel(self, peer: Lease) -> tuple[ipaddress.IPv4Address, str] | None:
         # What the device was given for the peer: none where it is routed directly.

@@ -286,8 +286,8 @@ class EtcdStore:
                                    "another node")
             free = [mine]
         else:
-            others = {subnet_key(s) for s in assigned.values()}
-            free = [s for s in config.subnets() if subnet_key(s) not in taken | others]
+            busy = taken | {subnet_key(s) for s in assigned.values()}
+            free = [s for s in config.subnets() if subnet_key(s) not in busy]
         lease_id = int(self._post("/lease/grant", {"TTL": ttl})["ID"])
         if prefer is not None and prefer.lease.subnet in free:
             free.remove(prefer.lease.subnet)

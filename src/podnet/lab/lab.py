@@ -24,7 +24,6 @@ from podnet.fsutil import write_atomic
 from podnet.install import install_cni
 from podnet.lab import pki
 from podnet.lab.topology import (
-    CLUSTER_CIDR6,
     ETCD_PORT,
     NAME_RE,
     NodeSpec,
@@ -328,7 +327,7 @@ class Lab:
         if not t.fast_path:
             extra += ["--fast-path", "off"]
         if t.ip_family == "dual":
-            extra += ["--cidr", CLUSTER_CIDR6]
+            extra += ["--cidr", t.cidr6]
         self._run_in(self.prefix + "cp", self._podnet(
             "cluster", "init", *self.etcd_args(), "--cidr", t.cidr, "--backend", t.backend,
             *extra))

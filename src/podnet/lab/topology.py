@@ -68,7 +68,8 @@ class Topology:
     backend: str
     underlay: str = "switch"  # or "routed"
     cidr: str = CLUSTER_CIDR
-    ip_family: str = "ipv4"  # or "dual": pods get an IPv6 address of CLUSTER_CIDR6 as well
+    ip_family: str = "ipv4"  # or "dual": pods get an IPv6 address of cidr6 as well
+    cidr6: str = CLUSTER_CIDR6
     nodes: list[NodeSpec] = field(default_factory=list)
     pods: list[PodSpec] = field(default_factory=list)
     etcd_pids: dict[str, int] = field(default_factory=dict)  # by member
@@ -232,6 +233,7 @@ class Topology:
     def from_dict(cls, obj: dict[str, Any]) -> Topology:
         topo = cls(name=obj["name"], backend=obj["backend"], underlay=obj["underlay"],
                    cidr=obj["cidr"], ip_family=obj.get("ip_family", "ipv4"),
+                   cidr6=obj.get("cidr6", CLUSTER_CIDR6),
                    etcd_pids=dict(obj.get("etcd_pids", {"cp": obj.get("etcd_pid", 0)})),
                    etcd_members=obj.get("etcd_members", 1),
                    router_pid=obj.get("router_pid", 0),

@@ -5,7 +5,7 @@ own authentication guarding it.
 One run (its keys of verify's own on a lease of its own, revoked at the end; an agent's on its
 node's lease, as etcd lets a node's user attach keys only to a lease whose keys it may write,
 and deleted by it at the end):
-  /podnet/verify/<id>                     the request: {"port", "timeout"}
+  /podnet/verify/<id>                     the request: {"port", "timeout", "family"}
   /podnet/answers/<node>/<id>/ready       the agent's echo servers are up in its node and pods:
                                           {"problems"} names what it cannot serve (a pod whose
                                           namespace is gone)

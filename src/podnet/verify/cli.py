@@ -36,7 +36,7 @@ def _lab(name: str) -> list[tuple[str, Report, list[Endpoint]]]:
     return out
 
 
-def _cluster(args: argparse.Namespace) -> tuple[Report, list[Endpoint]]:
+def _cluster(args: argparse.Namespace) -> list[tuple[str, Report, list[Endpoint]]]:
     from podnet.datastore.etcd import EtcdStore
     from podnet.verify import remote
 
@@ -47,7 +47,8 @@ def _cluster(args: argparse.Namespace) -> tuple[Report, list[Endpoint]]:
         raise UserError("verify through the datastore needs etcd: a file store has one node "
                         "and no agents to ask", "give --etcd http(s)://HOST:PORT")
     try:
-        return remote.run(store, args.timeout)
+        return [(f"ipv{family}", *remote.run(store, args.timeout, family))
+                for family in remote.families(store)]
     finally:
         store.close()
 
@@ -55,7 +56,7 @@ def _cluster(args: argparse.Namespace) -> tuple[Report, list[Endpoint]]:
 def cmd(args: argparse.Namespace) -> int:
     if args.etcd is not None and args.lab_given:
         raise UserError("--lab and --etcd name two clusters", "give one of them")
-    runs = [("ipv4", *_cluster(args))] if args.etcd is not None else _lab(args.lab)
+    runs = _cluster(args) if args.etcd is not None else _lab(args.lab)
     if args.json:
         # The first family's report at the top, as before dual-stack; each under its name.
         first = runs[0][1].to_json()

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from podnet.datastore.etcd import ANSWERS, EtcdStore
+from podnet.datastore.model import Lease
 from podnet.errors import UserError
 from podnet.podrecords import PodRecord
 from podnet.verify import channel
@@ -18,15 +19,31 @@ from podnet.verify.probes import ECHO_PORT
 POLL = 0.2
 
 
-def endpoints(store: EtcdStore) -> tuple[list[Endpoint], list[str]]:
-    """Every node with a lease and every pod its agent published; what is wrong with them."""
+def families(store: EtcdStore) -> list[int]:
+    """The cluster's address families: 4, and 6 where it is dual-stack."""
+    config = store.get_config()
+    if config is None:
+        raise UserError("the cluster is not initialised",
+                        "run `podnet cluster init` against this etcd first")
+    return [4, 6] if config.network6 is not None else [4]
+
+
+def endpoints(store: EtcdStore, family: int = 4) -> tuple[list[Endpoint], list[str]]:
+    """Every node with a lease and every pod its agent published, by their addresses of
+    `family` (a node's IPv6 one is its pod bridge's gateway); what is wrong with them."""
     config = store.get_config()
     if config is None:
         raise UserError("the cluster is not initialised",
                         "run `podnet cluster init` against this etcd first")
     leases, _ = store.snapshot(config)
     nodes = sorted(leases.values(), key=lambda lease: lease.node)
-    out = [Endpoint(n.node, "node", "", str(n.node_ip), n.node) for n in nodes]
+    def node_ip(lease: Lease) -> str | None:
+        if family == 4:
+            return str(lease.node_ip)
+        return None if lease.subnet6 is None else str(lease.subnet6.network_address + 1)
+
+    out = [Endpoint(n.node, "node", "", ip, n.node) for n in nodes
+           if (ip := node_ip(n)) is not None]
     problems: list[str] = []
     live = {n.node for n in nodes}
     for node, records in sorted(store.pods().items()):
@@ -39,9 +56,9 @@ def endpoints(store: EtcdStore) -> tuple[list[Endpoint], list[str]]:
             except ValueError as exc:
                 problems.append(f"node {node}: pod record {key} is not valid ({exc})")
                 continue
-            v4 = [ip for ip in rec.ips if ":" not in ip]
-            if v4:
-                pods.append(Endpoint(rec.display, "pod", "", v4[0], node))
+            ips = [ip for ip in rec.ips if (":" in ip) == (family == 6)]
+            if ips:
+                pods.append(Endpoint(rec.display, "pod", "", ips[0], node))
         out += sorted(pods, key=lambda e: e.name)
     return out, problems
 
@@ -62,9 +79,9 @@ def _gather(store: EtcdStore, rid: str, step: str, nodes: set[str], deadline: fl
         time.sleep(POLL)
 
 
-def run(store: EtcdStore, timeout: float, port: int = ECHO_PORT
+def run(store: EtcdStore, timeout: float, family: int = 4, port: int = ECHO_PORT
         ) -> tuple[Report, list[Endpoint]]:
-    found, problems = endpoints(store)
+    found, problems = endpoints(store, family)
     nodes = {e.node for e in found}
     if not nodes:
         raise UserError("the cluster has no nodes to verify (no agent holds a lease)",
@@ -73,8 +90,8 @@ def run(store: EtcdStore, timeout: float, port: int = ECHO_PORT
     rid = secrets.token_hex(6)
     lease = store.grant(int(timeout) + 30)
     try:
-        store.put(channel.request_key(rid), json.dumps({"port": port, "timeout": timeout}),
-                  lease)
+        store.put(channel.request_key(rid), json.dumps(
+            {"port": port, "timeout": timeout, "family": family}), lease)
         # Echo servers come up in well under a second; waiting long only for a dead agent.
         ready = _gather(store, rid, channel.READY, nodes, start + min(10.0, timeout / 3))
         skipped: set[str] = set()

@@ -34,6 +34,9 @@ class Local:
 
     node: str
     node_ip: str
+    # Its IPv6 address in a dual-stack cluster: its pod bridge's gateway (the underlay may
+    # have none).
+    node_ip6: str | None
     records_dir: str
     pod_mtu: int | None
     # What this node lacks towards each peer (diagnose.node_lacks), asked after the probes.
@@ -48,6 +51,9 @@ class Responder:
         self.stopping = stopping
         self.runs: dict[str, _Run] = {}
         self.lock = threading.Lock()
+        # One run's echo servers at a time: the next run (verify's next family) binds the same
+        # port, and may come while the last one's servers are still closing.
+        self.serving = threading.Lock()
 
     def start(self) -> None:
         threading.Thread(target=self._loop, name="verify", daemon=True).start()
@@ -85,15 +91,17 @@ class Responder:
                 run.go = value
                 run.going.set()
 
-    def endpoints(self) -> tuple[list[check.Endpoint], dict[str, str]]:
-        """This node and its pods whose namespaces it can enter; why it cannot, by pod."""
+    def endpoints(self, family: int = 4) -> tuple[list[check.Endpoint], dict[str, str]]:
+        """This node and its pods whose namespaces it can enter, by their addresses of
+        `family`; why it cannot, by pod."""
         me = self.local
-        out = [check.Endpoint(me.node, "node", f"/proc/{os.getpid()}/ns/net", me.node_ip,
-                              me.node)]
+        node_ip = me.node_ip if family == 4 else me.node_ip6
+        out = [] if node_ip is None else [
+            check.Endpoint(me.node, "node", f"/proc/{os.getpid()}/ns/net", node_ip, me.node)]
         problems: dict[str, str] = {}
         for rec in podrecords.read_all(me.records_dir).values():
-            v4 = [ip for ip in rec.ips if ":" not in ip]
-            if not v4:
+            ips = [ip for ip in rec.ips if (":" in ip) == (family == 6)]
+            if not ips:
                 continue
             try:
                 fd = os.open(rec.netns, os.O_RDONLY | os.O_CLOEXEC)
@@ -108,16 +116,21 @@ class Responder:
                     continue
             finally:
                 os.close(fd)
-            out.append(check.Endpoint(rec.display, "pod", rec.netns, v4[0], me.node))
+            out.append(check.Endpoint(rec.display, "pod", rec.netns, ips[0], me.node))
         return out, problems
 
     def _answer(self, rid: str, run: _Run) -> None:
+        with self.serving:
+            self._serve(rid, run)
+
+    def _serve(self, rid: str, run: _Run) -> None:
         servers: list[probes.EchoServer] = []
         try:
             req = json.loads(run.request)
             port, timeout = int(req["port"]), float(req["timeout"])
+            family = int(req.get("family", 4))
             deadline = time.monotonic() + timeout
-            local, problems = self.endpoints()
+            local, problems = self.endpoints(family)
             serving = []
             for e in local:
                 try:
