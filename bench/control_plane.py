@@ -153,6 +153,7 @@ def run_one(n: int, events: int, family: str = "ipv4") -> dict[str, Any]:
     topo.cidr, topo.cidr6, topo.ip_family = str(CIDR), str(CIDR6), family
     topo.reconcile_interval = 10.0  # the agent's default, so idle CPU is what a user sees
     lab = Lab(topo)
+    base_ns = f"pnl-{topo.name}-baseline"  # not the lab's: removed here
     try:
         lab.up()
         cp = lab.target_netns("cp")
@@ -160,7 +161,6 @@ def run_one(n: int, events: int, family: str = "ipv4") -> dict[str, Any]:
         with netns.entered(cp):
             put_leases(url, range(n), dual)
         # The baseline gets a namespace of its own, a node without an agent.
-        base_ns = f"pnl-{topo.name}-baseline"
         netns.create(base_ns)
         baseline = baseline_ip_batch(base_ns, n, dual)
         node = lab.add_node(start_agent=False)  # namespace and underlay: not the agent's time
@@ -198,6 +198,7 @@ def run_one(n: int, events: int, family: str = "ipv4") -> dict[str, Any]:
                     len(latencies) - 1)))], "rss_mb": rss, "idle_cpu_pct": idle_cpu}
     finally:
         down(topo.name)
+        netns.remove(base_ns)
 
 
 def main() -> None:
@@ -225,9 +226,8 @@ def main() -> None:
     name = "control_plane" if args.families == ["ipv4"] else "control_plane_families"
     with open(f"bench/out/{name}.json", "w") as fh:
         json.dump(rows, fh, indent=2)
-    ipv4 = [r for r in rows if r["family"] == "ipv4"]
-    if len(ipv4) > 1:
-        plot(ipv4, "docs/img/control_plane.png")
+    if args.families == ["ipv4"] and len(rows) > 1:  # the figure of docs/benchmarks.md
+        plot(rows, "docs/img/control_plane.png")
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:

@@ -18,7 +18,7 @@ from podnet.lab.lab import Lab, down, lab_dir, status
 from podnet.lab.topology import Topology, netns_prefix
 from podnet.netlink import netns
 from podnet.verify.check import endpoints_of
-from podnet.verify.diagnose import explain
+from podnet.verify.diagnose import explain, lab_lacks
 from tests.lab.conftest import MakeLab, failures, verify
 from tests.lab.test_backend_policy import _reinit
 from tests.lab.test_fastpath import tunnels
@@ -144,6 +144,6 @@ def test_vxlan_direct_routing_for_on_link_peers(make_lab: MakeLab) -> None:
     # A direct route needs no VTEP entries: the diagnosis must not ask for them.
     st = status(lab)
     by_name = {e.name: e for e in endpoints_of(st)}
-    assert explain(by_name["node1-p1"], by_name["node2-p1"], st) == [
+    assert explain(by_name["node1-p1"], by_name["node2-p1"], lab_lacks(st)) == [
         "node1 and node2 hold every route and entry for each other: a hop dropped it "
-        "(firewall, MTU, or the underlay)"]
+        "(firewall, MTU, the router or the underlay)"]
