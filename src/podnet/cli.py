@@ -137,6 +137,8 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
                                     cidrs[1] if len(cidrs) == 2 else None, args.subnet_len_v6)
     except ConfigError as exc:
         raise UserError(*_split(str(exc))) from None
+    if args.node_credentials:
+        _check_credentials_args(args.node_credentials.split(","), args.credentials_out)
     store = from_args(args)
     old = store.get_config()
     if old is not None and old.network != config.network and not args.force:
@@ -150,47 +152,54 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
           else f" and {config.network6}, /{config.subnet_len6} per node")
     print(f"cluster network {config.network}, /{config.subnet_len} per node{v6} "
           f"({config.capacity} nodes), backend {config.backend_type}")
+    if args.node_credentials:
+        _issue_credentials(store, config, args.node_credentials.split(","),
+                           args.credentials_out)
     return 0
 
 
-def _etcd_of(args: argparse.Namespace) -> Any:
-    from podnet.datastore.etcd import EtcdStore
+def _check_credentials_args(nodes: list[str], out: str | None) -> None:
+    from podnet.datastore.model import node_name_problem
 
-    store = from_args(args)
+    for node in nodes:
+        if (problem := node_name_problem(node)) is not None:
+            raise UserError(problem, "give each node's Kubernetes name")
+    if out is not None and not os.path.isdir(out):
+        raise UserError(f"{out} is not a directory", "make it first")
+
+
+def _issue_credentials(store: Any, config: Any, nodes: list[str], out: str | None) -> None:
+    """Each node's own etcd user (docs/datastore.md): printed, or its password written."""
+    from podnet.datastore.base import LeaseRefused
+    from podnet.datastore.credentials import issue
+    from podnet.datastore.etcd import EtcdStore
+    from podnet.fsutil import write_atomic
+
     if not isinstance(store, EtcdStore):
         raise UserError("credentials are etcd's users: a file store has none",
                         "give --etcd http(s)://HOST:PORT")
-    return store
-
-
-def _cmd_cluster_credentials(args: argparse.Namespace) -> int:
-    from podnet.datastore.base import LeaseRefused
-    from podnet.datastore.credentials import issue
-    from podnet.datastore.model import node_name_problem
-    from podnet.fsutil import write_atomic
-
-    for node in args.node:
-        if (problem := node_name_problem(node)) is not None:
-            raise UserError(problem, "give --node a node's Kubernetes name")
-    if args.out is not None and not os.path.isdir(args.out):
-        raise UserError(f"--out {args.out} is not a directory", "make it first")
-    store = _etcd_of(args)
-    config = store.get_config()
-    if config is None:
-        raise UserError("the cluster is not initialised", "run `podnet cluster init` first")
-    for node in args.node:
+    for node in nodes:
         try:
             user, password, subnet = issue(store, config, node)
         except LeaseRefused as exc:
             raise UserError(str(exc), "widen the cluster network or remove unused "
                             "assignments") from None
-        if args.out is None:
+        if out is None:
             print(f"{node} {user} {password} {subnet}")
             continue
-        path = os.path.join(args.out, f"{node}.password")
+        path = os.path.join(out, f"{node}.password")
         write_atomic(path, password + "\n", 0o600)
         print(f"node {node}: etcd user {user}, subnet {subnet}, password in {path} (the agent: "
               f"--etcd-user {user} --etcd-password-file {path})")
+
+
+def _cmd_cluster_credentials(args: argparse.Namespace) -> int:
+    _check_credentials_args(args.node, args.out)
+    store = from_args(args)
+    config = store.get_config()
+    if config is None:
+        raise UserError("the cluster is not initialised", "run `podnet cluster init` first")
+    _issue_credentials(store, config, args.node, args.out)
     return 0
 
 
@@ -325,6 +334,11 @@ def build_parser() -> Parser:
     c.add_argument("--fast-path", choices=["on", "off"], default="on",
                    help="pods of different nodes skip the bridges through eBPF where the "
                         "kernel can (docs/fastpath.md)")
+    c.add_argument("--node-credentials", metavar="NODE,NODE,...",
+                   help="also make these nodes' own etcd users, as `cluster credentials` does")
+    c.add_argument("--credentials-out", metavar="DIR",
+                   help="with --node-credentials: write NODE.password here (mode 0600) "
+                        "instead of printing them")
     c.set_defaults(func=_cmd_cluster_init)
     c = csub.add_parser("credentials", help="make (or renew) nodes' own etcd users: each may "
                         "read the cluster and write only its own keys (docs/datastore.md)")

@@ -212,7 +212,7 @@ class Lab:
             from podnet.datastore.credentials import user_of
 
             auth = ["--etcd-user", user_of(node.name), "--etcd-password-file",
-                    os.path.join(self.node_dir(node), "etcd", f"{node.name}.password")]
+                    self.node_password(node)]
         return ["--etcd", self.topo.etcd_url, *tls, *auth]
 
     def etcd_store(self, node: NodeSpec | None = None) -> EtcdStore:
@@ -236,12 +236,22 @@ class Lab:
     def root_password(self) -> str:
         return os.path.join(self.dir, "etcd-root.password")
 
+    @property
+    def users_dir(self) -> str:
+        """Where the nodes' etcd passwords are written (the operator's --out)."""
+        return os.path.join(self.dir, "etcd-users")
+
+    def node_password(self, node: NodeSpec) -> str:
+        return os.path.join(self.users_dir, f"{node.name}.password")
+
     def _node_credentials(self, node: NodeSpec) -> None:
-        """The node's etcd user (made, or its password renewed), as an operator makes it."""
-        out = os.path.join(self.node_dir(node), "etcd")
-        os.makedirs(out, mode=0o700, exist_ok=True)
+        """The node's etcd user, as an operator makes it for a node that joins (the first
+        nodes' are made by `cluster init --node-credentials`)."""
+        if os.path.exists(self.node_password(node)):
+            return
         self._run_in(self.prefix + "cp", self._podnet(
-            "cluster", "credentials", *self.etcd_args(), "--node", node.name, "--out", out))
+            "cluster", "credentials", *self.etcd_args(), "--node", node.name, "--out",
+            self.users_dir))
 
     def _enable_auth(self) -> None:
         """etcd's root user, with a password of the lab's, and authentication on."""
@@ -328,6 +338,10 @@ class Lab:
             extra += ["--fast-path", "off"]
         if t.ip_family == "dual":
             extra += ["--cidr", t.cidr6]
+        if t.etcd_auth and t.nodes:
+            os.makedirs(self.users_dir, mode=0o700, exist_ok=True)
+            extra += ["--node-credentials", ",".join(n.name for n in t.nodes),
+                      "--credentials-out", self.users_dir]
         self._run_in(self.prefix + "cp", self._podnet(
             "cluster", "init", *self.etcd_args(), "--cidr", t.cidr, "--backend", t.backend,
             *extra))
