@@ -3,10 +3,11 @@ and in-process) against the reference bridge + host-local, side by side in one r
 with the interpreter's bare start as the floor. Writes bench/out/cni_latency.json and prints a
 Markdown table.
 
-    .venv/bin/python bench/cni_latency.py [--pods 100] [--baseline REV]
+    .venv/bin/python bench/cni_latency.py [--pods 100] [--baseline REV] [--dual]
 
 --baseline REV adds that revision's plugins and cni-server, on the same node, interleaved with
-the others: a change's cost measured side by side rather than against an older run.
+the others: a change's cost measured side by side rather than against an older run. --dual adds
+pods given an IPv4 and an IPv6 address (a range set of each) through the server.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pods", type=int, default=100)
     parser.add_argument("--baseline", help="a git revision to measure beside this tree")
+    parser.add_argument("--dual", action="store_true",
+                        help="also pods with an address of each family, through the server")
     args = parser.parse_args()
     with node_with_server(args.pods) as node, contextlib.ExitStack() as stack:
         rt, ipam_dir = node.runtime, os.path.join(node.work, "ipam")
@@ -77,6 +80,12 @@ def main() -> None:
                 socket=node.socket, fastPathUplink=attach_fast_path(
                     node.runtime.node_netns, "pnbr2", "10.204.0.0/16"))),
         }
+        if args.dual:
+            dual = bridge_conf("podnet", "pnbr4", "10.206.0.0/16", "podnet-ipam", ipam_dir,
+                               socket=node.socket)
+            dual["ipam"] = {"type": "podnet-ipam", "dataDir": ipam_dir, "ranges": [
+                [{"subnet": "10.206.0.0/16"}], [{"subnet": "fd00:206::/64"}]]}
+            variants["podnet via cni-server, dual-stack"] = (rt, "podnet", dual)
         if args.baseline:
             assert rt.node_netns is not None
             bin_dir, sock = stack.enter_context(release(args.baseline, rt.node_netns,

@@ -102,7 +102,13 @@ def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4N
           switched_by: str | None = None,
           encap: tuple[Encap, int] | None = None) -> bytes:
     """The program for one node. `encap` is the overlay's parameters and the tunnel map's fd;
-    uplinks[0] is then the underlay interface."""
+    uplinks[0] is then the underlay interface.
+
+    Registers every generator below shares: r6 the skb, r7 and r8 its data and data end
+    (reloaded by `_reload` after a helper moves them), r9 the device the packet arrived on,
+    until a generator takes it over as it says; r10 the stack (FIB, NH, KEY, HDR); r0-r5
+    scratch and helper arguments. Labels: `inbound` (from an uplink), `pass` (the normal
+    path), `drop` (with an overlay); each generator names those it defines."""
     p = Program()
     p.mov(R6, R1)
     p.load(4, R7, R6, SKB_DATA)
@@ -163,7 +169,12 @@ def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4N
 
 def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
     """A pod's packet for a subnet behind a tunnel: put the VXLAN headers in front, send it
-    out of the underlay. Otherwise on to `route_out` (a peer routed directly)."""
+    out of the underlay. Otherwise on to `route_out` (a peer routed directly).
+
+    Registers: r6 the skb, r7/r8 its data and end (reloaded after the headers grow), r9 the
+    peer's tunnel map value (node IP, VTEP MAC); r0-r5 scratch. The headers are built at HDR on
+    the stack (r10), then copied in front of the inner packet. Jumps to `route_out` (defined
+    last), `pass` and `drop` (the program's); defines `hashed`, `hash_ports`, `route_out`."""
     p.load(4, R2, R7, IP_DST)
     p.alu32("&", R2, encap.subnet_mask)
     _lookup_key(p, tunnel_fd, R2)
@@ -173,9 +184,17 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
     p.load(1, R2, R7, IP_TTL)
     p.jump_if(R2, "<=", 1, "pass")
     p.mov(R9, R0)  # the peer: node IP, VTEP MAC
+    _outer_ipv4(p, _raw32(encap.local))
+    _outer_udp_vxlan(p, encap)
+    _inner_ethernet(p, encap)
+    _push_and_send(p, underlay)
+    p.label("route_out")
+
+
+def _outer_ipv4(p: Program, local: int) -> None:
+    """The outer IPv4 header at HDR: no options, DF, TTL 64, UDP, the inner TOS (as the
+    device copies it), this node to the peer (r9), and its checksum."""
     h = HDR
-    local = _raw32(encap.local)
-    # outer IPv4: no options, DF, TTL 64, UDP; the inner TOS, as the device copies it
     p.store_imm(1, R10, h, 0x45)
     p.load(1, R2, R7, IP_TOS)
     p.store(1, R10, h + 1, R2)
@@ -205,9 +224,14 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
         p.alu_reg("+", R0, R2)
     p.alu("^", R0, 0xFFFF)
     p.store(2, R10, h + 10, R0)
-    # UDP: the source port from the flow (addresses, and ports where the packet has them),
-    # spreading flows over the underlay's paths as the device does, in 49152-65535; no
-    # checksum, as the device sends it
+
+
+def _outer_udp_vxlan(p: Program, encap: Encap) -> None:
+    """UDP at HDR + 20, then VXLAN: the source port from the flow (addresses, and ports where
+    the packet has them), spreading flows over the underlay's paths as the device does, in
+    49152-65535; no checksum, as the device sends it; the VNI. Defines `hash_ports` and
+    `hashed`."""
+    h = HDR
     p.load(4, R0, R7, IP_SRC)
     p.load(4, R2, R7, IP_DST)
     p.alu_reg("^", R0, R2)
@@ -233,7 +257,12 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
     p.store_imm(2, R10, h + 26, 0)
     p.store_imm(4, R10, h + 28, VXLAN_FLAG_VNI)
     p.store_imm(4, R10, h + 32, encap.vni_word)
-    # inner Ethernet: to the peer's VTEP MAC (its device takes it, should it decapsulate)
+
+
+def _inner_ethernet(p: Program, encap: Encap) -> None:
+    """The inner Ethernet header at HDR + 36: to the peer's VTEP MAC (r9; its device takes
+    it, should it decapsulate), from this node's."""
+    h = HDR
     p.load(4, R2, R9, 4)
     p.store(4, R10, h + 36, R2)
     p.load(2, R2, R9, 8)
@@ -242,6 +271,13 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
     p.store_imm(2, R10, h + 42, _le(mac[:2]))
     p.store_imm(4, R10, h + 44, _le(mac[2:]))
     p.store_imm(2, R10, h + 48, ETH_P_IP_RAW)
+
+
+def _push_and_send(p: Program, underlay: int) -> None:
+    """Grow the packet after its Ethernet header by the headers at HDR (flagged as a UDP
+    tunnel, so that checksum offload finds the inner headers), write them, decrement the inner
+    TTL and send the packet out of the underlay, whose neighbour the kernel resolves. Ends the
+    program's run; jumps to `pass` (no room) or `drop` (grown but not written)."""
     p.mov(R1, R6)
     p.mov_imm(R2, ENCAP_LEN)
     p.mov_imm(R3, ADJ_ROOM_MAC)
@@ -253,7 +289,7 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
     p.mov(R1, R6)
     p.mov_imm(R2, ETH_LEN)
     p.mov(R3, R10)
-    p.alu("+", R3, h)
+    p.alu("+", R3, HDR)
     p.mov_imm(R4, ENCAP_LEN)
     p.mov_imm(R5, 0)
     p.call(SKB_STORE_BYTES)
@@ -267,12 +303,13 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
     p.mov_imm(R4, 0)
     p.call(REDIRECT_NEIGH)
     p.exit()
-    p.label("route_out")
 
 
 def _decap_in(p: Program, map_fd: int, encap: Encap, tunnel_fd: int, underlay: int) -> None:
     """VXLAN from a peer, to this node, for one of its pods: take the outer headers off and
-    deliver the inner packet as `_route_in` does."""
+    deliver the inner packet as `_route_in` does. Defines `decap` (reached from `inbound` when
+    the outer destination is no pod); r9 holds the arrival device, then the pod's entry; jumps
+    to `pass`, `drop` and `_route_in`'s `deliver`."""
     p.label("decap")
     p.jump_if(R9, "!=", underlay, "pass")
     p.mov(R2, R7)
@@ -335,6 +372,10 @@ def _reload(p: Program, need: int, short: str) -> None:
 
 
 def _route_out(p: Program, bridge: int) -> None:
+    """A pod's packet for a peer routed directly: look the route up as if the packet arrived
+    on the bridge, and send it out of the route's device to its next hop. The FIB lookup's
+    and the next hop's arguments are built on the stack (FIB, NH); r9 the route's device.
+    Jumps to `pass` where the normal path must act (no route, the bridge's, TTL 1)."""
     p.load(1, R2, R7, IP_TTL)
     p.jump_if(R2, "<=", 1, "pass")  # the normal path sends the time-exceeded error
     p.mov_imm(R1, 0)
@@ -373,6 +414,9 @@ def _route_out(p: Program, bridge: int) -> None:
 
 
 def _route_in(p: Program) -> None:
+    """From another node, for a pod of this one (r0: its pod map entry): rewrite the MACs to
+    the pod's and the host veth's, TTL - 1, and hand it to the pod's side of the veth.
+    Defines `deliver`, also the decapsulated packets' way in; jumps to `pass`."""
     p.load(4, R2, R6, SKB_PKT_TYPE)
     p.jump_if(R2, "!=", PACKET_HOST, "pass")  # another host's: not ours to route
     p.load(1, R2, R7, IP_TTL)
@@ -390,6 +434,9 @@ def _route_in(p: Program) -> None:
 
 
 def _switch_out(p: Program, uplink: int, bridge_mac: str) -> None:
+    """l2: a pod's unicast frame for another node's pod goes straight to the uplink; one for
+    the bridge itself (the gateway), broadcast and multicast to `pass`. Defines
+    `to_uplink`."""
     raw = codec.mac(bridge_mac)
     p.load(1, R2, R7, 0)
     p.alu("&", R2, 1)
@@ -406,6 +453,8 @@ def _switch_out(p: Program, uplink: int, bridge_mac: str) -> None:
 
 
 def _switch_in(p: Program) -> None:
+    """l2: a frame from the uplink addressed to a pod of this node (r0: its entry) goes
+    straight to the pod; jumps to `pass` for any other."""
     p.load(4, R2, R7, 0)  # only a frame addressed to that pod's MAC
     p.load(4, R3, R0, 4)
     p.jump_if_reg(R2, "!=", R3, "pass")
