@@ -42,10 +42,11 @@ class Allocator:
     def __init__(self, rset: RangeSet, index: int, store: Store) -> None:
         self.rset, self.index, self.store = rset, index, store
 
-    def get(self, container_id: str, ifname: str, requested: IPAddress | None) -> tuple[
-            IPAddress, Range]:
-        """Reserve an address; the store must be locked."""
-        for ip in self.store.get_by_id(container_id, ifname):
+    def get(self, container_id: str, ifname: str, requested: IPAddress | None,
+            held: list[IPAddress] | None = None) -> tuple[IPAddress, Range]:
+        """Reserve an address; the store must be locked. `held`: the attachment's addresses
+        in the store, where the caller read them already (one scan for every range set)."""
+        for ip in self.store.get_by_id(container_id, ifname) if held is None else held:
             if self.rset.range_for(ip) is not None:
                 raise CNIError(INVALID_NETWORK_CONFIG, f"{ip} has been allocated to "
                                f"{container_id}, duplicate allocation is not allowed")

@@ -30,11 +30,13 @@ def cmd_add(req: Request) -> Result:
     store = _store(conf)
     try:
         with store.locked():
+            # Every file of the store is read to find the attachment's: once, not per set.
+            held = store.get_by_id(req.container_id, req.ifname)
             try:
                 for index, rset in enumerate(conf.range_sets):
                     want = next((ip for ip in conf.requested if rset.range_for(ip)), None)
                     got.append(Allocator(rset, index, store).get(req.container_id, req.ifname,
-                                                                  want))
+                                                                  want, held))
             except CNIError:
                 for ip, _ in got:
                     store.release(ip)
