@@ -24,8 +24,10 @@ APPLETS = ("sh", "sleep", "nc", "netstat", "ping")
 
 
 class Podman:
-    def __init__(self, node: str, base: Path, cni_bin: str, mounts_pid: int) -> None:
+    def __init__(self, node: str, base: Path, cni_bin: str, mounts_pid: int,
+                 socket: str) -> None:
         self.node, self.base, self.mounts_pid = node, base, mounts_pid
+        self.socket = socket  # the node's cni-server
         (base / "net").mkdir()
         conf = base / "containers.conf"
         conf.write_text(
@@ -64,7 +66,7 @@ def podman(node: str, tmp_path: Path, cni_bin: str, cni_server: str,
            podman_mounts: int) -> Iterator[Podman]:
     # podman refuses a runroot path longer than 50 characters: pytest's tmp_path is longer.
     base = Path(tempfile.mkdtemp(prefix="pnpm-", dir="/tmp"))
-    pm = Podman(node, base, cni_bin, podman_mounts)
+    pm = Podman(node, base, cni_bin, podman_mounts, cni_server)
     (pm.base / "net" / "podnet.conflist").write_text(json.dumps({
         "cniVersion": "1.0.0", "name": "podnet-pm", "plugins": [{
             "type": "podnet", "socket": cni_server, "isDefaultGateway": True,
@@ -111,3 +113,26 @@ def test_two_containers_reach_each_other_without_nat(podman: Podman) -> None:
         conns = [line.split() for line in seen.splitlines() if ":7778 " in line]
         assert conns, seen
         assert conns[0][4].removeprefix("::ffff:").rsplit(":", 1)[0] == ip[src], seen
+
+
+def test_dual_stack_containers(podman: Podman, tmp_path: Path) -> None:
+    """podman with a dual-stack podnet network: each container gets an address of each
+    family, and reaches the other over both."""
+    (podman.base / "net" / "podnet6.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": "podnet-pm6", "plugins": [{
+            "type": "podnet", "socket": podman.socket, "bridge": "pmbr6",
+            "isDefaultGateway": True,
+            "ipam": {"type": "podnet-ipam", "dataDir": str(tmp_path / "ipam6"), "ranges": [
+                [{"subnet": "10.34.0.0/24"}], [{"subnet": "fd00:34::/64"}]]}}]}))
+    for name in ("a6", "b6"):
+        podman("run", "-d", "--name", name, "--network", "podnet-pm6", "localhost/pnbox",
+               "sleep", "300")
+    fmt = "{{(index .NetworkSettings.Networks \"podnet-pm6\").%s}}"
+    ips = {n: (podman("inspect", n, "--format", fmt % "IPAddress"),
+               podman("inspect", n, "--format", fmt % "GlobalIPv6Address"))
+           for n in ("a6", "b6")}
+    assert all(v4.startswith("10.34.0.") and v6.startswith("fd00:34::")
+               for v4, v6 in ips.values()), ips
+    for src, dst in (("a6", "b6"), ("b6", "a6")):
+        for address in ips[dst]:
+            assert "1 packets received" in podman("exec", src, "ping", "-c1", "-W2", address)
