@@ -123,6 +123,8 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
     for key, value in (("vni", args.vni), ("port", args.port), ("mode", args.gateway_mode),
                        ("directRouting", True if args.direct_routing else None),
                        ("fastPath", False if args.fast_path == "off" else None),
+                       ("ipv6Masquerade", None if args.ipv6_masquerade == "auto"
+                        else args.ipv6_masquerade == "on"),
                        ("txChecksumOffload", None if args.vxlan_tx_checksum_offload == "auto"
                         else args.vxlan_tx_checksum_offload == "on")):
         if value is not None:
@@ -331,6 +333,9 @@ def build_parser() -> Parser:
     c.add_argument("--gateway-mode", choices=["bgp", "static"],
                    help="gateway: announce over BGP (default) or let `agent --role router` "
                         "route")
+    c.add_argument("--ipv6-masquerade", choices=["auto", "on", "off"], default="auto",
+                   help="dual-stack: masquerade IPv6 pods leaving the cluster; auto does for a "
+                        "unique local network (fc00::/7), not for a global one")
     c.add_argument("--fast-path", choices=["on", "off"], default="on",
                    help="pods of different nodes skip the bridges through eBPF where the "
                         "kernel can (docs/fastpath.md)")

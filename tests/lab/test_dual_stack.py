@@ -55,6 +55,10 @@ def test_every_pair_connects_in_both_families(make_lab: MakeLab, backend: str) -
     device, mac = (("eth0", _mac_of(ns_path(lab.topo.node("node2").netns(lab.topo.name))))
                    if backend == "host-gw" else ("podnet.1", None))
     assert f"{node2_v6} via {gw} dev {device} metric 1024 onlink" in routes6, routes6
+    # A unique local IPv6 network is masqueraded off-cluster, never between pods.
+    table = sh(lab, "node1", "nft", "list", "table", "ip6", "podnet")
+    assert ("ip6 saddr fd00:10:244::/56 ip6 daddr != fd00:10:244::/56 masquerade" in table
+            and "ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244::/56 notrack" in table), table
     assert f"{gw} dev {device} lladdr" in neigh6 and (mac is None or mac in neigh6), neigh6
     for family in (4, 6):
         report = verify(lab, family)

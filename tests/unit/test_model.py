@@ -165,3 +165,12 @@ def test_bad_dual_stack_configs(cidr6: str, len6: int | None, backend: str,
                                 message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         NetworkConfig.make("10.244.0.0/16", None, {"type": backend}, cidr6, len6)
+
+
+def test_ipv6_masquerade_is_a_flag_of_every_backend() -> None:
+    conf = NetworkConfig.make("10.244.0.0/16", None, {"type": "host-gw",
+                                                      "ipv6Masquerade": False},
+                              "fd00:10:244::/56")
+    assert NetworkConfig.from_json(conf.to_json()).backend["ipv6Masquerade"] is False
+    with pytest.raises(ConfigError, match="ipv6Masquerade"):
+        NetworkConfig.make("10.244.0.0/16", None, {"type": "vxlan", "ipv6Masquerade": "yes"})

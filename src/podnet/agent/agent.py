@@ -115,7 +115,8 @@ class Agent:
                                   str(node.ip)))
         log.info("leased %s for node %s (%s)", own.subnet, own.node, own.node_ip)
         self.backend.start(own)
-        firewall.apply(config.network, [node.ip], self.backend.tunnel_match(), config.network6)
+        firewall.apply(config.network, [node.ip], self.backend.tunnel_match(), config.network6,
+                       config.backend.get("ipv6Masquerade"))
         plugin = self.backend.cni_plugin_options()
         self.fast = self._start_fast_path(config, plugin["bridge"])
         if self.fast is not None:
@@ -294,7 +295,7 @@ class Agent:
             firewall.apply(self.config.network,
                            [p.node_ip for p in self.peers.values()]
                            + ([own.node_ip] if own else []), self.backend.tunnel_match(),
-                           self.config.network6)
+                           self.config.network6, self.config.backend.get("ipv6Masquerade"))
         log.info("synced %d peers at revision %d (read %.0f ms, kernel %.0f ms, firewall "
                  "%.0f ms)", len(self.peers), revision, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
                  (time.perf_counter() - t2) * 1e3)

@@ -45,7 +45,7 @@ class Spec:
     name: str
     module: str  # podnet.backends.<module>
     cls: str
-    options: Mapping[str, Check]  # beyond `type`; each backend has `fastPath` too
+    options: Mapping[str, Check]  # beyond `type`; each has `fastPath` and `ipv6Masquerade`
     # The nodes' default gateway routes the pod subnets (the lab builds a router for it).
     routed_by_gateway: bool = False
     dual_stack: bool = False  # carries IPv6 pods beside IPv4 ones
@@ -56,7 +56,7 @@ class Spec:
         return cls
 
 
-_COMMON: dict[str, Check] = {"fastPath": _flag}
+_COMMON: dict[str, Check] = {"fastPath": _flag, "ipv6Masquerade": _flag}
 SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("l2", "l2", "L2Backend", _COMMON),
     Spec("host-gw", "hostgw", "HostGwBackend", _COMMON, dual_stack=True),

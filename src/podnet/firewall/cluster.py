@@ -7,8 +7,9 @@ pods, whose rules are the same less the tunnel's, which arrives over IPv4):
   masquerade needs otherwise costs every packet between pods (measured: docs/benchmarks.md);
 - with an overlay, accept tunnel packets (the VXLAN port) only from known nodes.
 
-IPv6 pods are masqueraded off-cluster only where their network is unique local (fc00::/7), which
-no router beyond the cluster would route back; a global prefix is routed as it is.
+IPv6 pods are masqueraded off-cluster by default only where their network is unique local
+(fc00::/7), which no router beyond the cluster would route back; a global prefix is routed as it
+is (`cluster init --ipv6-masquerade on|off` decides otherwise).
 
 A FORWARD policy of DROP left by other software (iptables' `filter FORWARD`) would still drop
 pod traffic after our accept, since every base chain on a hook gets its say; so where that chain
@@ -36,10 +37,12 @@ ULA = ipaddress.IPv6Network("fc00::/7")
 
 
 def apply(cidr: ipaddress.IPv4Network, node_ips: Iterable[ipaddress.IPv4Address],
-          tunnel_match: str | None = None, cidr6: ipaddress.IPv6Network | None = None) -> None:
-    """(Re)write the tables atomically."""
+          tunnel_match: str | None = None, cidr6: ipaddress.IPv6Network | None = None,
+          masquerade6: bool | None = None) -> None:
+    """(Re)write the tables atomically. `masquerade6`: whether IPv6 pods are masqueraded
+    off-cluster; None: where their network is unique local."""
     if cidr6 is not None:
-        _apply6(cidr6)
+        _apply6(cidr6, cidr6.subnet_of(ULA) if masquerade6 is None else masquerade6)
     else:
         with contextlib.suppress(libnft.NftError):
             libnft.run(f"delete table ip6 {TABLE}\n")
@@ -74,9 +77,8 @@ table ip {TABLE} {{
     open_foreign_forward(cidr)
 
 
-def _apply6(cidr6: ipaddress.IPv6Network) -> None:
-    masq = (f"ip6 saddr {cidr6} ip6 daddr != {cidr6} masquerade"
-            if cidr6.subnet_of(ULA) else "")
+def _apply6(cidr6: ipaddress.IPv6Network, masquerade: bool) -> None:
+    masq = f"ip6 saddr {cidr6} ip6 daddr != {cidr6} masquerade" if masquerade else ""
     libnft.run(f"""table ip6 {TABLE}
 delete table ip6 {TABLE}
 table ip6 {TABLE} {{
