@@ -158,3 +158,18 @@ def _mac_of(ns: str) -> str:
         return links.mac_of(msg)
     finally:
         ipr.close()
+
+
+def test_l2_one_domain_in_both_families(make_lab: MakeLab) -> None:
+    """Layer 2 in both families: every pod in the one IPv4 and the one IPv6 subnet, reached by
+    ARP, neighbour discovery and switching; no route per peer."""
+    lab = make_lab("l2", nodes=2, pods=2, ip_family="dual")
+    for pod in lab.topo.pods:
+        out = subprocess.run(["nsenter", f"--net={ns_path(pod.netns(lab.topo.name))}", "ip",
+                              "-6", "-br", "addr", "show", "eth0"], capture_output=True,
+                             text=True, check=True).stdout
+        assert f"{pod.ips[1]}/56" in out  # the pods' prefix is the whole shared one
+    assert sh(lab, "node1", "ip", "-6", "route", "show", "proto", "88") == ""
+    for family in (4, 6):
+        report = verify(lab, family)
+        assert report.ok, (family, failures(report))

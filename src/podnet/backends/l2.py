@@ -2,8 +2,9 @@
 
 As the article draws it, each node has `kube-bridge` for its pods (reused by the CNI plugin)
 joined by a veth pair to a node bridge that holds the node IP and the physical interface. Pods
-reach pods on other nodes by ARP and switching; no routes per peer. Each node leases a range of
-the shared subnet for podnet-ipam, and holds the range's first address as its pods' gateway.
+reach pods on other nodes by ARP (and IPv6 neighbour discovery) and switching; no routes per
+peer. Each node leases a range of the shared subnet of each family for podnet-ipam, and holds
+the range's first address as its pods' gateway.
 """
 
 from __future__ import annotations
@@ -74,14 +75,17 @@ class L2Backend(Backend):
             ipr.close()
         return {}
 
-    def gateway(self, own: Lease) -> ipaddress.IPv4Address:
-        return own.subnet.network_address + 1
-
     def pod_gateways(self) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
-        # This node's gateway for its pods, on the shared subnet: unique per node.
+        # This node's gateway for its pods, on the shared subnet of each family: unique per
+        # node.
         assert self.own is not None
-        return [ipaddress.IPv4Interface((self.gateway(self.own),
-                                         self.config.network.prefixlen))]
+        out: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [
+            ipaddress.IPv4Interface((self.own.subnet.network_address + 1,
+                                     self.config.network.prefixlen))]
+        if self.own.subnet6 is not None and self.config.network6 is not None:
+            out.append(ipaddress.IPv6Interface((self.own.subnet6.network_address + 1,
+                                                self.config.network6.prefixlen)))
+        return out
 
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         return frozenset()  # ARP and switching reach every peer's pods
@@ -106,12 +110,17 @@ class L2Backend(Backend):
 
     def cni_plugin_options(self) -> dict[str, Any]:
         assert self.own is not None
-        rng = self.own.subnet
+        # A range set per family: the node's range of the shared subnet, its gateway first.
+        ranges: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
+                           ipaddress.IPv4Network | ipaddress.IPv6Network]] = [
+            (self.config.network, self.own.subnet)]
+        if self.own.subnet6 is not None and self.config.network6 is not None:
+            ranges.append((self.config.network6, self.own.subnet6))
         return {"bridge": POD_BRIDGE, "isDefaultGateway": True, "ipam": {
             "type": "podnet-ipam", "ranges": [[{
-                "subnet": str(self.config.network), "rangeStart": str(rng.network_address + 2),
-                "rangeEnd": str(rng.broadcast_address - 1), "gateway": str(self.gateway(self.own)),
-            }]]}}
+                "subnet": str(shared), "rangeStart": str(rng.network_address + 2),
+                "rangeEnd": str(rng.broadcast_address - 1),
+                "gateway": str(rng.network_address + 1)}] for shared, rng in ranges]}}
 
 
 def undo(ipr: IPRoute) -> None:

@@ -58,7 +58,7 @@ class Spec:
 
 _COMMON: dict[str, Check] = {"fastPath": _flag, "ipv6Masquerade": _flag}
 SPECS: dict[str, Spec] = {s.name: s for s in (
-    Spec("l2", "l2", "L2Backend", _COMMON),
+    Spec("l2", "l2", "L2Backend", _COMMON, dual_stack=True),
     Spec("host-gw", "hostgw", "HostGwBackend", _COMMON, dual_stack=True),
     Spec("gateway", "gateway", "GatewayBackend",
          {**_COMMON, "mode": _one_of("bgp", "static"), "router": _ipv4,

@@ -160,7 +160,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="etcd with TLS and client certificates (a CA of the lab's own)")
     q.add_argument("--ip-family", default="ipv4", choices=IP_FAMILIES,
                    help="the pods' address families: dual gives each pod an IPv6 address "
-                        "beside its IPv4 one (host-gw, vxlan; over the IPv4 underlay)")
+                        "beside its IPv4 one (l2, host-gw, vxlan; over the IPv4 underlay)")
     q.add_argument("--etcd-auth", action="store_true",
                    help="etcd's authentication on: each node's agent with its own user, which "
                         "writes only its own keys (`podnet cluster credentials`)")

@@ -115,7 +115,9 @@ class Topology:
                             f"use one of {', '.join(IP_FAMILIES)}")
         if self.ip_family == "dual" and not spec.dual_stack:
             raise UserError(f"the {self.backend} backend carries IPv4 pods only",
-                            "use host-gw or vxlan for a dual-stack lab")
+                            "use one of " + ", ".join(
+                                n for n, s in registry.SPECS.items() if s.dual_stack)
+                            + " for a dual-stack lab")
         if self.agent_image and self.etcd_auth:
             raise UserError("the DaemonSet's agents are one user, by their certificate; "
                             "per-node users are for agents started by hand or by systemd",

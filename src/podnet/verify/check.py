@@ -164,6 +164,8 @@ def endpoints_of(status: dict[str, Any], family: int = 4) -> list[Endpoint]:
         if family == 4:
             return str(n["node_ip"])
         subnet = next(s for s in n["pod_subnets"] if ":" in s)
+        if "-" in subnet:  # l2: the node's range of the shared subnet, after its gateway
+            return str(ipaddress.ip_address(subnet.split("-")[0]) - 1)
         return str(ipaddress.ip_network(subnet).network_address + 1)
 
     def pod_ip(p: dict[str, Any]) -> str:
