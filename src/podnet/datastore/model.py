@@ -7,7 +7,7 @@ import json
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 IPv4Network = ipaddress.IPv4Network
 IPv6Network = ipaddress.IPv6Network
@@ -98,18 +98,7 @@ class NetworkConfig:
     @classmethod
     def make(cls, cidr: str, subnet_len: int | None, backend: dict[str, Any],
              cidr6: str | None = None, subnet_len6: int | None = None) -> NetworkConfig:
-        try:
-            network = ipaddress.ip_network(cidr, strict=True)
-        except ValueError as exc:
-            raise ConfigError(f"cluster CIDR {cidr!r} is malformed: {exc} (give a network "
-                              "address and prefix, e.g. 10.244.0.0/16)") from None
-        if not isinstance(network, IPv4Network):
-            raise ConfigError(f"cluster CIDR {cidr} is not IPv4 (give an IPv4 network, and an "
-                              "IPv6 one beside it for dual-stack)")
-        for reserved in RESERVED:
-            if network.overlaps(reserved):
-                raise ConfigError(f"cluster CIDR {cidr} overlaps the reserved range {reserved} "
-                                  "(choose a private range such as 10.244.0.0/16)")
+        network = _network(cidr, IPv4Network)
         if network.prefixlen > 28:
             raise ConfigError(f"cluster CIDR {cidr} is too small for a pod network (give /28 "
                               "or larger)")
@@ -126,7 +115,7 @@ class NetworkConfig:
             if subnet_len6 is not None:
                 raise ConfigError("an IPv6 subnet length needs an IPv6 cluster CIDR (give one)")
             return config
-        network6 = _ipv6_network(cidr6)
+        network6 = _network(cidr6, IPv6Network)
         from podnet.backends.registry import SPECS
 
         if not SPECS[btype].dual_stack:
@@ -186,19 +175,31 @@ class NetworkConfig:
             raise ConfigError(f"stored network config is invalid: {exc}") from None
 
 
-def _ipv6_network(cidr6: str) -> IPv6Network:
+N = TypeVar("N", IPv4Network, IPv6Network)
+# Each family's reserved ranges, an example, and what a CIDR of the other family means.
+_FAMILY: dict[type, tuple[tuple[IPv4Network | IPv6Network, ...], str, str]] = {
+    IPv4Network: (RESERVED, "10.244.0.0/16", "is not IPv4 (give an IPv4 network, and an IPv6 "
+                                             "one beside it for dual-stack)"),
+    IPv6Network: (RESERVED6, "fd00:10:244::/56", "makes two IPv4 cluster CIDRs (give one per "
+                                                 "family)"),
+}
+
+
+def _network(cidr: str, family: type[N]) -> N:
+    """A cluster CIDR of `family`: well formed, and overlapping no reserved range."""
+    reserved_ranges, example, other = _FAMILY[family]
     try:
-        network6 = ipaddress.ip_network(cidr6, strict=True)
+        network = ipaddress.ip_network(cidr, strict=True)
     except ValueError as exc:
-        raise ConfigError(f"cluster CIDR {cidr6!r} is malformed: {exc} (give a network "
-                          "address and prefix, e.g. fd00:10:244::/56)") from None
-    if not isinstance(network6, IPv6Network):
-        raise ConfigError(f"two IPv4 cluster CIDRs ({cidr6}): give one per family")
-    for reserved in RESERVED6:
-        if network6.overlaps(reserved):
-            raise ConfigError(f"cluster CIDR {cidr6} overlaps the reserved range {reserved} "
-                              "(choose a unique local range such as fd00:10:244::/56)")
-    return network6
+        raise ConfigError(f"cluster CIDR {cidr!r} is malformed: {exc} (give a network "
+                          f"address and prefix, e.g. {example})") from None
+    if not isinstance(network, family):
+        raise ConfigError(f"cluster CIDR {cidr} {other}")
+    for reserved in reserved_ranges:
+        if network.overlaps(reserved):
+            raise ConfigError(f"cluster CIDR {cidr} overlaps the reserved range {reserved} "
+                              f"(choose a private range such as {example})")
+    return network
 
 
 @dataclass(frozen=True)

@@ -51,57 +51,42 @@ def apply(cidr: ipaddress.IPv4Network, node_ips: Iterable[ipaddress.IPv4Address]
     {tunnel_match} ip saddr != @nodes counter drop comment "tunnel from a non-node"
   }}
 """ if tunnel_match else "")
-    libnft.run(f"""table ip {TABLE}
-delete table ip {TABLE}
-table ip {TABLE} {{
-  set nodes {{ type ipv4_addr;{_elements(node_ips)} }}
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    ip saddr {cidr} ip daddr != {cidr} ip daddr != @nodes masquerade
-  }}
-  chain notrack_in {{
-    type filter hook prerouting priority raw; policy accept;
-    ip saddr {cidr} ip daddr {cidr} notrack
-  }}
-  chain notrack_out {{
-    type filter hook output priority raw; policy accept;
-    ip saddr {cidr} ip daddr {cidr} notrack
-  }}
-  chain forward {{
-    type filter hook forward priority filter - 1; policy accept;
-    ip saddr {cidr} accept
-    ip daddr {cidr} accept
-  }}
-{tunnel}}}
-""")
-    open_foreign_forward(cidr)
+    _table("ip", cidr, f"ip saddr {cidr} ip daddr != {cidr} ip daddr != @nodes masquerade",
+           f"  set nodes {{ type ipv4_addr;{_elements(node_ips)} }}\n", tunnel)
 
 
 def _apply6(cidr6: ipaddress.IPv6Network, masquerade: bool) -> None:
     masq = f"ip6 saddr {cidr6} ip6 daddr != {cidr6} masquerade" if masquerade else ""
-    libnft.run(f"""table ip6 {TABLE}
-delete table ip6 {TABLE}
-table ip6 {TABLE} {{
-  chain postrouting {{
+    _table("ip6", cidr6, masq)
+
+
+def _table(family: str, cidr: ipaddress.IPv4Network | ipaddress.IPv6Network, masquerade: str,
+           head: str = "", tail: str = "") -> None:
+    """The table of one family (`ip`, `ip6`: also its match keyword), written anew at once."""
+    f = family
+    libnft.run(f"""table {f} {TABLE}
+delete table {f} {TABLE}
+table {f} {TABLE} {{
+{head}  chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
-    {masq}
+    {masquerade}
   }}
   chain notrack_in {{
     type filter hook prerouting priority raw; policy accept;
-    ip6 saddr {cidr6} ip6 daddr {cidr6} notrack
+    {f} saddr {cidr} {f} daddr {cidr} notrack
   }}
   chain notrack_out {{
     type filter hook output priority raw; policy accept;
-    ip6 saddr {cidr6} ip6 daddr {cidr6} notrack
+    {f} saddr {cidr} {f} daddr {cidr} notrack
   }}
   chain forward {{
     type filter hook forward priority filter - 1; policy accept;
-    ip6 saddr {cidr6} accept
-    ip6 daddr {cidr6} accept
+    {f} saddr {cidr} accept
+    {f} daddr {cidr} accept
   }}
-}}
+{tail}}}
 """)
-    open_foreign_forward(cidr6)
+    open_foreign_forward(cidr)
 
 
 def add_node(ip: ipaddress.IPv4Address) -> None:
