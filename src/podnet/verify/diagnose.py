@@ -6,10 +6,12 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from podnet.backends import registry
-from podnet.netlink import links, netns
+from podnet.netlink import batch, links, netns, rtmsg
+from podnet.netlink.constants import NUD_PERMANENT, RT_TABLE_MAIN
 
 if TYPE_CHECKING:
     from podnet.verify.check import Endpoint
@@ -44,6 +46,35 @@ def lab_lacks(status: dict[str, Any], family: int = 4) -> Callable[[str, str], l
     return lambda on, towards: _lacks(status, on, towards, family)
 
 
+@dataclass(frozen=True)
+class NodeTables:
+    """What a node holds that a path may need, dumped once for every pair asked about."""
+
+    routes: dict[str, int]  # main-table routes, "dst/len" -> output device
+    neighbours: frozenset[str]  # permanent neighbour entries, both families
+    fdb: frozenset[str]  # the remote addresses of FDB entries
+    kinds: dict[int, str | None]  # link index -> kind
+
+    @classmethod
+    def dump(cls, ns_path: str | None) -> NodeTables:
+        """The tables of the namespace at ns_path (None: the calling thread's)."""
+        families = (socket.AF_INET, socket.AF_INET6)
+        with batch.raw_socket(ns_path) as sock:
+            routes = {r.dst: r.oif for family in families
+                      for r in rtmsg.dump_routes(sock, family) if r.table == RT_TABLE_MAIN}
+            neighbours = frozenset(n.dst for family in families
+                                   for n in rtmsg.dump_neighbours(sock, family)
+                                   if n.dst and n.state & NUD_PERMANENT)
+            fdb = frozenset(n.dst for n in rtmsg.dump_neighbours(sock, socket.AF_BRIDGE)
+                            if n.dst)
+        ipr = netns.iproute_in(ns_path)
+        try:
+            kinds = {int(m["index"]): links.kind_of(m) for m in ipr.get_links()}
+        finally:
+            ipr.close()
+        return cls(routes, neighbours, fdb, kinds)
+
+
 def _lacks(status: dict[str, Any], on: str, towards: str, family: int = 4) -> list[str]:
     subnet = _subnet_of(status, towards, family)
     if subnet is None:
@@ -53,55 +84,33 @@ def _lacks(status: dict[str, Any], on: str, towards: str, family: int = 4) -> li
 
     if registry.spec(status["backend"]).routed_by_gateway:
         # Nodes hold only a default route: the router must route the subnet.
-        ipr = netns.iproute_in(ns_path(netns_prefix(status["name"]) + "rt"))
-        try:
-            if _route(ipr, subnet) is None:
-                return [f"the router lacks a route to {subnet} ({towards}'s pods)"]
-            return []
-        finally:
-            ipr.close()
-    ipr = netns.iproute_in(ns_path(_node(status, on)["netns"]))
-    try:
-        return node_lacks(ipr, status["backend"], on, towards, subnet,
-                          _node(status, towards)["node_ip"])
-    finally:
-        ipr.close()
+        router = NodeTables.dump(ns_path(netns_prefix(status["name"]) + "rt"))
+        if str(subnet) not in router.routes:
+            return [f"the router lacks a route to {subnet} ({towards}'s pods)"]
+        return []
+    return node_lacks(NodeTables.dump(ns_path(_node(status, on)["netns"])), status["backend"],
+                      on, towards, subnet, _node(status, towards)["node_ip"])
 
 
-def node_lacks(ipr: Any, backend: str, on: str, towards: str,
+def node_lacks(tables: NodeTables, backend: str, on: str, towards: str,
                subnet: ipaddress.IPv4Network | ipaddress.IPv6Network, peer_ip: str
                ) -> list[str]:
-    """What node `on` (`ipr` in its namespace) lacks of what reaching `towards`'s pods needs:
-    its route to their subnet and, into a tunnel, the neighbour and FDB entries. Nothing on a
-    backend whose router routes the subnets, or whose nodes share one subnet (l2)."""
+    """What node `on` (its `tables`) lacks of what reaching `towards`'s pods needs: its route
+    to their subnet and, into a tunnel, the neighbour and FDB entries. Nothing on a backend
+    whose router routes the subnets, or whose nodes share one subnet (l2)."""
     spec = registry.spec(backend)
     if spec.routed_by_gateway or backend == "l2":
         return []
-    route = _route(ipr, subnet)
-    if route is None:
+    oif = tables.routes.get(str(subnet))
+    if oif is None:
         return [f"node {on} lacks a route to {subnet} ({towards}'s pods)"]
     out: list[str] = []
     # Only a route into the tunnel needs its entries; directRouting goes via eth0.
     kind = getattr(spec.backend_class(), "device_kind", None)
-    if kind is not None and _route_device_kind(ipr, route) == kind:
+    if kind is not None and tables.kinds.get(oif) == kind:
         gw = str(subnet.network_address)
-        family = socket.AF_INET if subnet.version == 4 else socket.AF_INET6
-        if not any(n.get_attr("NDA_DST") == gw for n in ipr.get_neighbours(
-                family=family) if n["state"] & 0x80):
+        if gw not in tables.neighbours:
             out.append(f"node {on} lacks the neighbour entry for {gw} ({towards}'s VTEP)")
-        if kind == "vxlan" and not any(f.get_attr("NDA_DST") == peer_ip
-                                       for f in ipr.fdb("dump")):
+        if kind == "vxlan" and peer_ip not in tables.fdb:
             out.append(f"node {on} lacks the FDB entry to {peer_ip} ({towards})")
     return out
-
-
-def _route(ipr: Any, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Any:
-    family = socket.AF_INET if subnet.version == 4 else socket.AF_INET6
-    return next((r for r in ipr.get_routes(family=family, table=254)
-                 if r.get_attr("RTA_DST") == str(subnet.network_address)
-                 and r["dst_len"] == subnet.prefixlen), None)
-
-
-def _route_device_kind(ipr: Any, route: Any) -> str | None:
-    found = ipr.get_links(route.get_attr("RTA_OIF"))
-    return links.kind_of(found[0]) if found else None
