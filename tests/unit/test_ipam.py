@@ -54,13 +54,15 @@ def test_store_format_matches_host_local(tmp_path: Path) -> None:
     store = Store(str(tmp_path), "net")
     conf = parse({"subnet": "10.0.0.0/29"})
     with store.locked():
-        Allocator(conf.range_sets[0], 0, store).get("ctr", "eth0", None)
+        Allocator(conf.range_sets[0], 0, store).get("ctr", "eth0", None,
+                                                    store.get_by_id("ctr", "eth0"))
     d = tmp_path / "net"
     assert (d / "10.0.0.2").read_bytes() == b"ctr\r\neth0"
     assert (d / "last_reserved_ip.0").read_text() == "10.0.0.2"
     assert os.path.exists(d / "lock")
     with store.locked(), pytest.raises(CNIError, match="duplicate"):
-        Allocator(conf.range_sets[0], 0, store).get("ctr", "eth0", None)
+        Allocator(conf.range_sets[0], 0, store).get("ctr", "eth0", None,
+                                                    store.get_by_id("ctr", "eth0"))
     (d / "10.0.0.3").write_bytes(b"legacy")  # an id-only file of old host-local versions
     assert store.get_by_id("legacy", "eth0") == [ipaddress.ip_address("10.0.0.3")]
 
@@ -70,12 +72,12 @@ def test_exhaustion_and_requested_ip(tmp_path: Path) -> None:
     rset = parse({"subnet": "10.0.0.0/30"}).range_sets[0]
     with store.locked():
         alloc = Allocator(rset, 0, store)
-        assert str(alloc.get("a", "eth0", None)[0]) == "10.0.0.2"
+        assert str(alloc.get("a", "eth0", None, store.get_by_id("a", "eth0"))[0]) == "10.0.0.2"
         with pytest.raises(CNIError, match="no IP addresses available") as err:
-            alloc.get("b", "eth0", None)
+            alloc.get("b", "eth0", None, store.get_by_id("b", "eth0"))
         assert err.value.code == 101
         with pytest.raises(CNIError, match="not available"):
-            alloc.get("c", "eth0", ipaddress.ip_address("10.0.0.2"))
+            alloc.get("c", "eth0", ipaddress.ip_address("10.0.0.2"), store.get_by_id("c", "eth0"))
 
 
 def test_requested_ips_from_args() -> None:

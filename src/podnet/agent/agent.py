@@ -115,8 +115,7 @@ class Agent:
                                   str(node.ip)))
         log.info("leased %s for node %s (%s)", own.subnet, own.node, own.node_ip)
         self.backend.start(own)
-        firewall.apply(config.network, [node.ip], self.backend.tunnel_match(), config.network6,
-                       config.backend.get("ipv6Masquerade"))
+        self._firewall([node.ip])
         plugin = self.backend.cni_plugin_options()
         self.fast = self._start_fast_path(config, plugin["bridge"])
         if self.fast is not None:
@@ -156,18 +155,15 @@ class Agent:
 
     def lacks(self) -> dict[str, list[str]]:
         """What this node lacks towards each peer's pods (for verify's diagnosis)."""
-        from podnet.verify.diagnose import node_lacks
+        from podnet.verify.diagnose import NodeTables, node_lacks
 
         assert self.config is not None
         with self.lock:
             peers = list(self.peers.values())
-        ipr = netns.iproute_in(None)
-        try:
-            return {p.node: [why for subnet in p.subnets for why in node_lacks(
-                ipr, self.config.backend_type, self.opts.node_name, p.node, subnet,
-                str(p.node_ip))] for p in peers}
-        finally:
-            ipr.close()
+        tables = NodeTables.dump(None)  # once for every peer
+        return {p.node: [why for subnet in p.subnets for why in node_lacks(
+            tables, self.config.backend_type, self.opts.node_name, p.node, subnet,
+            str(p.node_ip))] for p in peers}
 
     def _pods_loop(self) -> None:
         """Publish the node's pod records: when the plugin changed them (the directory's
@@ -272,6 +268,12 @@ class Agent:
                        f"s, longer than the lease TTL ({self.opts.ttl} s)")
         return out
 
+    def _firewall(self, node_ips: list[ipaddress.IPv4Address]) -> None:
+        """The agent's tables, for the cluster's networks and these nodes."""
+        assert self.config is not None and self.backend is not None
+        firewall.apply(self.config.network, node_ips, self.backend.tunnel_match(),
+                       self.config.network6, self.config.backend.get("ipv6Masquerade"))
+
     def _store_state(self, up: bool) -> None:
         self.store_up = up
         if up:
@@ -292,10 +294,8 @@ class Agent:
             self.backend.sync(list(self.peers.values()))
             self._sync_tunnels()
             t2 = time.perf_counter()
-            firewall.apply(self.config.network,
-                           [p.node_ip for p in self.peers.values()]
-                           + ([own.node_ip] if own else []), self.backend.tunnel_match(),
-                           self.config.network6, self.config.backend.get("ipv6Masquerade"))
+            self._firewall([p.node_ip for p in self.peers.values()]
+                           + ([own.node_ip] if own else []))
         log.info("synced %d peers at revision %d (read %.0f ms, kernel %.0f ms, firewall "
                  "%.0f ms)", len(self.peers), revision, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
                  (time.perf_counter() - t2) * 1e3)
@@ -425,9 +425,8 @@ class Agent:
                     repaired += self._sync_tunnels()
             if self.config is not None:
                 # Other software may have set a FORWARD policy of DROP since the last run.
-                for network in (self.config.network, self.config.network6):
-                    if network is not None:
-                        firewall.open_foreign_forward(network)
+                for network in self.config.networks:
+                    firewall.open_foreign_forward(network)
             if repaired:
                 log.warning("reconcile repaired %d kernel entries", repaired)
                 self.metrics.inc("podnet_reconcile_repairs_total", repaired)

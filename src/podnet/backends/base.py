@@ -135,12 +135,11 @@ class Backend(ABC):
         would make every pod ADD fail)."""
         self.own = own
         want = self.pod_gateways()
-        networks = [n for n in (self.config.network, self.config.network6) if n is not None]
         ipr = IPRoute(groups=0)
         try:
             index = links.ensure_bridge(ipr, self.pod_bridge, None, self.pod_mtu())
             for have in links.addresses(ipr, index):
-                if have not in want and any(have.ip in n for n in networks):
+                if have not in want and any(have.ip in n for n in self.config.networks):
                     log.warning("%s: removing %s, an address of an earlier lease",
                                 self.pod_bridge, have)
                     links.del_address(ipr, index, str(have))
@@ -262,7 +261,8 @@ class Backend(ABC):
         """What the kernel holds of ours: routes by protocol, neighbours/FDB on our devices."""
         out: set[Entry] = set()
         devices = set(self.owned_devices())
-        families = [socket.AF_INET] + ([socket.AF_INET6] if self.config.network6 else [])
+        networks = self.config.networks
+        families = [socket.AF_INET if n.version == 4 else socket.AF_INET6 for n in networks]
         with batch.raw_socket() as sock:
             for family in families:
                 for r in rtmsg.dump_routes(sock, family):
@@ -270,7 +270,6 @@ class Backend(ABC):
                         out.add(Route(r.dst, r.gw, r.oif, r.onlink))
             if not devices:
                 return out
-            networks = [n for n in (self.config.network, self.config.network6) if n]
             for family in families:
                 for n in rtmsg.dump_neighbours(sock, family):
                     # Only entries for the pod network's addresses: an uplink may hold

@@ -108,8 +108,8 @@ class EtcdStore:
         (another thread may have renewed it meanwhile)."""
         with self._token_lock:
             current = self.clients[0].session.headers.get("Authorization")
-            if current is not None and current != stale and stale is not None:
-                return
+            if current is not None and current != stale:
+                return  # another thread has authenticated since
             for client in self.clients:
                 client.session.headers.pop("Authorization", None)
             out = self._post("/auth/authenticate", {"name": self.user,
@@ -122,11 +122,12 @@ class EtcdStore:
             token = self.clients[0].session.headers.get("Authorization")
             if token is None:
                 self._authenticate()
+                token = self.clients[0].session.headers.get("Authorization")
             try:
                 return self._post(path, payload, auth=False)
             except _TokenRefused:
                 # Tokens expire (--auth-token-ttl) and die with a restarted member.
-                self._authenticate(stale=str(token))
+                self._authenticate(stale=token)
                 return self._post(path, payload, auth=False)
         why = ""
         for _ in self.clients:
@@ -162,15 +163,12 @@ class EtcdStore:
         out = self._post("/kv/range", payload)
         return out.get("kvs", []), int(out["header"]["revision"])
 
-    def _get(self, key: str) -> str | None:
+    def get(self, key: str) -> str | None:
         out = self._post("/kv/range", {"key": _b64(key)})
         kvs = out.get("kvs", [])
         return _unb64(kvs[0].get("value", "")) if kvs else None
 
     # -- keys of podnet's other records (pods, verify runs) -----------------------------------
-    def get(self, key: str) -> str | None:
-        return self._get(key)
-
     def get_prefix(self, prefix: str) -> dict[str, str]:
         kvs, _ = self._range(prefix)
         return {_unb64(kv["key"]): _unb64(kv.get("value", "")) for kv in kvs}
@@ -227,7 +225,7 @@ class EtcdStore:
 
     # -- config -----------------------------------------------------------------------------
     def get_config(self) -> NetworkConfig | None:
-        raw = self._get(CONFIG_KEY)
+        raw = self.get(CONFIG_KEY)
         return None if raw is None else NetworkConfig.from_json(raw)
 
     def put_config(self, config: NetworkConfig) -> None:
@@ -247,7 +245,7 @@ class EtcdStore:
 
     def acquire(self, node: str, node_ip: str, attrs: dict[str, object], ttl: int,
                 config: NetworkConfig, prefer: Held | None) -> Held:
-        held_raw = self._get(NODES + node)
+        held_raw = self.get(NODES + node)
         if prefer is not None and held_raw is not None:
             mine = json.loads(held_raw)
             # Our own lease from before a restart: keep it, with its full TTL again (a keepalive
@@ -270,7 +268,7 @@ class EtcdStore:
             # disk). Its lease would block the node until it expired: release it now.
             log.warning("node %s: releasing lease %d of an earlier run at %s whose state was "
                         "lost", node, stale, node_ip)
-            self._post("/kv/lease/revoke", {"ID": stale})
+            self.revoke(stale)
         kvs, _ = self._range(SUBNETS, keys_only=True)
         taken = {_unb64(kv["key"])[len(SUBNETS):] for kv in kvs}
         assigned = self.assignments()
@@ -288,7 +286,7 @@ class EtcdStore:
         else:
             busy = taken | {subnet_key(s) for s in assigned.values()}
             free = [s for s in config.subnets() if subnet_key(s) not in busy]
-        lease_id = int(self._post("/lease/grant", {"TTL": ttl})["ID"])
+        lease_id = self.grant(ttl)
         if prefer is not None and prefer.lease.subnet in free:
             free.remove(prefer.lease.subnet)
             free.insert(0, prefer.lease.subnet)
@@ -299,10 +297,10 @@ class EtcdStore:
             held = Held(lease, lease_id, ttl)
             if self._put_both(held, node, compare_absent=True):
                 return held
-            if self._get(NODES + node) is not None:
-                self._post("/kv/lease/revoke", {"ID": lease_id})
+            if self.get(NODES + node) is not None:
+                self.revoke(lease_id)
                 raise LeaseRefused(f"node name {node!r} was taken by another agent meanwhile")
-        self._post("/kv/lease/revoke", {"ID": lease_id})
+        self.revoke(lease_id)
         raise LeaseRefused(f"no free subnet for node {node!r}: all {config.capacity} "
                            f"/{config.subnet_len} subnets of {config.network} are leased")
 
@@ -345,7 +343,7 @@ class EtcdStore:
         """The lease ID of the node key's holder where its lease names `node_ip`; else None."""
         try:
             held = json.loads(held_raw)
-            payload = json.loads(self._get(SUBNETS + subnet_key(
+            payload = json.loads(self.get(SUBNETS + subnet_key(
                 ipaddress.IPv4Network(held["subnet"]))) or "{}")
             if payload.get("node") == node and payload.get("nodeIP") == node_ip:
                 return int(held["leaseID"])
@@ -358,7 +356,7 @@ class EtcdStore:
         return int(out.get("result", {}).get("TTL", 0)) > 0
 
     def release(self, held: Held) -> None:
-        self._post("/kv/lease/revoke", {"ID": held.lease_id})
+        self.revoke(held.lease_id)
 
     # -- peers ------------------------------------------------------------------------------
     def _parse(self, key: str, raw: str, config: NetworkConfig) -> Lease | None:

@@ -133,6 +133,11 @@ class NetworkConfig:
         return cls(network, subnet_len, dict(backend), network6, len6)
 
     @property
+    def networks(self) -> list[IPv4Network | IPv6Network]:
+        """The pod networks, one per family of the cluster (IPv4 first)."""
+        return [self.network] + ([self.network6] if self.network6 is not None else [])
+
+    @property
     def capacity(self) -> int:
         return 1 << (self.subnet_len - self.network.prefixlen)
 

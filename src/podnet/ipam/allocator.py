@@ -43,10 +43,10 @@ class Allocator:
         self.rset, self.index, self.store = rset, index, store
 
     def get(self, container_id: str, ifname: str, requested: IPAddress | None,
-            held: list[IPAddress] | None = None) -> tuple[IPAddress, Range]:
+            held: list[IPAddress]) -> tuple[IPAddress, Range]:
         """Reserve an address; the store must be locked. `held`: the attachment's addresses
-        in the store, where the caller read them already (one scan for every range set)."""
-        for ip in self.store.get_by_id(container_id, ifname) if held is None else held:
+        in the store (`Store.get_by_id`, read once for every range set)."""
+        for ip in held:
             if self.rset.range_for(ip) is not None:
                 raise CNIError(INVALID_NETWORK_CONFIG, f"{ip} has been allocated to "
                                f"{container_id}, duplicate allocation is not allowed")

@@ -202,9 +202,6 @@ class Lab:
     def etcd_args(self, node: NodeSpec | None = None) -> list[str]:
         """What a podnet command needs to reach the lab's etcd: as root where etcd has
         authentication on, or with `node`, as that node's own user."""
-        c = self.certs
-        tls = [] if c is None else ["--etcd-ca", c.ca, "--etcd-cert", c.client_cert,
-                                    "--etcd-key", c.client_key]
         auth: list[str] = []
         if self.topo.etcd_auth and node is None:
             auth = ["--etcd-user", "root", "--etcd-password-file", self.root_password]
@@ -213,24 +210,30 @@ class Lab:
 
             auth = ["--etcd-user", user_of(node.name), "--etcd-password-file",
                     self.node_password(node)]
-        return ["--etcd", self.topo.etcd_url, *tls, *auth]
+        return [*self._etcd_reach(), *auth]
 
-    def etcd_store(self, node: NodeSpec | None = None) -> EtcdStore:
-        """The lab's etcd as etcd_args() reach it; use it inside etcd's namespace."""
+    def _etcd_reach(self) -> list[str]:
+        """The URL and TLS files, without a user."""
+        c = self.certs
+        tls = [] if c is None else ["--etcd-ca", c.ca, "--etcd-cert", c.client_cert,
+                                    "--etcd-key", c.client_key]
+        return ["--etcd", self.topo.etcd_url, *tls]
+
+    def etcd_store(self, node: NodeSpec | None = None,
+                   authenticated: bool = True) -> EtcdStore:
+        """The lab's etcd opened as a command given etcd_args() opens it (without a user:
+        before authentication is on); use it inside etcd's namespace."""
+        import argparse
+
+        from podnet.datastore.args import add_args, from_args
         from podnet.datastore.etcd import EtcdStore
 
-        a = self.etcd_args(node)
-
-        def opt(flag: str) -> str | None:
-            return a[a.index(flag) + 1] if flag in a else None
-
-        password = None
-        if (path := opt("--etcd-password-file")) is not None:
-            with open(path) as fh:
-                password = fh.read().strip()
-        return EtcdStore(self.topo.etcd_url.split(","), ca_cert=opt("--etcd-ca"),
-                         cert=opt("--etcd-cert"), key=opt("--etcd-key"),
-                         user=opt("--etcd-user"), password=password)
+        parser = argparse.ArgumentParser()
+        add_args(parser)
+        store = from_args(parser.parse_args(
+            self.etcd_args(node) if authenticated else self._etcd_reach()))
+        assert isinstance(store, EtcdStore)
+        return store
 
     @property
     def root_password(self) -> str:
@@ -257,16 +260,10 @@ class Lab:
         """etcd's root user, with a password of the lab's, and authentication on."""
         import secrets
 
-        from podnet.datastore.etcd import EtcdStore
-
-        write_atomic(self.root_password, secrets.token_urlsafe(24) + "\n", 0o600)
-        with open(self.root_password) as fh:
-            password = fh.read().strip()
-        c = self.certs
+        password = secrets.token_urlsafe(24)
+        write_atomic(self.root_password, password + "\n", 0o600)
         with netns.entered(ns_path(self.prefix + "cp")):
-            urls = self.topo.etcd_url.split(",")
-            store = (EtcdStore(urls) if c is None else EtcdStore(
-                urls, ca_cert=c.ca, cert=c.client_cert, key=c.client_key))
+            store = self.etcd_store(authenticated=False)
             try:
                 store.enable_auth(password)
             finally:

@@ -81,6 +81,7 @@ class Rtnl:
             if rseq == seq and mtype == RTM_NEWLINK:
                 return _parse_link(buf, start, end)
         return None
+
     def create_veth(self, name: str, peer: str, peer_netns_fd: int, mtu: int | None,
                     master: int, peer_mac: str | None = None) -> None:
         """A veth pair: `name` here, enslaved to `master` and up; `peer` in the netns."""
@@ -131,7 +132,7 @@ class Rtnl:
         """The addresses on a link (one dump of RTM_GETADDR)."""
         out: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
         self.send(RTM_GETADDR, codec.F_REQUEST | codec.F_ROOT | codec.F_MATCH,
-                   IFADDR.pack(0, 0, 0, 0, index))
+                  IFADDR.pack(0, 0, 0, 0, index))
         for mtype, buf, start, end in codec.dump(self.sock):
             if mtype != RTM_NEWADDR:
                 continue
@@ -146,8 +147,7 @@ class Rtnl:
         addr = ipaddress.ip_interface(iface)
         family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
         body = IFADDR.pack(family, addr.network.prefixlen, 0, 0, index)
-        body += codec.attr(IFA_LOCAL, addr.ip.packed) + codec.attr(IFA_ADDRESS,
-                                                                     addr.ip.packed)
+        body += codec.attr(IFA_LOCAL, addr.ip.packed) + codec.attr(IFA_ADDRESS, addr.ip.packed)
         self.request(RTM_DELADDR, 0, body)
 
     def add_route(self, dst: str, gateway: str | None, oif: int) -> None:

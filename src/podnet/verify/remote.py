@@ -25,7 +25,7 @@ def families(store: EtcdStore) -> list[int]:
     if config is None:
         raise UserError("the cluster is not initialised",
                         "run `podnet cluster init` against this etcd first")
-    return [4, 6] if config.network6 is not None else [4]
+    return [network.version for network in config.networks]
 
 
 def endpoints(store: EtcdStore, family: int = 4) -> tuple[list[Endpoint], list[str]]:
