@@ -5,5 +5,6 @@ from __future__ import annotations
 
 # In front of the inner IP packet: outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14.
 VXLAN_OVERHEAD = 50
+VXLAN6_OVERHEAD = 70  # over an IPv6 underlay: the outer IPv6 header is 20 bytes longer
 VXLAN_FLAG_VNI = 0x08  # the I flag, the header's first byte; the other 3 bytes reserved
 VXLAN_PORT = 8472  # the Linux default, flannel's; IANA's is 4789

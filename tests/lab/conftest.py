@@ -28,7 +28,7 @@ def make_lab() -> Iterator[MakeLab]:
     def make(backend: str = "vxlan", nodes: int = 3, pods: int = 2, underlay: str = "switch",
              reconcile: float = 2.0, gateway_mode: str = "bgp", fast_path: bool = True,
              agent_image: str = "", etcd_members: int = 1, etcd_auth: bool = False,
-             ip_family: str = "ipv4") -> Lab:
+             ip_family: str = "ipv4", underlay_family: str = "ipv4") -> Lab:
         name = f"t{uuid.uuid4().hex[:6]}"
         made.append(name)
         topo = Topology.make(name, backend, nodes, pods, underlay)
@@ -40,6 +40,7 @@ def make_lab() -> Iterator[MakeLab]:
         topo.etcd_members = etcd_members
         topo.etcd_auth = etcd_auth
         topo.ip_family = ip_family
+        topo.underlay_family = underlay_family
         lab = Lab(topo)
         lab.up()
         return lab

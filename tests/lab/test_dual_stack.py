@@ -1,5 +1,6 @@
-"""Dual-stack clusters over the IPv4 underlay: every pod has an address of each family, and
-every ordered pair connects without NAT in both, on host-gw and vxlan, with the fast path."""
+"""Dual-stack clusters over the IPv4 and the IPv6 underlay: every pod has an address of each
+family, and every ordered pair connects without NAT in both, on l2, host-gw and vxlan, with the
+fast path."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def test_every_pair_connects_in_both_families(make_lab: MakeLab, backend: str) -
     assert f"{node2_v6} via {gw} dev {device} metric 1024 onlink" in routes6, routes6
     # A unique local IPv6 network is masqueraded off-cluster, never between pods.
     table = sh(lab, "node1", "nft", "list", "table", "ip6", "podnet")
-    assert ("ip6 saddr fd00:10:244::/56 ip6 daddr != fd00:10:244::/56 masquerade" in table
+    assert ("ip6 saddr fd00:10:244::/56 ip6 daddr != fd00:10:244::/56 ip6 daddr != @nodes "
+            "masquerade" in table
             and "ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244::/56 notrack" in table), table
     assert f"{gw} dev {device} lladdr" in neigh6 and (mac is None or mac in neigh6), neigh6
     for family in (4, 6):
@@ -173,3 +175,63 @@ def test_l2_one_domain_in_both_families(make_lab: MakeLab) -> None:
     for family in (4, 6):
         report = verify(lab, family)
         assert report.ok, (family, failures(report))
+
+
+def _forwarded(lab: Lab, node: str, pod: str, dst: str) -> int:
+    """Datagrams `node`'s stack forwarded (either family) while `pod` pinged `dst` 20 times."""
+    def count() -> int:
+        out = sh(lab, node, "nstat", "-a", "-z", "IpForwDatagrams", "Ip6OutForwDatagrams")
+        return sum(int(line.split()[1]) for line in out.splitlines()[1:] if line.strip())
+
+    before = count()
+    ns = next(p.netns(lab.topo.name) for p in lab.topo.pods if p.name == pod)
+    subprocess.run(["nsenter", f"--net={ns_path(ns)}", "ping", "-c", "20", "-i", "0.01", "-q",
+                    dst], capture_output=True, check=True)
+    return count() - before
+
+
+@pytest.mark.parametrize("backend", ["l2", "host-gw", "vxlan"])
+def test_both_families_over_an_ipv6_underlay(make_lab: MakeLab, backend: str) -> None:
+    """The nodes and etcd have IPv6 addresses only: IPv4 pods ride it as well as IPv6 ones."""
+    lab = make_lab(backend, nodes=2, pods=2, ip_family="dual", underlay_family="ipv6")
+    node2 = lab.topo.node("node2")
+    node2_ip = lab.topo.node_ip(node2)
+    assert ":" in node2_ip and ":" in lab.topo.etcd_ip
+    assert sh(lab, "node1", "ip", "-4", "addr", "show", "scope", "global",
+              "dev", "eth0") == ""
+    v4, v6 = subnets(lab, "node2")
+    routes4 = sh(lab, "node1", "ip", "route", "show", "proto", "88")
+    routes6 = sh(lab, "node1", "ip", "-6", "route", "show", "proto", "88")
+    mtu = lab.conflist(lab.topo.nodes[0])["plugins"][0]["mtu"]
+    if backend == "host-gw":  # IPv4 via an IPv6 next hop (RFC 5549), IPv6 as usual
+        assert f"{v4} via inet6 {node2_ip} dev eth0" in routes4, routes4
+        assert f"{v6} via {node2_ip} dev eth0" in routes6, routes6
+        assert mtu == 1500
+    elif backend == "vxlan":  # one device, its tunnel over IPv6: 20 bytes more than over IPv4
+        details = sh(lab, "node1", "ip", "-d", "link", "show", "podnet.1")
+        assert f"local {lab.topo.node_ip(lab.topo.node('node1'))} dev eth0" in details
+        assert f"dst {node2_ip} self permanent" in sh(lab, "node1", "bridge", "fdb", "show",
+                                                     "dev", "podnet.1")
+        assert mtu == 1500 - 70
+        table = sh(lab, "node1", "nft", "list", "table", "ip6", "podnet")
+        assert "udp dport 8472 ip6 saddr != @nodes" in table, table
+    else:  # the node bridge took the underlay's IPv6 address
+        assert "fd00:192:168:100::b/64" in sh(lab, "node1", "ip", "-6", "addr", "show",
+                                              "dev", "podnet-br")
+        assert routes4 == routes6 == ""
+    for family in (4, 6):
+        report = verify(lab, family)
+        assert report.ok, (family, failures(report))
+    if backend == "host-gw":
+        # The fast path carries IPv4 pods via the IPv6 next hop: the stack forwards none.
+        dst = next(p for p in lab.topo.pods if p.node == "node2")
+        assert _forwarded(lab, "node1", "node1-p1", dst.ip) == 0
+        assert _forwarded(lab, "node1", "node1-p1", dst.ips[1]) == 40  # normal path: IPv6
+
+
+def test_ipv4_pods_over_an_ipv6_underlay(make_lab: MakeLab) -> None:
+    lab = make_lab("vxlan", nodes=2, pods=1, underlay_family="ipv6")
+    assert all(":" not in p.ip and len(p.ips) == 1 for p in lab.topo.pods)
+    report = verify(lab, 4)
+    assert report.ok, failures(report)
+    assert lab.conflist(lab.topo.nodes[0])["plugins"][0]["mtu"] == 1430

@@ -148,7 +148,7 @@ def test_bad_options_refused_by_the_parser(capsys: pytest.CaptureFixture[str], a
     (["agent", "--node-name", "n1", "--metrics", "banana"], "not HOST:PORT"),
     (["agent", "--node-name", "n1", "--metrics", "127.0.0.1:70000"], "not HOST:PORT"),
     (["agent", "--node-name", "n1", "--metrics", "example.com:80"], "not an IP address"),
-    (["agent", "--node-name", "n1", "--node-ip", "10.0.0.300"], "not an IPv4 address"),
+    (["agent", "--node-name", "n1", "--node-ip", "10.0.0.300"], "not an IP address"),
     (["agent", "--node-name", "n1", "--iface", "a/b"], "not an interface name"),
     (["agent", "--node-name", "n1", "--state-dir", "state"], "not an absolute path"),
     (["agent", "--node-name", "n1", "--cni-socket", "/" + "s" * 120], "longer than 107"),

@@ -50,7 +50,10 @@ CONF = NetworkConfig.make("10.244.0.0/16", 24, {"type": "vxlan"})
     (json.dumps({"subnet": "10.244.1.0/24x", "node": "n", "nodeIP": "1.2.3.4"}), "valid"),
     (json.dumps({"subnet": "10.244.1.1/24", "node": "n", "nodeIP": "1.2.3.4"}), "not a /24"),
     (json.dumps({"subnet": "fd00::/24", "node": "n", "nodeIP": "1.2.3.4"}), "IPv4"),
-    (json.dumps({"subnet": "10.244.1.0/24", "node": "n", "nodeIP": "fd00::1"}), "IPv4"),
+    (json.dumps({"subnet": "10.244.1.0/24", "node": "n", "nodeIP": "fe80::1"}), "unicast"),
+    (json.dumps({"subnet": "10.244.1.0/24", "node": "n", "nodeIP": "2001:db8::1"}),
+     "reserved"),
+    (json.dumps({"subnet": "10.244.1.0/24", "node": "n", "nodeIP": "fd00::1:2::"}), "valid"),
 ])
 def test_hostile_lease_refused(payload: str, msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):
@@ -165,6 +168,43 @@ def test_bad_dual_stack_configs(cidr6: str, len6: int | None, backend: str,
                                 message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         NetworkConfig.make("10.244.0.0/16", None, {"type": backend}, cidr6, len6)
+
+
+def test_nodes_at_ipv6_addresses() -> None:
+    """Over an IPv6 underlay a lease holds the node's IPv6 address; a node sends from it in
+    IPv6 and from its pod gateway in IPv4. Backends that need an IPv4 underlay refuse it."""
+    conf = NetworkConfig.make("10.244.0.0/16", None, {"type": "host-gw"}, "fd00:10:244::/56")
+    subnet = ipaddress.IPv4Network("10.244.7.0/24")
+    lease = Lease.make(conf, subnet, "n1", ipaddress.IPv6Address("fd00:192:168:100::7"), {})
+    back = Lease.from_json(lease.to_json(), conf)
+    assert back == lease and back.node_ip.version == 6
+    assert (str(back.address(4)), str(back.address(6))) == ("10.244.7.1",
+                                                            "fd00:192:168:100::7")
+    v4 = Lease.make(conf, subnet, "n1", ipaddress.IPv4Address("192.168.1.7"), {})
+    assert (str(v4.address(4)), str(v4.address(6))) == ("192.168.1.7", "fd00:10:244:7::1")
+    for backend in ("gateway", "gre"):
+        other = NetworkConfig.make("10.244.0.0/16", None, {"type": backend})
+        with pytest.raises(ConfigError, match="IPv4 underlay only"):
+            Lease.from_json(lease.to_json(), other)
+    with pytest.raises(ConfigError, match="inside the pod network"):
+        Lease.from_json(json.dumps({**json.loads(lease.to_json()),
+                                    "nodeIP": "fd00:10:244:9::1"}), conf)
+
+
+def test_lab_underlay_families() -> None:
+    topo = Topology.make("lab6", "vxlan", nodes=2, pods_per_node=0)
+    topo.underlay_family = "ipv6"
+    topo.check()
+    assert topo.node_ip(topo.nodes[1]) == "fd00:192:168:100::c"
+    assert topo.etcd_url == "http://[fd00:192:168:100::2]:2379"
+    assert Topology.from_dict(topo.to_dict()).underlay_family == "ipv6"
+    for backend, underlay, message in (("gre", "switch", "IPv4 underlay only"),
+                                       ("gateway", "routed", "IPv4 underlay only"),
+                                       ("host-gw", "routed", "router is IPv4 only")):
+        bad = Topology.make("lab7", backend, nodes=1, pods_per_node=0, underlay=underlay)
+        bad.underlay_family = "ipv6"
+        with pytest.raises(ValueError, match=message):
+            bad.check()
 
 
 def test_ipv6_masquerade_is_a_flag_of_every_backend() -> None:

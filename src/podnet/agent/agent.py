@@ -33,6 +33,7 @@ from podnet.datastore.model import (
     Lease,
     NetworkConfig,
     NewerFormat,
+    NodeIP,
     node_ip_problem,
 )
 from podnet.errors import UserError
@@ -132,9 +133,9 @@ class Agent:
         self._start_loops(revision)
         threading.Thread(target=self._renew_loop, name="renew", daemon=True).start()
         threading.Thread(target=self._pods_loop, name="pods", daemon=True).start()
-        self._start_responder(str(node.ip))
+        self._start_responder()
 
-    def _start_responder(self, node_ip: str) -> None:
+    def _start_responder(self) -> None:
         """Answer `podnet verify --etcd` (a file store has no one to ask)."""
         from podnet.datastore.etcd import EtcdStore
         from podnet.verify.responder import Local, Responder
@@ -142,9 +143,9 @@ class Agent:
         if isinstance(self.store, EtcdStore):
             assert self.backend is not None
             assert self.held is not None
-            subnet6 = self.held.lease.subnet6
-            local = Local(self.opts.node_name, node_ip,
-                          None if subnet6 is None else str(subnet6.network_address + 1),
+            lease = self.held.lease
+            local = Local(self.opts.node_name,
+                          {s.version: str(lease.address(s.version)) for s in lease.subnets},
                           self.opts.pod_records, self.backend.pod_mtu(), self.lacks,
                           self._lease_id)
             Responder(self.store, local, self.stopping).start()
@@ -268,11 +269,11 @@ class Agent:
                        f"s, longer than the lease TTL ({self.opts.ttl} s)")
         return out
 
-    def _firewall(self, node_ips: list[ipaddress.IPv4Address]) -> None:
+    def _firewall(self, node_ips: list[NodeIP]) -> None:
         """The agent's tables, for the cluster's networks and these nodes."""
         assert self.config is not None and self.backend is not None
-        firewall.apply(self.config.network, node_ips, self.backend.tunnel_match(),
-                       self.config.network6, self.config.backend.get("ipv6Masquerade"))
+        firewall.apply(self.config.networks, node_ips, self.backend.node.ip.version,
+                       self.backend.tunnel_match(), self.config.backend.get("ipv6Masquerade"))
 
     def _store_state(self, up: bool) -> None:
         self.store_up = up

@@ -8,48 +8,66 @@ import socket
 from pyroute2 import IPRoute
 
 from podnet.backends.base import NodeInfo
+from podnet.datastore.model import NodeIP
 from podnet.netlink import links
 
 
 def detect(name: str, iface: str | None, node_ip: str | None) -> NodeInfo:
-    """From --node-ip, else --iface's first IPv4 address, else the default route's interface."""
+    """From --node-ip, else --iface's first address, else the default route's interface's.
+
+    The first address is an IPv4 one where the interface has one, else its first global IPv6
+    one: an IPv6-only underlay gives the node an IPv6 address, and a link-local one cannot be
+    reached from other links."""
     ipr = IPRoute(groups=0)
     try:
         if node_ip:
-            ip = ipaddress.IPv4Address(node_ip)
-            for msg in ipr.get_addr(family=socket.AF_INET):
-                if msg.get_attr("IFA_ADDRESS") == str(ip):
+            ip = ipaddress.ip_address(node_ip)
+            family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+            for msg in ipr.get_addr(family=family):
+                if ipaddress.ip_address(msg.get_attr("IFA_ADDRESS")) == ip:
                     return _info(ipr, name, ip, int(msg["index"]))
             raise ValueError(f"no interface holds the node IP {ip}")
         if iface is None:
-            defaults = [r for r in ipr.get_routes(family=socket.AF_INET, table=254)
-                        if r["dst_len"] == 0 and r.get_attr("RTA_OIF")]
-            if not defaults:
-                raise ValueError("no default route to find the node's interface; give --iface "
-                                 "or --node-ip")
-            index = int(defaults[0].get_attr("RTA_OIF"))
+            index = _default_route_link(ipr)
         else:
             found = links.index_of(ipr, iface)
             if found is None:
                 raise ValueError(f"interface {iface} does not exist")
             index = found
-        addrs = [a for a in links.addresses(ipr, index) if a.version == 4]
+        addr = _first_address(ipr, index)
         master = links.link(ipr, index).get_attr("IFLA_MASTER")
-        if not addrs and master:
+        if addr is None and master:
             # A port of a bridge that took over its addresses (the l2 backend's node bridge).
             index = int(master)
-            addrs = [a for a in links.addresses(ipr, index) if a.version == 4]
-        if not addrs:
-            raise ValueError(f"interface #{index} has no IPv4 address")
-        return _info(ipr, name, ipaddress.IPv4Address(addrs[0].ip), index)
+            addr = _first_address(ipr, index)
+        if addr is None:
+            raise ValueError(f"interface #{index} has no IPv4 or global IPv6 address")
+        return _info(ipr, name, addr, index)
     finally:
         ipr.close()
+
+
+def _default_route_link(ipr: IPRoute) -> int:
+    """The interface of the default route: IPv4's, else IPv6's (an IPv6-only underlay)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for r in ipr.get_routes(family=family, table=254):
+            if r["dst_len"] == 0 and r.get_attr("RTA_OIF"):
+                return int(r.get_attr("RTA_OIF"))
+    raise ValueError("no default route to find the node's interface; give --iface or "
+                     "--node-ip")
+
+
+def _first_address(ipr: IPRoute, index: int) -> NodeIP | None:
+    addrs = links.addresses(ipr, index)
+    v4 = [a.ip for a in addrs if a.version == 4]
+    v6 = [a.ip for a in addrs if a.version == 6 and not a.ip.is_link_local]
+    return (v4 or v6 or [None])[0]
 
 
 ETH_MAX_MTU = 65535  # a bridge's or veth's largest MTU (lo has 65536)
 
 
-def _info(ipr: IPRoute, name: str, ip: ipaddress.IPv4Address, index: int) -> NodeInfo:
+def _info(ipr: IPRoute, name: str, ip: NodeIP, index: int) -> NodeInfo:
     msg = links.link(ipr, index)
     return NodeInfo(name=name, ip=ip, iface=str(msg.get_attr("IFLA_IFNAME")), iface_index=index,
                     mtu=min(int(msg.get_attr("IFLA_MTU")), ETH_MAX_MTU))

@@ -44,9 +44,9 @@ class AgentOptions:
                             "give the name of the underlay interface, e.g. eth0")
         if self.node_ip is not None:
             try:
-                ipaddress.IPv4Address(self.node_ip)
+                ipaddress.ip_address(self.node_ip)
             except ValueError:
-                raise UserError(f"--node-ip {self.node_ip!r} is not an IPv4 address",
+                raise UserError(f"--node-ip {self.node_ip!r} is not an IP address",
                                 "give the node's address on the underlay") from None
         for flag, path in (("--cni-conf-dir", self.cni_conf_dir),
                            ("--state-dir", self.state_dir),

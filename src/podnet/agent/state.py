@@ -31,7 +31,7 @@ class NodeState:
         if not self.subnet:
             return None
         lease = Lease(ipaddress.IPv4Network(self.subnet), node,
-                      ipaddress.IPv4Address(self.node_ip or "0.0.0.0"))
+                      ipaddress.ip_address(self.node_ip or "0.0.0.0"))
         return Held(lease, self.lease_id, 0)
 
 

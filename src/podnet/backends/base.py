@@ -17,7 +17,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from podnet.datastore.model import Lease, NetworkConfig
+from podnet.datastore.model import Lease, NetworkConfig, NodeIP
 from podnet.fastpath.program import Encap
 from podnet.netlink import batch, links, rtmsg
 from podnet.netlink.constants import (
@@ -93,7 +93,7 @@ class FastPathSpec:
 @dataclass
 class NodeInfo:
     name: str
-    ip: ipaddress.IPv4Address
+    ip: NodeIP  # the underlay's family: IPv4, or IPv6 over an IPv6 underlay
     iface: str  # the underlay interface
     iface_index: int
     mtu: int  # the underlay MTU
@@ -113,7 +113,8 @@ class Backend(ABC):
         self.own: Lease | None = None
         self._entries: dict[str, frozenset[Entry]] = {}  # by peer node name
         self._lock = threading.Lock()
-        self._connected: list[tuple[ipaddress.IPv4Network, int]] | None = None
+        self._connected: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
+                                    int]] | None = None
 
     @classmethod  # noqa: B027  (an optional hook, not abstract)
     def cleanup(cls, ipr: IPRoute, state_dir: str) -> None:
@@ -224,7 +225,7 @@ class Backend(ABC):
     def routes_programmed(self) -> int:
         return sum(1 for es in self._entries.values() for e in es if isinstance(e, Route))
 
-    def connected_link(self, ip: ipaddress.IPv4Address) -> int | None:
+    def connected_link(self, ip: NodeIP) -> int | None:
         """The interface whose directly connected subnet holds `ip`, or None (not on-link).
 
         One address dump per sync, shared by every peer, rather than one per peer.
@@ -233,12 +234,13 @@ class Backend(ABC):
             ipr = IPRoute(groups=0)
             try:
                 self._connected = [
-                    (ipaddress.IPv4Network(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}",
-                                           strict=False), int(m["index"]))
-                    for m in ipr.get_addr(family=socket.AF_INET)]
+                    (ipaddress.ip_network(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}",
+                                          strict=False), int(m["index"]))
+                    for m in ipr.get_addr()]
             finally:
                 ipr.close()
-        return next((index for net, index in self._connected if ip in net), None)
+        return next((index for net, index in self._connected
+                     if net.version == ip.version and ip in net), None)
 
     def sync(self, peers: list[Lease]) -> int:
         """Make the kernel hold exactly the peers' entries; returns how many were repaired."""

@@ -1,6 +1,6 @@
-"""host-gw: every node routes each peer's pod subnets via the peer's node IP (IPv6 ones through
-a neighbour entry for the peer's node MAC, see routed_via_node). Peers must share an
-L2 segment with the node; one that does not is refused (logged, left unprogrammed)."""
+"""host-gw: every node routes each peer's pod subnets via the peer's node IP, whichever family
+each (see routed_via_node). Peers must share an L2 segment with the node; one that does not is
+refused (logged, left unprogrammed)."""
 
 from __future__ import annotations
 
@@ -49,16 +49,23 @@ class HostGwBackend(Backend):
 
 
 def routed_via_node(peer: Lease, oif: int) -> frozenset[Entry]:
-    """Each of the peer's pod subnets via the peer's node, on `oif`. An IPv6 subnet goes
-    on-link via its own network address, which a permanent neighbour entry resolves to the
-    peer's node MAC (published in its lease): dual-stack pods need no IPv6 underlay, and
-    Linux refuses an IPv6 route via an IPv4 gateway ("IPv6 does not support RTA_VIA")."""
+    """Each of the peer's pod subnets via the peer's node, on `oif`.
+
+    The IPv4 subnet goes via the node's address of either family (an IPv6 one as RTA_VIA,
+    RFC 5549: IPv4 pods need no IPv4 underlay). Linux refuses the converse ("IPv6 does not
+    support RTA_VIA"), so over an IPv4 underlay an IPv6 subnet goes on-link via its own network
+    address, which a permanent neighbour entry resolves to the peer's node MAC (published in
+    its lease): dual-stack pods need no IPv6 underlay either."""
     out: set[Entry] = {Route(str(peer.subnet), str(peer.node_ip), oif)}
     mac = peer.attrs.get("nodeMAC")
-    if peer.subnet6 is not None and isinstance(mac, str):
+    if peer.subnet6 is None:
+        pass
+    elif peer.node_ip.version == 6:
+        out.add(Route(str(peer.subnet6), str(peer.node_ip), oif))
+    elif isinstance(mac, str):
         gw = str(peer.subnet6.network_address)
         out |= {Neigh(gw, mac, oif), Route(str(peer.subnet6), gw, oif, onlink=True)}
-    elif peer.subnet6 is not None:
+    else:
         log.error("peer %s publishes no node MAC: its IPv6 pods %s cannot be routed (upgrade "
                   "its agent)", peer.node, peer.subnet6)
     return frozenset(out)

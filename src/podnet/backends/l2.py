@@ -28,20 +28,23 @@ VETH_NODE_SIDE = "podnet-l2b"  # on the node bridge
 
 
 def move_addresses(ipr: IPRoute, src: int, dst: int) -> None:
-    """Move IPv4 addresses and the routes through them from one link to another.
+    """Move the addresses (IPv4, and IPv6 but link-local ones, which each link makes its
+    own) and the routes through them from one link to another.
 
     The new place gets them first, so the node is never without its address; routes through
     the old link (a default route, say) are re-made through the new one.
     """
-    addrs = [a for a in links.addresses(ipr, src) if a.version == 4]
-    moved = [r for r in ipr.get_routes(family=socket.AF_INET, table=254, oif=src)
+    addrs = [a for a in links.addresses(ipr, src) if not a.ip.is_link_local]
+    moved = [r for family in (socket.AF_INET, socket.AF_INET6)
+             for r in ipr.get_routes(family=family, table=254, oif=src)
              if r.get_attr("RTA_OIF") == src and r.get_attr("RTA_GATEWAY")]
     for addr in addrs:
         links.add_address(ipr, dst, str(addr))
     for addr in addrs:
         links.del_address(ipr, src, str(addr))
     for r in moved:
-        dst_net = f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}"
+        anywhere = "0.0.0.0" if r["family"] == socket.AF_INET else "::"
+        dst_net = f"{r.get_attr('RTA_DST') or anywhere}/{r['dst_len']}"
         links.add_route(ipr, dst_net, r.get_attr("RTA_GATEWAY"), dst)
 
 

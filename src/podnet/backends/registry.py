@@ -49,6 +49,8 @@ class Spec:
     # The nodes' default gateway routes the pod subnets (the lab builds a router for it).
     routed_by_gateway: bool = False
     dual_stack: bool = False  # carries IPv6 pods beside IPv4 ones
+    # Runs over an IPv6 underlay (nodes reached at IPv6 addresses), carrying both families.
+    ipv6_underlay: bool = False
 
     def backend_class(self) -> type[Backend]:
         cls: type[Backend] = getattr(importlib.import_module(f"podnet.backends.{self.module}"),
@@ -58,15 +60,16 @@ class Spec:
 
 _COMMON: dict[str, Check] = {"fastPath": _flag, "ipv6Masquerade": _flag}
 SPECS: dict[str, Spec] = {s.name: s for s in (
-    Spec("l2", "l2", "L2Backend", _COMMON, dual_stack=True),
-    Spec("host-gw", "hostgw", "HostGwBackend", _COMMON, dual_stack=True),
+    Spec("l2", "l2", "L2Backend", _COMMON, dual_stack=True, ipv6_underlay=True),
+    Spec("host-gw", "hostgw", "HostGwBackend", _COMMON, dual_stack=True, ipv6_underlay=True),
     Spec("gateway", "gateway", "GatewayBackend",
          {**_COMMON, "mode": _one_of("bgp", "static"), "router": _ipv4,
           "routerAS": _int_in(1, 4294967295), "nodeAS": _int_in(1, 4294967295)},
          routed_by_gateway=True),
     Spec("vxlan", "vxlan", "VxlanBackend",
          {**_COMMON, "vni": _int_in(1, 16777215), "port": _int_in(1, 65535),
-          "directRouting": _flag, "txChecksumOffload": _flag}, dual_stack=True),
+          "directRouting": _flag, "txChecksumOffload": _flag}, dual_stack=True,
+         ipv6_underlay=True),
     Spec("gre", "gre", "GreBackend", _COMMON),
 )}
 NAMES = tuple(SPECS)

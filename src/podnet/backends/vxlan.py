@@ -18,7 +18,7 @@ from podnet.backends.tunnel import TunnelBackend
 from podnet.datastore.model import Lease
 from podnet.fastpath.program import Encap
 from podnet.netlink import links
-from podnet.wire import VXLAN_OVERHEAD, VXLAN_PORT
+from podnet.wire import VXLAN6_OVERHEAD, VXLAN_OVERHEAD, VXLAN_PORT
 
 DEFAULT_VNI = 1
 
@@ -64,7 +64,7 @@ class VxlanBackend(TunnelBackend):
                                             platform.release())
 
     def pod_mtu(self) -> int:
-        return self.node.mtu - VXLAN_OVERHEAD
+        return self.node.mtu - (VXLAN_OVERHEAD if self.node.ip.version == 4 else VXLAN6_OVERHEAD)
 
     def setup(self) -> dict[str, Any]:
         self.ensure_device()
@@ -77,7 +77,9 @@ class VxlanBackend(TunnelBackend):
             [self.node.iface_index] if self.direct and self.config.network6 else [])
 
     def device_spec(self) -> dict[str, Any]:
-        return {"kind": self.device_kind, "vxlan_id": self.vni, "vxlan_local": str(self.node.ip),
+        # The device's underlay family is its local address's: peers' FDB entries are of it.
+        local = "vxlan_local" if self.node.ip.version == 4 else "vxlan_local6"
+        return {"kind": self.device_kind, "vxlan_id": self.vni, local: str(self.node.ip),
                 "vxlan_port": self.port, "vxlan_link": self.node.iface_index,
                 "vxlan_learning": 0, "vxlan_udp_csum": 0, "address": self.mac}
 
@@ -86,7 +88,8 @@ class VxlanBackend(TunnelBackend):
         return (links.kind_of(msg) == self.device_kind and data is not None
                 and data.get_attr("IFLA_VXLAN_ID") == self.vni
                 and data.get_attr("IFLA_VXLAN_PORT") == self.port
-                and data.get_attr("IFLA_VXLAN_LOCAL") == str(self.node.ip)
+                and data.get_attr("IFLA_VXLAN_LOCAL" if self.node.ip.version == 4
+                                  else "IFLA_VXLAN_LOCAL6") == str(self.node.ip)
                 and links.mac_of(msg) == self.mac)
 
     def tunnel_match(self) -> str | None:
@@ -94,9 +97,10 @@ class VxlanBackend(TunnelBackend):
 
     def fast_path(self) -> FastPathSpec:
         # Offload off is a workaround for checksum bugs of the underlay's path; the program's
-        # packets would meet them as the device's did, so they stay with the device.
+        # packets would meet them as the device's did, so they stay with the device. The
+        # program writes outer IPv4 headers only: over an IPv6 underlay the device encapsulates.
         encap = (Encap(self.vni, self.port, self.node.ip, self.mac, self.config.subnet_len)
-                 if self.tx_offload else None)
+                 if self.tx_offload and self.node.ip.version == 4 else None)
         return replace(super().fast_path(), encap=encap)
 
     def fast_path_tunnel(self, peer: Lease) -> tuple[ipaddress.IPv4Address, str] | None:
@@ -104,7 +108,9 @@ class VxlanBackend(TunnelBackend):
         with self._lock:
             entries = self._entries.get(peer.node, frozenset())
         fdb = next((e for e in entries if isinstance(e, Fdb)), None)
-        return None if fdb is None else (ipaddress.IPv4Address(fdb.dst), fdb.lladdr)
+        if fdb is None or ":" in fdb.dst:  # none, or an IPv6 underlay's (the device's)
+            return None
+        return ipaddress.IPv4Address(fdb.dst), fdb.lladdr
 
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         if self.direct and self.connected_link(peer.node_ip) == self.node.iface_index:

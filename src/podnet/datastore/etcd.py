@@ -253,7 +253,7 @@ class EtcdStore:
             # refresh the payload.
             if mine.get("leaseID") == prefer.lease_id and self.renew(prefer):
                 lease = Lease.make(config, prefer.lease.subnet, node,
-                                   ipaddress.IPv4Address(node_ip), dict(attrs))
+                                   ipaddress.ip_address(node_ip), dict(attrs))
                 held = Held(lease, prefer.lease_id, ttl)
                 self._put_both(held, node, compare_absent=False)
                 return held
@@ -293,7 +293,7 @@ class EtcdStore:
         else:
             random.shuffle(free)  # concurrent joiners rarely collide
         for subnet in free:
-            lease = Lease.make(config, subnet, node, ipaddress.IPv4Address(node_ip), dict(attrs))
+            lease = Lease.make(config, subnet, node, ipaddress.ip_address(node_ip), dict(attrs))
             held = Held(lease, lease_id, ttl)
             if self._put_both(held, node, compare_absent=True):
                 return held

@@ -63,14 +63,14 @@ class FileStore:
             for key, raw in leases.items():
                 lease = Lease.from_json(raw, config)
                 if lease.node == node:
-                    fresh = Lease.make(config, lease.subnet, node, ipaddress.IPv4Address(node_ip),
+                    fresh = Lease.make(config, lease.subnet, node, ipaddress.ip_address(node_ip),
                                        dict(attrs))
                     leases[key] = fresh.to_json()
                     self._write("leases.json", json.dumps(leases))
                     return Held(fresh, 0, ttl)
             for subnet in config.subnets():
                 if subnet_key(subnet) not in leases:
-                    lease = Lease.make(config, subnet, node, ipaddress.IPv4Address(node_ip),
+                    lease = Lease.make(config, subnet, node, ipaddress.ip_address(node_ip),
                                        dict(attrs))
                     leases[subnet_key(subnet)] = lease.to_json()
                     self._write("leases.json", json.dumps(leases))

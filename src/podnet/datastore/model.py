@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 IPv4Network = ipaddress.IPv4Network
 IPv6Network = ipaddress.IPv6Network
+# A node's underlay address: IPv4, or IPv6 over an IPv6 underlay.
+NodeIP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Ranges a pod network must not overlap: they mean something else to every host.
 RESERVED = tuple(ipaddress.IPv4Network(n) for n in (
@@ -69,15 +71,21 @@ def node_name_problem(name: object) -> str | None:
     return None
 
 
-def node_ip_problem(ip: ipaddress.IPv4Address, config: NetworkConfig) -> str | None:
+def node_ip_problem(ip: NodeIP, config: NetworkConfig) -> str | None:
     """Why `ip` cannot be a node's address in this cluster, or None."""
-    if ip in config.network and config.backend_type != "l2":
-        return f"node IP {ip} lies inside the pod network {config.network}"
+    from podnet.backends.registry import SPECS
+
+    for network in config.networks:
+        if network.version == ip.version and ip in network and config.backend_type != "l2":
+            return f"node IP {ip} lies inside the pod network {network}"
     if ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local:
         return f"node IP {ip} is not a unicast host address"
-    for reserved in RESERVED:
+    for reserved in RESERVED if ip.version == 4 else RESERVED6:
         if ip in reserved:
             return f"node IP {ip} lies in the reserved range {reserved}"
+    if ip.version == 6 and not SPECS[config.backend_type].ipv6_underlay:
+        return (f"node IP {ip} is IPv6, and the {config.backend_type} backend runs over an "
+                "IPv4 underlay only (give the node's IPv4 address with --node-ip)")
     return None
 
 
@@ -213,13 +221,13 @@ class Lease:
 
     subnet: IPv4Network
     node: str
-    node_ip: ipaddress.IPv4Address
+    node_ip: NodeIP  # the address peers reach the node at, of the underlay's family
     attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     subnet6: IPv6Network | None = None  # dual-stack: config.subnet6_for(subnet)
 
     @classmethod
     def make(cls, config: NetworkConfig, subnet: IPv4Network, node: str,
-             node_ip: ipaddress.IPv4Address, attrs: dict[str, Any]) -> Lease:
+             node_ip: NodeIP, attrs: dict[str, Any]) -> Lease:
         """A lease of `subnet`, with the IPv6 subnet that goes with it in this cluster."""
         return cls(subnet, node, node_ip, attrs, config.subnet6_for(subnet))
 
@@ -227,6 +235,14 @@ class Lease:
     def subnets(self) -> list[ipaddress.IPv4Network | IPv6Network]:
         """The node's pod subnets, one per family of the cluster."""
         return [self.subnet] + ([self.subnet6] if self.subnet6 is not None else [])
+
+    def address(self, family: int) -> NodeIP | None:
+        """The node's address of `family` (4 or 6), as a sender: its node IP where that is of
+        the family, else its pod bridge's gateway of it (where the underlay has none)."""
+        if self.node_ip.version == family:
+            return self.node_ip
+        subnet = next((s for s in self.subnets if s.version == family), None)
+        return None if subnet is None else subnet.network_address + 1
 
     def to_json(self) -> str:
         obj = {"subnet": str(self.subnet), "node": self.node, "nodeIP": str(self.node_ip),
@@ -247,11 +263,13 @@ class Lease:
             addr, slash, plen = str(obj["subnet"]).partition("/")
             prefix = int(plen) if slash else -1
             net = _ipv4_int(addr)
-            ip = _ipv4_int(str(obj["nodeIP"]))
+            raw_ip = str(obj["nodeIP"])
+            node_ip: NodeIP = (ipaddress.IPv6Address(raw_ip) if ":" in raw_ip
+                               else ipaddress.IPv4Address(_ipv4_int(raw_ip)))
             node = obj["node"]
             attrs = obj.get("attrs", {})
         except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"lease payload is not valid (IPv4 expected): {exc}") from None
+            raise ConfigError(f"lease payload is not valid: {exc}") from None
         if (problem := node_name_problem(node)) is not None:
             raise ConfigError(f"lease has no valid node name: {problem}")
         if not isinstance(attrs, dict):
@@ -262,7 +280,6 @@ class Lease:
             raise ConfigError(f"lease subnet {obj['subnet']} is not a /{config.subnet_len} of "
                               f"{config.network}")
         subnet = IPv4Network((net, prefix))
-        node_ip = ipaddress.IPv4Address(ip)
         if (problem := node_ip_problem(node_ip, config)) is not None:
             raise ConfigError(f"lease {problem}")
         subnet6 = config.subnet6_for(subnet)

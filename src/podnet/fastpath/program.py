@@ -401,9 +401,13 @@ def _route_out(p: Program, bridge: int) -> None:
     p.mov_imm(R1, 0)
     for off in range(NH, FIB, 8):
         p.store(8, R10, off, R1)
-    p.store_imm(4, R10, NH, socket.AF_INET)
-    p.load(4, R2, R10, FIB + FIB_DST)  # the lookup left the next hop there
-    p.store(4, R10, NH + 4, R2)
+    # The lookup left the next hop at FIB_DST, and its family at FIB_FAMILY: IPv6 where an
+    # IPv4 route goes via an IPv6 gateway (an IPv6 underlay), 16 bytes then.
+    p.load(1, R2, R10, FIB + FIB_FAMILY)
+    p.store(4, R10, NH, R2)
+    for off in range(0, 16, 4):
+        p.load(4, R2, R10, FIB + FIB_DST + off)
+        p.store(4, R10, NH + 4 + off, R2)
     p.mov(R1, R9)
     p.mov(R2, R10)
     p.alu("+", R2, NH)

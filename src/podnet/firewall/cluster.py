@@ -1,11 +1,12 @@
-"""The agent's nftables tables `ip podnet` (and `ip6 podnet` for a dual-stack cluster's IPv6
-pods, whose rules are the same less the tunnel's, which arrives over IPv4):
+"""The agent's nftables tables `ip podnet` and `ip6 podnet`, one for each family of the pod
+networks and of the underlay:
 - masquerade pod traffic leaving the cluster, never pod-to-pod, node-to-pod or pod-to-node (the
-  set `nodes` holds every node's IP, kept in step with the leases);
+  set `nodes` holds every node's IP of the table's family, kept in step with the leases);
 - accept forwarding of pod traffic;
 - skip connection tracking for pod-to-pod traffic, which is never translated: the tracking the
   masquerade needs otherwise costs every packet between pods (measured: docs/benchmarks.md);
-- with an overlay, accept tunnel packets (the VXLAN port) only from known nodes.
+- with an overlay, accept tunnel packets (the VXLAN port) only from known nodes, in the
+  underlay's family's table (an IPv6 underlay's table may hold nothing else).
 
 IPv6 pods are masqueraded off-cluster by default only where their network is unique local
 (fc00::/7), which no router beyond the cluster would route back; a global prefix is routed as it
@@ -20,56 +21,57 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
+from podnet.datastore.model import NodeIP
 from podnet.firewall import libnft
 
 TABLE = "podnet"
 TAG = "podnet: allow pod traffic"
 
 
-def _elements(ips: Iterable[ipaddress.IPv4Address]) -> str:
+def _elements(ips: Iterable[NodeIP]) -> str:
     items = sorted({str(ip) for ip in ips})
     return f" elements = {{ {', '.join(items)} }}" if items else ""
 
 
 ULA = ipaddress.IPv6Network("fc00::/7")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_KEYWORD = {4: "ip", 6: "ip6"}  # each family's table family and match keyword
 
 
-def apply(cidr: ipaddress.IPv4Network, node_ips: Iterable[ipaddress.IPv4Address],
-          tunnel_match: str | None = None, cidr6: ipaddress.IPv6Network | None = None,
-          masquerade6: bool | None = None) -> None:
-    """(Re)write the tables atomically. `masquerade6`: whether IPv6 pods are masqueraded
-    off-cluster; None: where their network is unique local."""
-    if cidr6 is not None:
-        _apply6(cidr6, cidr6.subnet_of(ULA) if masquerade6 is None else masquerade6)
-    else:
-        with contextlib.suppress(libnft.NftError):
-            libnft.run(f"delete table ip6 {TABLE}\n")
-    tunnel = (f"""  chain input {{
+def apply(networks: Sequence[Network], node_ips: Iterable[NodeIP], underlay: int = 4,
+          tunnel_match: str | None = None, masquerade6: bool | None = None) -> None:
+    """(Re)write the tables atomically: one per family of the pod networks or of the
+    `underlay` (4 or 6; where the tunnel arrives), each with its family's node addresses.
+    `masquerade6`: whether IPv6 pods are masqueraded off-cluster; None: where their network is
+    unique local."""
+    ips = list(node_ips)
+    for version, f in _KEYWORD.items():
+        cidr = next((n for n in networks if n.version == version), None)
+        if cidr is None and version != underlay:
+            with contextlib.suppress(libnft.NftError):
+                libnft.run(f"delete table {f} {TABLE}\n")
+            continue
+        masquerade = version == 4 or (isinstance(cidr, ipaddress.IPv6Network) and (
+            cidr.subnet_of(ULA) if masquerade6 is None else masquerade6))
+        tunnel = (f"""  chain input {{
     type filter hook input priority filter - 1; policy accept;
-    {tunnel_match} ip saddr != @nodes counter drop comment "tunnel from a non-node"
+    {tunnel_match} {f} saddr != @nodes counter drop comment "tunnel from a non-node"
   }}
-""" if tunnel_match else "")
-    _table("ip", cidr, f"ip saddr {cidr} ip daddr != {cidr} ip daddr != @nodes masquerade",
-           f"  set nodes {{ type ipv4_addr;{_elements(node_ips)} }}\n", tunnel)
+""" if tunnel_match and version == underlay else "")
+        _table(version, cidr, masquerade,
+               f"  set nodes {{ type ipv{version}_addr;"
+               f"{_elements(ip for ip in ips if ip.version == version)} }}\n", tunnel)
 
 
-def _apply6(cidr6: ipaddress.IPv6Network, masquerade: bool) -> None:
-    masq = f"ip6 saddr {cidr6} ip6 daddr != {cidr6} masquerade" if masquerade else ""
-    _table("ip6", cidr6, masq)
-
-
-def _table(family: str, cidr: ipaddress.IPv4Network | ipaddress.IPv6Network, masquerade: str,
-           head: str = "", tail: str = "") -> None:
-    """The table of one family (`ip`, `ip6`: also its match keyword), written anew at once."""
-    f = family
-    libnft.run(f"""table {f} {TABLE}
-delete table {f} {TABLE}
-table {f} {TABLE} {{
-{head}  chain postrouting {{
+def _table(version: int, cidr: Network | None, masquerade: bool, head: str, tail: str) -> None:
+    """The table of one family, written anew at once; without a pod network of its family
+    only the node set and the tunnel's check."""
+    f = _KEYWORD[version]
+    pods = "" if cidr is None else f"""  chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
-    {masquerade}
+    {f"{f} saddr {cidr} {f} daddr != {cidr} {f} daddr != @nodes masquerade" if masquerade else ""}
   }}
   chain notrack_in {{
     type filter hook prerouting priority raw; policy accept;
@@ -84,19 +86,24 @@ table {f} {TABLE} {{
     {f} saddr {cidr} accept
     {f} daddr {cidr} accept
   }}
-{tail}}}
+"""
+    libnft.run(f"""table {f} {TABLE}
+delete table {f} {TABLE}
+table {f} {TABLE} {{
+{head}{pods}{tail}}}
 """)
-    open_foreign_forward(cidr)
+    if cidr is not None:
+        open_foreign_forward(cidr)
 
 
-def add_node(ip: ipaddress.IPv4Address) -> None:
-    libnft.run(f"add element ip {TABLE} nodes {{ {ip} }}\n")
+def add_node(ip: NodeIP) -> None:
+    libnft.run(f"add element {_KEYWORD[ip.version]} {TABLE} nodes {{ {ip} }}\n")
 
 
-def remove_node(ip: ipaddress.IPv4Address) -> None:
+def remove_node(ip: NodeIP) -> None:
     # Absent already is fine: the point is that it is gone.
     with contextlib.suppress(libnft.NftError):
-        libnft.run(f"delete element ip {TABLE} nodes {{ {ip} }}\n")
+        libnft.run(f"delete element {_KEYWORD[ip.version]} {TABLE} nodes {{ {ip} }}\n")
 
 
 def open_foreign_forward(cidr: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:

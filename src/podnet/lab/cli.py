@@ -20,6 +20,7 @@ from podnet.lab.topology import (
     MAX_ETCD_MEMBERS,
     MAX_NODES,
     MAX_PODS_PER_NODE,
+    UNDERLAY_FAMILIES,
     Topology,
     check_lab_name,
 )
@@ -87,6 +88,7 @@ def _dispatch(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         topo.etcd_members = args.etcd_members
         topo.etcd_auth = args.etcd_auth
         topo.ip_family = args.ip_family
+        topo.underlay_family = args.underlay_family
         topo.agent_image = args.agent_image or ""
         lab = Lab(topo, say)
         lab.up()  # on failure it removes what it built, and nothing else
@@ -160,7 +162,10 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="etcd with TLS and client certificates (a CA of the lab's own)")
     q.add_argument("--ip-family", default="ipv4", choices=IP_FAMILIES,
                    help="the pods' address families: dual gives each pod an IPv6 address "
-                        "beside its IPv4 one (l2, host-gw, vxlan; over the IPv4 underlay)")
+                        "beside its IPv4 one (l2, host-gw, vxlan)")
+    q.add_argument("--underlay-family", default="ipv4", choices=UNDERLAY_FAMILIES,
+                   help="the nodes' and etcd's addresses: ipv6 makes the switch IPv6-only "
+                        "(l2, host-gw, vxlan; pods of either family ride it)")
     q.add_argument("--etcd-auth", action="store_true",
                    help="etcd's authentication on: each node's agent with its own user, which "
                         "writes only its own keys (`podnet cluster credentials`)")

@@ -283,6 +283,11 @@ class Lab:
             raise UserError(f"network namespace {name} exists already, not made by this lab",
                             "remove it, or choose another lab name") from None
         _in_ns(name, lambda ipr: ipr.link("set", index=_index(ipr, "lo"), state="up"))
+        with netns.entered(ns_path(name)):
+            # Links made here skip duplicate address detection: until a link's link-local
+            # address passes it (a second), the kernel sends no neighbour solicitation for a
+            # packet it forwards, and a new lab's first IPv6-underlay packets would wait.
+            netns.write_sysctl("net/ipv6/conf/default/accept_dad", "0")
 
     def _forget_ns(self, name: str) -> None:
         """Remove one of the lab's namespaces and whatever still runs in it (a process would
@@ -378,7 +383,7 @@ class Lab:
             for member in t.etcd_names:
                 self._new_ns(self.prefix + member)
                 _veth(sw, member, self.prefix + member, "eth0",
-                      f"{t.etcd_member_ip(member)}/24")
+                      f"{t.etcd_member_ip(member)}/{t.switch_net.prefixlen}")
                 self._attach(sw, member)
         else:
             rt = self.prefix + "rt"
@@ -462,8 +467,8 @@ class Lab:
                                    [t.etcd_member_ip(m) for m in t.etcd_names])
             tls = ["--cert-file", c.server_cert, "--key-file", c.server_key,
                    "--client-cert-auth", "--trusted-ca-file", c.ca]
-        url, peer = t.etcd_member_url(member), f"http://{t.etcd_member_ip(member)}:2380"
-        cluster = ",".join(f"{m}=http://{t.etcd_member_ip(m)}:2380" for m in t.etcd_names)
+        url, peer = t.etcd_member_url(member), t.etcd_member_url(member, 2380, "http")
+        cluster = ",".join(f"{m}={t.etcd_member_url(m, 2380, 'http')}" for m in t.etcd_names)
         t.etcd_pids[member] = _spawn(self.prefix + member, [
             "etcd", "--name", member, "--data-dir", os.path.join(self.dir, "etcd", member),
             "--listen-client-urls", url, "--advertise-client-urls", url,
@@ -488,11 +493,12 @@ class Lab:
         import socket
 
         for member in self.topo.etcd_names:
+            ip = self.topo.etcd_member_ip(member)
             with netns.entered(ns_path(self.prefix + member)):
-                sock = socket.socket()
+                sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
             with sock:
                 sock.settimeout(0.5)
-                if sock.connect_ex((self.topo.etcd_member_ip(member), ETCD_PORT)) != 0:
+                if sock.connect_ex((ip, ETCD_PORT)) != 0:
                     return False
         return True
 
@@ -521,8 +527,9 @@ class Lab:
             if t.agent_image:
                 # The DaemonSet's agent finds its underlay by the default route; nothing
                 # answers at this address, so nothing leaves the switch.
-                _in_ns(ns, lambda ipr: ipr.route("replace", dst="0.0.0.0/0",
-                                                 gateway=t.switch_gateway))
+                _in_ns(ns, lambda ipr: ipr.route(
+                    "replace", dst="::/0" if ":" in t.switch_gateway else "0.0.0.0/0",
+                    gateway=t.switch_gateway))
         else:
             rt = self.prefix + "rt"
             _veth(ns, "eth0", rt, node.name, f"{t.gateway(node)}/{prefix}")
@@ -822,8 +829,9 @@ def status(lab: Lab) -> dict[str, Any]:
                  **({} if lab.certs is None else {"ca": lab.certs.ca,
                                                   "cert": lab.certs.client_cert,
                                                   "key": lab.certs.client_key})},
-        "ip_family": t.ip_family,
+        "ip_family": t.ip_family, "underlay_family": t.underlay_family,
         "nodes": [{"name": n.name, "netns": n.netns(t.name), "node_ip": t.node_ip(n),
+                   "node_ips": [t.node_ip(n)],
                    "pod_subnet": subnets.get(n.name, [""])[0],
                    "pod_subnets": subnets.get(n.name, []), "agent_pid": n.agent_pid}
                   for n in t.nodes],

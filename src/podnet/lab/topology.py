@@ -14,8 +14,10 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,15}")
 CLUSTER_CIDR = "10.244.0.0/16"
 CLUSTER_CIDR6 = "fd00:10:244::/56"  # dual-stack labs: node i's /64 goes with its IPv4 /24
 IP_FAMILIES = ("ipv4", "dual")
+UNDERLAY_FAMILIES = ("ipv4", "ipv6")
 CONTROL_NET = ipaddress.IPv4Network("192.168.99.0/24")  # routed underlay: etcd's subnet
 SWITCH_NET = ipaddress.IPv4Network("192.168.100.0/24")
+SWITCH_NET6 = ipaddress.IPv6Network("fd00:192:168:100::/64")  # the IPv6 underlay's switch
 ETCD_PORT = 2379
 MAX_NODES = 50
 MAX_PODS_PER_NODE = 50
@@ -29,6 +31,11 @@ def check_lab_name(name: str) -> str:
         raise UserError(f"lab name {shown!r} is not valid",
                         "use 1-16 of a-z, 0-9 and '-', starting with a letter or digit")
     return name
+
+
+def url_host(ip: str) -> str:
+    """An address as a URL's host: IPv6 in brackets."""
+    return f"[{ip}]" if ":" in ip else ip
 
 
 def netns_prefix(lab: str) -> str:
@@ -70,6 +77,8 @@ class Topology:
     cidr: str = CLUSTER_CIDR
     ip_family: str = "ipv4"  # or "dual": pods get an IPv6 address of cidr6 as well
     cidr6: str = CLUSTER_CIDR6
+    # The nodes' and etcd's addresses: IPv4, or IPv6 only (SWITCH_NET6), whatever the pods'.
+    underlay_family: str = "ipv4"
     nodes: list[NodeSpec] = field(default_factory=list)
     pods: list[PodSpec] = field(default_factory=list)
     etcd_pids: dict[str, int] = field(default_factory=dict)  # by member
@@ -118,6 +127,17 @@ class Topology:
                             "use one of " + ", ".join(
                                 n for n, s in registry.SPECS.items() if s.dual_stack)
                             + " for a dual-stack lab")
+        if self.underlay_family not in UNDERLAY_FAMILIES:
+            raise UserError(f"underlay family {self.underlay_family!r} is not known",
+                            f"use one of {', '.join(UNDERLAY_FAMILIES)}")
+        if self.underlay_family == "ipv6" and not spec.ipv6_underlay:
+            raise UserError(f"the {self.backend} backend runs over an IPv4 underlay only",
+                            "use one of " + ", ".join(
+                                n for n, s in registry.SPECS.items() if s.ipv6_underlay)
+                            + " over an IPv6 underlay")
+        if self.underlay_family == "ipv6" and self.underlay != "switch":
+            raise UserError("the routed underlay's router is IPv4 only",
+                            "use --underlay switch with --underlay-family ipv6")
         if self.agent_image and self.etcd_auth:
             raise UserError("the DaemonSet's agents are one user, by their certificate; "
                             "per-node users are for agents started by hand or by systemd",
@@ -169,8 +189,12 @@ class Topology:
 
     # -- addresses -----------------------------------------------------------------------------
     @property
+    def switch_net(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return SWITCH_NET6 if self.underlay_family == "ipv6" else SWITCH_NET
+
+    @property
     def etcd_ip(self) -> str:
-        net = SWITCH_NET if self.underlay == "switch" else CONTROL_NET
+        net = self.switch_net if self.underlay == "switch" else CONTROL_NET
         return str(net.network_address + 2)
 
     @property
@@ -186,31 +210,32 @@ class Topology:
         """cp at the usual place, further members after it (on the switch: nodes are at .11+)."""
         if member == "cp":
             return self.etcd_ip
-        return str(SWITCH_NET.network_address + 2 + self.etcd_names.index(member))
+        return str(self.switch_net.network_address + 2 + self.etcd_names.index(member))
 
-    def etcd_member_url(self, member: str) -> str:
-        scheme = "https" if self.etcd_tls else "http"
-        return f"{scheme}://{self.etcd_member_ip(member)}:{ETCD_PORT}"
+    def etcd_member_url(self, member: str, port: int = ETCD_PORT, scheme: str = "") -> str:
+        """A member's client URL (or, with a port and scheme, its peer URL)."""
+        scheme = scheme or ("https" if self.etcd_tls else "http")
+        return f"{scheme}://{url_host(self.etcd_member_ip(member))}:{port}"
 
     @property
     def etcd_url(self) -> str:
         """What `--etcd` takes: every member's URL, comma-separated."""
         return ",".join(self.etcd_member_url(m) for m in self.etcd_names)
 
-    def node_net(self, node: NodeSpec) -> ipaddress.IPv4Network:
+    def node_net(self, node: NodeSpec) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         if self.underlay == "switch":
-            return SWITCH_NET
+            return self.switch_net
         return ipaddress.IPv4Network(f"192.168.{100 + node.index}.0/24")
 
     def node_ip(self, node: NodeSpec) -> str:
         if self.underlay == "switch":
-            return str(SWITCH_NET.network_address + 10 + node.index)
+            return str(self.switch_net.network_address + 10 + node.index)
         return str(self.node_net(node).network_address + 2)
 
     @property
     def switch_gateway(self) -> str:
         """A default gateway on the switch that nothing answers at."""
-        return str(SWITCH_NET.network_address + 1)
+        return str(self.switch_net.network_address + 1)
 
     def gateway(self, node: NodeSpec) -> str | None:
         """The node's default gateway: the router on a routed underlay."""
@@ -236,6 +261,7 @@ class Topology:
         topo = cls(name=obj["name"], backend=obj["backend"], underlay=obj["underlay"],
                    cidr=obj["cidr"], ip_family=obj.get("ip_family", "ipv4"),
                    cidr6=obj.get("cidr6", CLUSTER_CIDR6),
+                   underlay_family=obj.get("underlay_family", "ipv4"),
                    etcd_pids=dict(obj.get("etcd_pids", {"cp": obj.get("etcd_pid", 0)})),
                    etcd_members=obj.get("etcd_members", 1),
                    router_pid=obj.get("router_pid", 0),

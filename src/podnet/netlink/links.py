@@ -72,8 +72,6 @@ def addresses(ipr: IPRoute, index: int) -> list[ipaddress.IPv4Interface | ipaddr
     return out
 
 
-
-
 def add_address(ipr: IPRoute, index: int, iface: str) -> None:
     """Add an address; IPv6 ones skip duplicate address detection, which would hold them back
     for seconds: IPAM already made them unique."""

@@ -154,16 +154,17 @@ def _mtu(src: Endpoint, dst: Endpoint, pod_mtu: int | None) -> dict[str, Any]:
 
 
 def endpoints_of(status: dict[str, Any], family: int = 4) -> list[Endpoint]:
-    """The lab's nodes and pods, by their addresses of `family`. Over an IPv4 underlay a node's
-    IPv6 address is its pod bridge's gateway (its own subnet's first address)."""
+    """The lab's nodes and pods, by their addresses of `family`. A node without an underlay
+    address of the family sends from its pod bridge's gateway (its own subnet's first
+    address), as Lease.address says."""
     import ipaddress
 
     from podnet.lab.lab import ns_path
 
     def node_ip(n: dict[str, Any]) -> str:
-        if family == 4:
-            return str(n["node_ip"])
-        subnet = next(s for s in n["pod_subnets"] if ":" in s)
+        if own := [ip for ip in n["node_ips"] if (":" in ip) == (family == 6)]:
+            return str(own[0])
+        subnet = next(s for s in n["pod_subnets"] if (":" in s) == (family == 6))
         if "-" in subnet:  # l2: the node's range of the shared subnet, after its gateway
             return str(ipaddress.ip_address(subnet.split("-")[0]) - 1)
         return str(ipaddress.ip_network(subnet).network_address + 1)

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 from podnet.datastore.etcd import ANSWERS, EtcdStore
-from podnet.datastore.model import Lease
 from podnet.errors import UserError
 from podnet.podrecords import PodRecord
 from podnet.verify import channel
@@ -30,20 +29,15 @@ def families(store: EtcdStore) -> list[int]:
 
 def endpoints(store: EtcdStore, family: int = 4) -> tuple[list[Endpoint], list[str]]:
     """Every node with a lease and every pod its agent published, by their addresses of
-    `family` (a node's IPv6 one is its pod bridge's gateway); what is wrong with them."""
+    `family` (Lease.address); what is wrong with them."""
     config = store.get_config()
     if config is None:
         raise UserError("the cluster is not initialised",
                         "run `podnet cluster init` against this etcd first")
     leases, _ = store.snapshot(config)
     nodes = sorted(leases.values(), key=lambda lease: lease.node)
-    def node_ip(lease: Lease) -> str | None:
-        if family == 4:
-            return str(lease.node_ip)
-        return None if lease.subnet6 is None else str(lease.subnet6.network_address + 1)
-
-    out = [Endpoint(n.node, "node", "", ip, n.node) for n in nodes
-           if (ip := node_ip(n)) is not None]
+    out = [Endpoint(n.node, "node", "", str(ip), n.node) for n in nodes
+           if (ip := n.address(family)) is not None]
     problems: list[str] = []
     live = {n.node for n in nodes}
     for node, records in sorted(store.pods().items()):

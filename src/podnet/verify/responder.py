@@ -33,10 +33,8 @@ class Local:
     """What this node answers for: its node and its pods' records."""
 
     node: str
-    node_ip: str
-    # Its IPv6 address in a dual-stack cluster: its pod bridge's gateway (the underlay may
-    # have none).
-    node_ip6: str | None
+    # Its address of each family the cluster has (Lease.address), by family.
+    addresses: dict[int, str]
     records_dir: str
     pod_mtu: int | None
     # What this node lacks towards each peer (diagnose.node_lacks), asked after the probes.
@@ -95,7 +93,7 @@ class Responder:
         """This node and its pods whose namespaces it can enter, by their addresses of
         `family`; why it cannot, by pod."""
         me = self.local
-        node_ip = me.node_ip if family == 4 else me.node_ip6
+        node_ip = me.addresses.get(family)
         out = [] if node_ip is None else [
             check.Endpoint(me.node, "node", f"/proc/{os.getpid()}/ns/net", node_ip, me.node)]
         problems: dict[str, str] = {}
