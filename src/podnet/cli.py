@@ -314,11 +314,13 @@ def build_parser() -> Parser:
     add_args(c)
     c.add_argument("--cidr", required=True, action="append",
                    help="the cluster's pod network, e.g. 10.244.0.0/16; again with an IPv6 one "
-                        "(e.g. fd00:10:244::/56) for dual-stack")
+                        "(e.g. fd00:10:244::/56) for dual-stack; an IPv6 one alone for "
+                        "IPv6-only")
     c.add_argument("--subnet-len", type=in_range(int, 1, 30),
                    help="prefix length of each node's share (default /24; l2: /16+8)")
     c.add_argument("--subnet-len-v6", type=in_range(int, 1, 128),
-                   help="prefix length of each node's IPv6 share (default /64)")
+                   help="prefix length of each node's IPv6 share (default /64; an "
+                        "IPv6-only cluster's one length)")
     c.add_argument("--backend", required=True, choices=registry.NAMES,
                    help="how the nodes' pod subnets are connected (docs/backends.md)")
     c.add_argument("--force", action="store_true",

@@ -235,3 +235,34 @@ def test_ipv4_pods_over_an_ipv6_underlay(make_lab: MakeLab) -> None:
     report = verify(lab, 4)
     assert report.ok, failures(report)
     assert lab.conflist(lab.topo.nodes[0])["plugins"][0]["mtu"] == 1430
+
+
+@pytest.mark.parametrize(("backend", "underlay"), [
+    ("l2", "ipv6"), ("host-gw", "ipv4"), ("host-gw", "ipv6"), ("vxlan", "ipv4"),
+    ("vxlan", "ipv6")])
+def test_ipv6_only_clusters(make_lab: MakeLab, backend: str, underlay: str) -> None:
+    """Pods with IPv6 addresses only, over either underlay: nodes lease IPv6 subnets (the
+    stored config is format 2, which agents of format 1 refuse), and every pair connects."""
+    lab = make_lab(backend, nodes=2, pods=1, ip_family="ipv6", underlay_family=underlay)
+    for pod in lab.topo.pods:
+        assert len(pod.ips) == 1 and pod.ip == pod.ips[0]
+        assert ipaddress.ip_address(pod.ip) in ipaddress.ip_network("fd00:10:244::/56")
+    assert all(":" in s for n in status(lab)["nodes"] for s in n["pod_subnets"])
+    report = verify(lab, 6)
+    assert report.ok, failures(report)
+    assert len(report.pairs) == 10
+    if backend == "vxlan" and underlay == "ipv6":
+        with netns.entered(ns_path(status(lab)["etcd"]["netns"])):  # etcd's sockets too
+            store = lab.etcd_store()
+            try:
+                config = store.get_config()
+                assert config is not None and config.families == [6]
+                leases, _ = store.snapshot(config)
+            finally:
+                store.close()
+        assert {str(lease.subnet) for lease in leases.values()} == {
+            s for n in status(lab)["nodes"] for s in n["pod_subnets"]}
+        wait_published(lab)
+        code, remote, err = verify_etcd(lab)
+        assert code == 0 and remote is not None and remote["ok"], (err, remote)
+        assert len(remote["pairs"]) == 10

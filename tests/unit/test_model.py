@@ -17,7 +17,8 @@ from podnet.lab.topology import Topology
 
 @pytest.mark.parametrize("cidr,length,backend,msg", [
     ("10.244.0.0/33", 24, "vxlan", "malformed"), ("10.244.0.1/16", 24, "vxlan", "malformed"),
-    ("fd00::/64", 80, "vxlan", "not IPv4"), ("10.244.0.0/16", 16, "vxlan", "cannot fit"),
+    ("fd00:10:244::/56", 24, "vxlan", "IPv6 subnet length /24 cannot fit"),
+    ("10.244.0.0/16", 16, "vxlan", "cannot fit"),
     ("10.244.0.0/16", 31, "vxlan", "cannot fit"), ("10.244.0.0/16", 24, "ipip", "unknown"),
     ("10.0.0.0/30", 31, "vxlan", "too small"), ("127.0.0.0/16", 24, "vxlan", "reserved"),
     ("169.254.0.0/16", 24, "vxlan", "reserved"), ("224.0.0.0/8", 24, "vxlan", "reserved"),
@@ -189,6 +190,35 @@ def test_nodes_at_ipv6_addresses() -> None:
     with pytest.raises(ConfigError, match="inside the pod network"):
         Lease.from_json(json.dumps({**json.loads(lease.to_json()),
                                     "nodeIP": "fd00:10:244:9::1"}), conf)
+
+
+def test_ipv6_only_config_and_leases() -> None:
+    conf = NetworkConfig.make("fd00:10:244::/56", None, {"type": "vxlan"})
+    assert (conf.families, conf.subnet_len, conf.capacity) == ([6], 64, 256)
+    stored = json.loads(conf.to_json())
+    assert stored["format"] == 2 and "network6" not in stored  # format 1 agents refuse it
+    assert NetworkConfig.from_json(conf.to_json()) == conf
+    subnet = conf.subnets()[5]
+    lease = Lease.make(conf, subnet, "n1", ipaddress.IPv4Address("192.168.1.7"), {})
+    assert lease.subnet6 is None and str(lease.address(6)) == "fd00:10:244:5::1"
+    assert Lease.from_json(lease.to_json(), conf) == lease
+    with pytest.raises(ConfigError, match="not a /64"):
+        Lease.from_json(json.dumps({**json.loads(lease.to_json()),
+                                    "subnet": "fd00:10:245::/64"}), conf)
+    assert NetworkConfig.make("fd00:10:244::/112", None, {"type": "l2"}).subnet_len == 120
+
+
+@pytest.mark.parametrize(("cidr", "length", "length6", "backend", "message"), [
+    ("fd00:10::/32", None, None, "vxlan", "more than the 2\\^16"),
+    ("fd00:10:244::/56", 48, None, "vxlan", "cannot fit"),
+    ("fd00:10:244::/56", 64, 72, "vxlan", "one subnet length"),
+    ("fd00:10:244::/56", None, 121, "host-gw", "at most /120"),
+    ("fd00:10:244::/56", None, None, "gateway", "IPv4 pods only"),
+])
+def test_bad_ipv6_only_configs(cidr: str, length: int | None, length6: int | None,
+                               backend: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        NetworkConfig.make(cidr, length, {"type": backend}, None, length6)
 
 
 def test_lab_underlay_families() -> None:

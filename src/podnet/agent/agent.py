@@ -34,6 +34,7 @@ from podnet.datastore.model import (
     NetworkConfig,
     NewerFormat,
     NodeIP,
+    PodNetwork,
     node_ip_problem,
 )
 from podnet.errors import UserError
@@ -197,7 +198,10 @@ class Agent:
                          bridge: str) -> fastpath.FastPath | None:
         assert self.backend is not None
         spec = self.backend.fast_path()
-        if not spec.uplinks or not config.backend.get("fastPath", True):
+        if (not spec.uplinks or not config.backend.get("fastPath", True)
+                or not isinstance(config.network, ipaddress.IPv4Network)):
+            # Off, or an IPv6-only cluster: the program carries IPv4 pods (IPv6 ones take the
+            # normal path).
             fastpath.remove()  # one an earlier config had
             return None
         fast = fastpath.FastPath(bridge, self.backend.pod_mtu(), config.network,
@@ -308,12 +312,13 @@ class Agent:
         if self.fast is None:
             return 0
         want = {p.subnet: t for p in self.peers.values()
-                if (t := self.backend.fast_path_tunnel(p)) is not None}
+                if isinstance(p.subnet, ipaddress.IPv4Network)
+                and (t := self.backend.fast_path_tunnel(p)) is not None}
         return self.fast.set_tunnels(want)
 
-    def _set_tunnel(self, subnet: ipaddress.IPv4Network, peer: podmap.Peer | None) -> None:
+    def _set_tunnel(self, subnet: PodNetwork, peer: podmap.Peer | None) -> None:
         """One peer's tunnel map entry (a lease event's); None: none."""
-        if self.fast is not None:
+        if self.fast is not None and isinstance(subnet, ipaddress.IPv4Network):
             self.fast.set_tunnel(subnet, peer)
 
     def _on_event(self, ev: Event) -> None:

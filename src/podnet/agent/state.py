@@ -30,7 +30,7 @@ class NodeState:
     def held(self, node: str) -> Held | None:
         if not self.subnet:
             return None
-        lease = Lease(ipaddress.IPv4Network(self.subnet), node,
+        lease = Lease(ipaddress.ip_network(self.subnet), node,
                       ipaddress.ip_address(self.node_ip or "0.0.0.0"))
         return Held(lease, self.lease_id, 0)
 

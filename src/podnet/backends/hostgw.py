@@ -37,7 +37,7 @@ class HostGwBackend(Backend):
     def owned_devices(self) -> list[int]:
         # Its IPv6 neighbour entries on the uplink (only those for the pod network's
         # addresses count as ours).
-        return [self.node.iface_index] if self.config.network6 is not None else []
+        return [self.node.iface_index] if 6 in self.config.families else []
 
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         if self.connected_link(peer.node_ip) != self.node.iface_index:
@@ -56,16 +56,15 @@ def routed_via_node(peer: Lease, oif: int) -> frozenset[Entry]:
     support RTA_VIA"), so over an IPv4 underlay an IPv6 subnet goes on-link via its own network
     address, which a permanent neighbour entry resolves to the peer's node MAC (published in
     its lease): dual-stack pods need no IPv6 underlay either."""
-    out: set[Entry] = {Route(str(peer.subnet), str(peer.node_ip), oif)}
+    out: set[Entry] = set()
     mac = peer.attrs.get("nodeMAC")
-    if peer.subnet6 is None:
-        pass
-    elif peer.node_ip.version == 6:
-        out.add(Route(str(peer.subnet6), str(peer.node_ip), oif))
-    elif isinstance(mac, str):
-        gw = str(peer.subnet6.network_address)
-        out |= {Neigh(gw, mac, oif), Route(str(peer.subnet6), gw, oif, onlink=True)}
-    else:
-        log.error("peer %s publishes no node MAC: its IPv6 pods %s cannot be routed (upgrade "
-                  "its agent)", peer.node, peer.subnet6)
+    for subnet in peer.subnets:
+        if subnet.version == 4 or peer.node_ip.version == 6:
+            out.add(Route(str(subnet), str(peer.node_ip), oif))
+        elif isinstance(mac, str):
+            gw = str(subnet.network_address)
+            out |= {Neigh(gw, mac, oif), Route(str(subnet), gw, oif, onlink=True)}
+        else:
+            log.error("peer %s publishes no node MAC: its IPv6 pods %s cannot be routed "
+                      "(upgrade its agent)", peer.node, subnet)
     return frozenset(out)

@@ -83,8 +83,8 @@ class L2Backend(Backend):
         # node.
         assert self.own is not None
         out: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [
-            ipaddress.IPv4Interface((self.own.subnet.network_address + 1,
-                                     self.config.network.prefixlen))]
+            ipaddress.ip_interface((self.own.subnet.network_address + 1,
+                                    self.config.network.prefixlen))]
         if self.own.subnet6 is not None and self.config.network6 is not None:
             out.append(ipaddress.IPv6Interface((self.own.subnet6.network_address + 1,
                                                 self.config.network6.prefixlen)))

@@ -69,9 +69,10 @@ class TunnelBackend(Backend):
         try:
             # The subnet's network address on the device: the source of tunnelled node traffic,
             # and the next hop peers route this subnet through.
-            want = ipaddress.ip_interface(f"{own.subnet.network_address}/32")
+            want = ipaddress.ip_interface((own.subnet.network_address,
+                                           own.subnet.max_prefixlen))
             for have in links.addresses(ipr, self.index):
-                if have != want and have.version == 4:  # IPv6 keeps its link-local
+                if have != want and not have.ip.is_link_local:
                     links.del_address(ipr, self.index, str(have))
             links.add_address(ipr, self.index, str(want))
         finally:

@@ -74,7 +74,7 @@ class VxlanBackend(TunnelBackend):
     def owned_devices(self) -> list[int]:
         # directRouting's IPv6 neighbour entries sit on the uplink.
         return super().owned_devices() + (
-            [self.node.iface_index] if self.direct and self.config.network6 else [])
+            [self.node.iface_index] if self.direct and 6 in self.config.families else [])
 
     def device_spec(self) -> dict[str, Any]:
         # The device's underlay family is its local address's: peers' FDB entries are of it.

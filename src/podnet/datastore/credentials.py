@@ -6,7 +6,6 @@ permissions name keys, and a lease's key is its subnet's."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import secrets
 
@@ -21,7 +20,7 @@ from podnet.datastore.etcd import (
     EtcdStore,
     prefix_end,
 )
-from podnet.datastore.model import NetworkConfig, subnet_key
+from podnet.datastore.model import NetworkConfig, PodNetwork, subnet_key
 
 USER_PREFIX = "podnet-node-"
 
@@ -30,7 +29,7 @@ def user_of(node: str) -> str:
     return USER_PREFIX + node
 
 
-def grants(node: str, subnet: ipaddress.IPv4Network) -> list[tuple[str, str, str]]:
+def grants(node: str, subnet: PodNetwork) -> list[tuple[str, str, str]]:
     """(type, key, range end) of what node `node` may do: "" as range end is one key."""
     own = [NODES + node, SUBNETS + subnet_key(subnet)]
     prefixes = [f"{PODS}{node}/", f"{ANSWERS}{node}/"]
@@ -39,8 +38,8 @@ def grants(node: str, subnet: ipaddress.IPv4Network) -> list[tuple[str, str, str
             + [("READWRITE", p, prefix_end(p)) for p in prefixes])
 
 
-def choose_subnet(node: str, config: NetworkConfig, assigned: dict[str, ipaddress.IPv4Network],
-                  leased: dict[str, ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
+def choose_subnet(node: str, config: NetworkConfig, assigned: dict[str, PodNetwork],
+                  leased: dict[str, PodNetwork]) -> PodNetwork:
     """The node's subnet: its assignment, else the one it leases now, else the first that no
     node leases or is assigned. `leased`: node -> subnet of every lease."""
     if node in assigned:
@@ -56,7 +55,7 @@ def choose_subnet(node: str, config: NetworkConfig, assigned: dict[str, ipaddres
 
 
 def issue(store: EtcdStore, config: NetworkConfig, node: str) -> tuple[str, str,
-                                                                        ipaddress.IPv4Network]:
+                                                                        PodNetwork]:
     """The node's user (made, or its password changed), its role and its subnet's
     assignment; (user, password, subnet). Needs credentials that may manage etcd's users."""
     leases, _ = store.snapshot(config)

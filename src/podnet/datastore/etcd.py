@@ -30,7 +30,7 @@ import requests
 from etcd3gw.client import Etcd3Client
 
 from podnet.datastore.base import DatastoreError, Event, Held, LeaseRefused, PermissionDenied
-from podnet.datastore.model import ConfigError, Lease, NetworkConfig, subnet_key
+from podnet.datastore.model import ConfigError, Lease, NetworkConfig, PodNetwork, subnet_key
 
 log = logging.getLogger("podnet.datastore")
 PREFIX = "/podnet/"
@@ -275,7 +275,7 @@ class EtcdStore:
         mine = assigned.pop(node, None)
         if mine is not None:
             # Credentials of this node's own allow it this subnet and no other.
-            if not mine.subnet_of(config.network) or mine.prefixlen != config.subnet_len:
+            if mine.network_address not in config.network or mine.prefixlen != config.subnet_len:
                 raise LeaseRefused(f"node {node!r} is assigned {mine}, not a /"
                                    f"{config.subnet_len} of {config.network} (issue its "
                                    "credentials again)")
@@ -304,12 +304,12 @@ class EtcdStore:
         raise LeaseRefused(f"no free subnet for node {node!r}: all {config.capacity} "
                            f"/{config.subnet_len} subnets of {config.network} are leased")
 
-    def assignments(self) -> dict[str, ipaddress.IPv4Network]:
+    def assignments(self) -> dict[str, PodNetwork]:
         """Each node's assigned subnet (credentials.py); an unreadable one is skipped."""
-        out: dict[str, ipaddress.IPv4Network] = {}
+        out: dict[str, PodNetwork] = {}
         for key, raw in self.get_prefix(ASSIGNMENTS).items():
             try:
-                out[key[len(ASSIGNMENTS):]] = ipaddress.IPv4Network(json.loads(raw)["subnet"])
+                out[key[len(ASSIGNMENTS):]] = ipaddress.ip_network(json.loads(raw)["subnet"])
             except (ValueError, KeyError, TypeError):
                 log.warning("skipping assignment %s: %r", key, raw[:80])
         return out
@@ -344,7 +344,7 @@ class EtcdStore:
         try:
             held = json.loads(held_raw)
             payload = json.loads(self.get(SUBNETS + subnet_key(
-                ipaddress.IPv4Network(held["subnet"]))) or "{}")
+                ipaddress.ip_network(held["subnet"]))) or "{}")
             if payload.get("node") == node and payload.get("nodeIP") == node_ip:
                 return int(held["leaseID"])
         except (ValueError, KeyError, TypeError):

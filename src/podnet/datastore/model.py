@@ -13,6 +13,7 @@ IPv4Network = ipaddress.IPv4Network
 IPv6Network = ipaddress.IPv6Network
 # A node's underlay address: IPv4, or IPv6 over an IPv6 underlay.
 NodeIP = ipaddress.IPv4Address | ipaddress.IPv6Address
+PodNetwork = IPv4Network | IPv6Network
 
 # Ranges a pod network must not overlap: they mean something else to every host.
 RESERVED = tuple(ipaddress.IPv4Network(n) for n in (
@@ -21,6 +22,9 @@ RESERVED6 = tuple(ipaddress.IPv6Network(n) for n in (
     "::/8", "fe80::/10", "ff00::/8", "2001:db8::/32"))
 # host-local needs room in a range: a node's IPv6 subnet is at most a /120.
 MAX_SUBNET_LEN6 = 120
+# An IPv6-only cluster's subnets are listed and scanned like IPv4 ones: at most 2^16 of them,
+# Kubernetes' own limit (node-cidr-mask-size-ipv6 at most 16 bits longer than the CIDR's).
+MAX_SUBNET_BITS6 = 16
 
 
 class ConfigError(ValueError):
@@ -33,7 +37,8 @@ class NewerFormat(ConfigError):
 
 # The datastore's format, written with the config: an agent refuses a newer one rather than
 # misreading it. 1: the first releases (no field); 2: an IPv6 pod network beside the IPv4 one
-# (an agent of format 1 would run such a cluster IPv4-only). An IPv4-only cluster stays 1.
+# or alone (an agent of format 1 would run the first IPv4-only and misread the second). An
+# IPv4-only cluster stays 1.
 FORMAT = 2
 
 
@@ -91,11 +96,13 @@ def node_ip_problem(ip: NodeIP, config: NetworkConfig) -> str | None:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    network: IPv4Network
+    # The pod network nodes lease their subnets of (a lease's key names its subnet): IPv4, or
+    # IPv6 in an IPv6-only cluster.
+    network: PodNetwork
     subnet_len: int
     backend: dict[str, Any] = field(default_factory=lambda: {"type": "vxlan"})
-    # Dual-stack: the IPv6 pod network; node i's IPv6 subnet is the i-th /subnet_len6 of it,
-    # where its IPv4 subnet is the i-th of `network` (the lease's key names both).
+    # Dual-stack: the IPv6 pod network beside the IPv4 one; node i's IPv6 subnet is the i-th
+    # /subnet_len6 of it, where its IPv4 subnet is the i-th of `network`.
     network6: IPv6Network | None = None
     subnet_len6: int = 64
 
@@ -106,11 +113,15 @@ class NetworkConfig:
     @classmethod
     def make(cls, cidr: str, subnet_len: int | None, backend: dict[str, Any],
              cidr6: str | None = None, subnet_len6: int | None = None) -> NetworkConfig:
+        """A config of `cidr` (IPv4; or IPv6 alone, `subnet_len` then the IPv6 one), with
+        `cidr6` beside an IPv4 one for dual-stack."""
+        check_backend(backend)
+        if cidr6 is None and ":" in cidr:
+            return cls._ipv6_only(cidr, subnet_len, backend, subnet_len6)
         network = _network(cidr, IPv4Network)
         if network.prefixlen > 28:
             raise ConfigError(f"cluster CIDR {cidr} is too small for a pod network (give /28 "
                               "or larger)")
-        check_backend(backend)
         btype = backend["type"]
         if subnet_len is None:
             # l2 leases ranges of one shared subnet; the others a routed subnet per node.
@@ -124,21 +135,29 @@ class NetworkConfig:
                 raise ConfigError("an IPv6 subnet length needs an IPv6 cluster CIDR (give one)")
             return config
         network6 = _network(cidr6, IPv6Network)
-        from podnet.backends.registry import SPECS
-
-        if not SPECS[btype].dual_stack:
-            raise ConfigError(f"backend {btype} carries IPv4 pods only (choose one of "
-                              f"{', '.join(b for b, s in SPECS.items() if s.dual_stack)} for "
-                              "dual-stack)")
+        _check_ipv6_pods(btype, "dual-stack")
         len6 = 64 if subnet_len6 is None else subnet_len6
-        if not network6.prefixlen < len6 <= MAX_SUBNET_LEN6:
-            raise ConfigError(f"IPv6 subnet length /{len6} cannot fit in {network6} (it must "
-                              f"be longer than /{network6.prefixlen} and at most "
-                              f"/{MAX_SUBNET_LEN6})")
+        _check_len6(network6, len6)
         if len6 - network6.prefixlen < subnet_len - network.prefixlen:
             raise ConfigError(f"{network6} has fewer /{len6} subnets than {network} has "
                               f"/{subnet_len} ones (every node needs one of each: widen it)")
         return cls(network, subnet_len, dict(backend), network6, len6)
+
+    @classmethod
+    def _ipv6_only(cls, cidr: str, subnet_len: int | None, backend: dict[str, Any],
+                   subnet_len6: int | None) -> NetworkConfig:
+        if subnet_len is not None and subnet_len6 is not None and subnet_len != subnet_len6:
+            raise ConfigError("an IPv6-only cluster has one subnet length (give it once, as "
+                              "the IPv6 one)")
+        network = _network(cidr, IPv6Network)
+        _check_ipv6_pods(backend["type"], "an IPv6-only cluster")
+        length = subnet_len6 or subnet_len or max(64, network.prefixlen + 8)
+        _check_len6(network, length)
+        if length - network.prefixlen > MAX_SUBNET_BITS6:
+            raise ConfigError(f"{network} holds 2^{length - network.prefixlen} /{length} "
+                              f"subnets, more than the 2^{MAX_SUBNET_BITS6} a cluster may have "
+                              f"(give a longer CIDR or a shorter subnet length)")
+        return cls(network, length, dict(backend))
 
     @property
     def networks(self) -> list[IPv4Network | IPv6Network]:
@@ -146,18 +165,23 @@ class NetworkConfig:
         return [self.network] + ([self.network6] if self.network6 is not None else [])
 
     @property
+    def families(self) -> list[int]:
+        """The pods' address families: 4, 6 or both."""
+        return [n.version for n in self.networks]
+
+    @property
     def capacity(self) -> int:
         return 1 << (self.subnet_len - self.network.prefixlen)
 
-    def subnets(self) -> list[IPv4Network]:
+    def subnets(self) -> list[PodNetwork]:
         return list(self.network.subnets(new_prefix=self.subnet_len))
 
-    def subnet6_for(self, subnet: IPv4Network) -> IPv6Network | None:
+    def subnet6_for(self, subnet: PodNetwork) -> IPv6Network | None:
         """The IPv6 subnet that goes with an IPv4 one: the same index in network6."""
         if self.network6 is None:
             return None
         index = (int(subnet.network_address) - int(self.network.network_address)) >> (
-            32 - self.subnet_len)
+            self.network.max_prefixlen - self.subnet_len)
         return IPv6Network((int(self.network6.network_address)
                             + (index << (128 - self.subnet_len6)), self.subnet_len6))
 
@@ -167,6 +191,8 @@ class NetworkConfig:
         if self.network6 is not None:
             obj |= {"format": 2, "network6": str(self.network6),
                     "subnetLen6": self.subnet_len6}
+        if self.network.version == 6:
+            obj["format"] = 2
         return json.dumps(obj, sort_keys=True)
 
     @classmethod
@@ -188,13 +214,29 @@ class NetworkConfig:
             raise ConfigError(f"stored network config is invalid: {exc}") from None
 
 
+def _check_ipv6_pods(btype: str, what: str) -> None:
+    from podnet.backends.registry import SPECS
+
+    if not SPECS[btype].dual_stack:
+        raise ConfigError(f"backend {btype} carries IPv4 pods only (choose one of "
+                          f"{', '.join(b for b, s in SPECS.items() if s.dual_stack)} for "
+                          f"{what})")
+
+
+def _check_len6(network6: IPv6Network, len6: int) -> None:
+    if not network6.prefixlen < len6 <= MAX_SUBNET_LEN6:
+        raise ConfigError(f"IPv6 subnet length /{len6} cannot fit in {network6} (it must "
+                          f"be longer than /{network6.prefixlen} and at most "
+                          f"/{MAX_SUBNET_LEN6})")
+
+
 N = TypeVar("N", IPv4Network, IPv6Network)
 # Each family's reserved ranges, an example, and what a CIDR of the other family means.
 _FAMILY: dict[type, tuple[tuple[IPv4Network | IPv6Network, ...], str, str]] = {
     IPv4Network: (RESERVED, "10.244.0.0/16", "is not IPv4 (give an IPv4 network, and an IPv6 "
                                              "one beside it for dual-stack)"),
     IPv6Network: (RESERVED6, "fd00:10:244::/56", "makes two IPv4 cluster CIDRs (give one per "
-                                                 "family)"),
+                                                 "family, the IPv4 one first)"),
 }
 
 
@@ -219,20 +261,20 @@ def _network(cidr: str, family: type[N]) -> N:
 class Lease:
     """One node's share of the cluster network, as stored under the subnet's key."""
 
-    subnet: IPv4Network
+    subnet: PodNetwork  # of config.network's family
     node: str
     node_ip: NodeIP  # the address peers reach the node at, of the underlay's family
     attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     subnet6: IPv6Network | None = None  # dual-stack: config.subnet6_for(subnet)
 
     @classmethod
-    def make(cls, config: NetworkConfig, subnet: IPv4Network, node: str,
+    def make(cls, config: NetworkConfig, subnet: PodNetwork, node: str,
              node_ip: NodeIP, attrs: dict[str, Any]) -> Lease:
         """A lease of `subnet`, with the IPv6 subnet that goes with it in this cluster."""
         return cls(subnet, node, node_ip, attrs, config.subnet6_for(subnet))
 
     @property
-    def subnets(self) -> list[ipaddress.IPv4Network | IPv6Network]:
+    def subnets(self) -> list[PodNetwork]:
         """The node's pod subnets, one per family of the cluster."""
         return [self.subnet] + ([self.subnet6] if self.subnet6 is not None else [])
 
@@ -262,7 +304,8 @@ class Lease:
             obj = json.loads(raw)
             addr, slash, plen = str(obj["subnet"]).partition("/")
             prefix = int(plen) if slash else -1
-            net = _ipv4_int(addr)
+            net = (_ipv4_int(addr) if config.network.version == 4
+                   else int(ipaddress.IPv6Address(addr)))
             raw_ip = str(obj["nodeIP"])
             node_ip: NodeIP = (ipaddress.IPv6Address(raw_ip) if ":" in raw_ip
                                else ipaddress.IPv4Address(_ipv4_int(raw_ip)))
@@ -274,12 +317,12 @@ class Lease:
             raise ConfigError(f"lease has no valid node name: {problem}")
         if not isinstance(attrs, dict):
             raise ConfigError("lease attrs must be an object")
-        outer = config.network.prefixlen
-        if (prefix != config.subnet_len or net & ((1 << (32 - prefix)) - 1)
-                or net >> (32 - outer) != int(config.network.network_address) >> (32 - outer)):
+        outer, bits = config.network.prefixlen, config.network.max_prefixlen
+        if (prefix != config.subnet_len or net & ((1 << (bits - prefix)) - 1)
+                or net >> (bits - outer) != int(config.network.network_address) >> (bits - outer)):
             raise ConfigError(f"lease subnet {obj['subnet']} is not a /{config.subnet_len} of "
                               f"{config.network}")
-        subnet = IPv4Network((net, prefix))
+        subnet = ipaddress.ip_network((net, prefix)) if bits == 128 else IPv4Network((net, prefix))
         if (problem := node_ip_problem(node_ip, config)) is not None:
             raise ConfigError(f"lease {problem}")
         subnet6 = config.subnet6_for(subnet)
@@ -300,6 +343,6 @@ def _ipv4_int(text: str) -> int:
     return int.from_bytes(packed, "big")
 
 
-def subnet_key(subnet: IPv4Network) -> str:
+def subnet_key(subnet: PodNetwork) -> str:
     """A key segment for a subnet: '/' cannot appear in one."""
     return f"{subnet.network_address}-{subnet.prefixlen}"

@@ -37,14 +37,16 @@ def _progress(start: float) -> Callable[[str], None]:
 
 
 def _table(st: dict[str, Any]) -> str:
+    w = max([16, *(len(n["node_ip"]) + 1 for n in st["nodes"])])
     lines = [f"lab {st['name']}: backend {st['backend']}, underlay {st['underlay']}, "
              f"etcd {st['etcd']['url']} (netns {st['etcd']['netns']})", "",
-             f"{'NODE':10} {'NODE IP':16} {'POD SUBNET':28} AGENT PID"]
+             f"{'NODE':10} {'NODE IP':{w}} {'AGENT PID':10} POD SUBNETS"]
     for n in st["nodes"]:
-        lines.append(f"{n['name']:10} {n['node_ip']:16} {n['pod_subnet']:28} {n['agent_pid']}")
-    lines += ["", f"{'POD':14} {'NODE':10} IP"]
+        lines.append(f"{n['name']:10} {n['node_ip']:{w}} {n['agent_pid']:<10} "
+                     f"{' '.join(n['pod_subnets'])}")
+    lines += ["", f"{'POD':14} {'NODE':10} IPS"]
     for p in st["pods"]:
-        lines.append(f"{p['name']:14} {p['node']:10} {p['ip']}")
+        lines.append(f"{p['name']:14} {p['node']:10} {' '.join(p['ips'])}")
     return "\n".join(lines)
 
 
@@ -162,7 +164,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
                    help="etcd with TLS and client certificates (a CA of the lab's own)")
     q.add_argument("--ip-family", default="ipv4", choices=IP_FAMILIES,
                    help="the pods' address families: dual gives each pod an IPv6 address "
-                        "beside its IPv4 one (l2, host-gw, vxlan)")
+                        "beside its IPv4 one, ipv6 an IPv6 one alone (l2, host-gw, vxlan)")
     q.add_argument("--underlay-family", default="ipv4", choices=UNDERLAY_FAMILIES,
                    help="the nodes' and etcd's addresses: ipv6 makes the switch IPv6-only "
                         "(l2, host-gw, vxlan; pods of either family ride it)")

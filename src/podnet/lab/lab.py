@@ -333,20 +333,19 @@ class Lab:
         install_cni(os.path.join(self.dir, "bin"))
         self._underlay()
         self._etcd()
-        self.progress(f"cluster init: {t.cidr}, backend {t.backend}")
+        cidrs = {"ipv4": [t.cidr], "dual": [t.cidr, t.cidr6], "ipv6": [t.cidr6]}[t.ip_family]
+        self.progress(f"cluster init: {', '.join(cidrs)}, backend {t.backend}")
         routed = registry.spec(t.backend).routed_by_gateway
         extra = ["--gateway-mode", t.gateway_mode] if routed else []
         if not t.fast_path:
             extra += ["--fast-path", "off"]
-        if t.ip_family == "dual":
-            extra += ["--cidr", t.cidr6]
         if t.etcd_auth and t.nodes:
             os.makedirs(self.users_dir, mode=0o700, exist_ok=True)
             extra += ["--node-credentials", ",".join(n.name for n in t.nodes),
                       "--credentials-out", self.users_dir]
         self._run_in(self.prefix + "cp", self._podnet(
-            "cluster", "init", *self.etcd_args(), "--cidr", t.cidr, "--backend", t.backend,
-            *extra))
+            "cluster", "init", *self.etcd_args(), *(a for c in cidrs for a in ("--cidr", c)),
+            "--backend", t.backend, *extra))
         if routed:
             self._router()
         for node in t.nodes:
@@ -663,7 +662,7 @@ class Lab:
                                          f"K8S_POD_NAME={pod.name}")
         result = runtime.add_list(self.conflist(node), pod.name, ns_path(ns))
         pod.ips = [ipc["address"].split("/")[0] for ipc in result["ips"]]
-        pod.ip = next((ip for ip in pod.ips if ":" not in ip), "")
+        pod.ip = next((ip for ip in pod.ips if ":" not in ip), pod.ips[0] if pod.ips else "")
         self.progress(f"pod {pod.name}: {', '.join(pod.ips)}")
 
     # -- changes ------------------------------------------------------------------------------

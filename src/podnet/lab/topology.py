@@ -13,7 +13,7 @@ from podnet.errors import UserError
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,15}")
 CLUSTER_CIDR = "10.244.0.0/16"
 CLUSTER_CIDR6 = "fd00:10:244::/56"  # dual-stack labs: node i's /64 goes with its IPv4 /24
-IP_FAMILIES = ("ipv4", "dual")
+IP_FAMILIES = ("ipv4", "dual", "ipv6")
 UNDERLAY_FAMILIES = ("ipv4", "ipv6")
 CONTROL_NET = ipaddress.IPv4Network("192.168.99.0/24")  # routed underlay: etcd's subnet
 SWITCH_NET = ipaddress.IPv4Network("192.168.100.0/24")
@@ -75,7 +75,8 @@ class Topology:
     backend: str
     underlay: str = "switch"  # or "routed"
     cidr: str = CLUSTER_CIDR
-    ip_family: str = "ipv4"  # or "dual": pods get an IPv6 address of cidr6 as well
+    # "dual": pods get an IPv6 address of cidr6 as well; "ipv6": of cidr6 alone
+    ip_family: str = "ipv4"
     cidr6: str = CLUSTER_CIDR6
     # The nodes' and etcd's addresses: IPv4, or IPv6 only (SWITCH_NET6), whatever the pods'.
     underlay_family: str = "ipv4"
@@ -122,11 +123,11 @@ class Topology:
         if self.ip_family not in IP_FAMILIES:
             raise UserError(f"IP family {self.ip_family!r} is not known",
                             f"use one of {', '.join(IP_FAMILIES)}")
-        if self.ip_family == "dual" and not spec.dual_stack:
+        if self.ip_family != "ipv4" and not spec.dual_stack:
             raise UserError(f"the {self.backend} backend carries IPv4 pods only",
                             "use one of " + ", ".join(
                                 n for n, s in registry.SPECS.items() if s.dual_stack)
-                            + " for a dual-stack lab")
+                            + " for IPv6 pods")
         if self.underlay_family not in UNDERLAY_FAMILIES:
             raise UserError(f"underlay family {self.underlay_family!r} is not known",
                             f"use one of {', '.join(UNDERLAY_FAMILIES)}")

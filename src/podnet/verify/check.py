@@ -181,7 +181,7 @@ def endpoints_of(status: dict[str, Any], family: int = 4) -> list[Endpoint]:
 
 def families(status: dict[str, Any]) -> list[int]:
     """The lab's address families: 4, and 6 in a dual-stack lab."""
-    return [4, 6] if status.get("ip_family") == "dual" else [4]
+    return {"dual": [4, 6], "ipv6": [6]}.get(str(status.get("ip_family")), [4])
 
 
 def render(report: Report, endpoints: list[Endpoint]) -> str:

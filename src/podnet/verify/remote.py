@@ -24,7 +24,7 @@ def families(store: EtcdStore) -> list[int]:
     if config is None:
         raise UserError("the cluster is not initialised",
                         "run `podnet cluster init` against this etcd first")
-    return [network.version for network in config.networks]
+    return config.families
 
 
 def endpoints(store: EtcdStore, family: int = 4) -> tuple[list[Endpoint], list[str]]:
