@@ -6,8 +6,11 @@ wired the way flannel wires them (flannel_like.py); several repetitions, medians
 The underlay's links are shaped to `--link-gbit` (3) like NICs (see shape_links); with
 `--link-gbit 0` they are as fast as the CPU, and throughput measures CPU cost per byte.
 
+With `--families ipv4 ipv6` each backend is measured twice in the run: IPv4 pods over the IPv4
+underlay, then IPv6-only pods over an IPv6-only underlay (the flannel-like pods are IPv4 only).
+
     .venv/bin/python bench/dataplane.py [--backends ...] [--reps 5] [--link-gbit 3]
-                                        [--fast-path off]
+                                        [--fast-path off] [--families ipv4 ipv6]
 """
 
 from __future__ import annotations
@@ -71,9 +74,10 @@ def iperf(src_ns: str, dst_ns: str, dst_ip: str, streams: int, seconds: int) -> 
 
 ECHO_SERVER = """
 import socket
-s = socket.socket()
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", PORT))
+s.bind(("::", PORT))
 s.listen(1)
 conn, _ = s.accept()
 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -87,7 +91,7 @@ def rr_latency_us(src_ns: str, dst_ns: str, dst_ip: str, count: int = 2000) -> f
     is a process of its own, so no interpreter lock sits between the two ends."""
     server = subprocess.Popen(["nsenter", f"--net={dst_ns}", sys.executable, "-c",
                                ECHO_SERVER])
-    client = probes.socket_in(src_ns, socket.AF_INET, socket.SOCK_STREAM)
+    client = probes.socket_in(src_ns, probes.family_of(dst_ip), socket.SOCK_STREAM)
     samples = []
     try:
         with client:
@@ -152,17 +156,18 @@ PATHS = ("node", "pod", "ref")
 
 
 def measure(backend: str, reps: int, seconds: int, link_gbit: float,
-            fast_path: bool) -> dict[str, Any]:
+            fast_path: bool, family: str = "ipv4") -> dict[str, Any]:
     underlay = "routed" if backend == "gateway" else "switch"
     topo = Topology.make(f"dp{uuid.uuid4().hex[:4]}", backend, 2, 1, underlay)
     topo.fast_path = fast_path
+    topo.ip_family = topo.underlay_family = family
     lab = Lab(topo)
     try:
         lab.up()
         n1, n2 = (ns_path(n.netns(topo.name)) for n in topo.nodes)
         p1, p2 = (ns_path(p.netns(topo.name)) for p in topo.pods)
         ends = {"node": (n1, n2, topo.node_ip(topo.nodes[1])), "pod": (p1, p2, topo.pods[1].ip)}
-        if backend in ("host-gw", "vxlan"):
+        if backend in ("host-gw", "vxlan") and family == "ipv4":
             (r1, _), (r2, r2_ip) = flannel_like.build(lab, backend)
             ends["ref"] = (r1, r2, r2_ip)
         if link_gbit:
@@ -181,6 +186,7 @@ def measure(backend: str, reps: int, seconds: int, link_gbit: float,
                 res[f"{k}_rr"].append(rr_latency_us(a, b, ip))
         med: dict[str, Any] = {k: statistics.median(v) for k, v in res.items()}
         med["backend"] = backend
+        med["family"] = family
         for m in ("1", "4"):
             med[f"ratio_{m}"] = med[f"pod_{m}"] / med[f"node_{m}"]
         for m in ("icmp10", "icmp50", "rr"):
@@ -193,6 +199,10 @@ def measure(backend: str, reps: int, seconds: int, link_gbit: float,
         return med
     finally:
         down(topo.name)
+
+
+def _name(r: dict[str, Any], family: bool) -> str:
+    return f"{r['backend']} {r['family']}" if family else str(r["backend"])
 
 
 def _fmt(r: dict[str, Any], key: str, spec: str) -> str:
@@ -208,9 +218,13 @@ def main() -> None:
                         help="the underlay links' width; 0: unshaped, as fast as the CPU")
     parser.add_argument("--fast-path", choices=["on", "off"], default="on",
                         help="podnet's eBPF fast path (docs/fastpath.md)")
+    parser.add_argument("--families", nargs="+", choices=["ipv4", "ipv6"], default=["ipv4"],
+                        help="ipv6: IPv6-only pods over an IPv6-only underlay")
     args = parser.parse_args()
     fast = args.fast_path == "on"
-    rows = [measure(b, args.reps, args.seconds, args.link_gbit, fast) for b in args.backends]
+    rows = [measure(b, args.reps, args.seconds, args.link_gbit, fast, f)
+            for b in args.backends for f in args.families]
+    family = len(args.families) > 1  # a column of its own
     print(f"Underlay links: {f'{args.link_gbit:g} Gbit/s' if args.link_gbit else 'unshaped'}; "
           f"{args.reps} repetitions of {args.seconds} s; podnet's fast path {args.fast_path}")
     print("Throughput (Gbit/s, median); ratio = podnet pods / underlay; vs ref = podnet pods / "
@@ -219,7 +233,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         for m in ("1", "4"):
-            print(f"| {r['backend']} | {m} | {r[f'node_{m}']:.2f} | {r[f'pod_{m}']:.2f} | "
+            print(f"| {_name(r, family)} | {m} | {r[f'node_{m}']:.2f} | {r[f'pod_{m}']:.2f} | "
                   f"{r[f'ratio_{m}']:.2f} | {_fmt(r, f'ref_{m}', '.2f')} | "
                   f"{_fmt(r, f'vs_ref_{m}', '.2f')} |")
     print()
@@ -230,12 +244,13 @@ def main() -> None:
     for r in rows:
         for m, name in (("icmp10", "ICMP echo p10"), ("icmp50", "ICMP echo p50"),
                         ("rr", "TCP 1-byte RR p50")):
-            print(f"| {r['backend']} | {name} | {r[f'node_{m}']:.0f} | {r[f'pod_{m}']:.0f} | "
+            print(f"| {_name(r, family)} | {name} | {r[f'node_{m}']:.0f} | {r[f'pod_{m}']:.0f} | "
                   f"{r[f'over_{m}'] * 100:+.0f}% | {_fmt(r, f'ref_{m}', '.0f')} | "
                   f"{_fmt(r, f'vs_ref_{m}', '+.0%')} |")
     os.makedirs("bench/out", exist_ok=True)
     tag = f"{args.link_gbit:g}gbit" if args.link_gbit else "unshaped"
     tag += "" if fast else "-nofast"
+    tag += "" if args.families == ["ipv4"] else "-" + "-".join(args.families)
     with open(f"bench/out/dataplane-{tag}.json", "w") as fh:
         json.dump({"link_gbit": args.link_gbit, "reps": args.reps, "seconds": args.seconds,
                    "fast_path": fast, "rows": rows}, fh, indent=2)
