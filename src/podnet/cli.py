@@ -138,7 +138,7 @@ def _cmd_cluster_init(args: argparse.Namespace) -> int:
         config = NetworkConfig.make(cidrs[0], args.subnet_len, backend,
                                     cidrs[1] if len(cidrs) == 2 else None, args.subnet_len_v6)
     except ConfigError as exc:
-        raise UserError(*_split(str(exc))) from None
+        raise UserError.of(str(exc), "see `podnet cluster init --help`") from None
     if args.node_credentials:
         _check_credentials_args(args.node_credentials.split(","), args.credentials_out)
     store = from_args(args)
@@ -203,14 +203,6 @@ def _cmd_cluster_credentials(args: argparse.Namespace) -> int:
         raise UserError("the cluster is not initialised", "run `podnet cluster init` first")
     _issue_credentials(store, config, args.node, args.out)
     return 0
-
-
-def _split(message: str) -> tuple[str, str]:
-    """A message that ends in '(fix)' as (what, fix)."""
-    what, sep, fix = message.rpartition(" (")
-    if sep and fix.endswith(")"):
-        return what, fix[:-1]
-    return message, "see `podnet cluster init --help`"
 
 
 def _cmd_cluster_show(args: argparse.Namespace) -> int:

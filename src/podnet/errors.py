@@ -9,3 +9,11 @@ class UserError(ValueError):
         super().__init__(f"{what} ({fix})")
         self.what = what
         self.fix = fix
+
+    @classmethod
+    def of(cls, message: str, fix: str) -> UserError:
+        """A message that ends in '(fix)' as its what and fix; else with `fix`."""
+        what, sep, own = message.rpartition(" (")
+        if sep and own.endswith(")"):
+            return cls(what, own[:-1])
+        return cls(message, fix)

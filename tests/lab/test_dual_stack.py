@@ -266,3 +266,41 @@ def test_ipv6_only_clusters(make_lab: MakeLab, backend: str, underlay: str) -> N
         code, remote, err = verify_etcd(lab)
         assert code == 0 and remote is not None and remote["ok"], (err, remote)
         assert len(remote["pairs"]) == 10
+
+
+@pytest.mark.parametrize(("mode", "family"), [("bgp", "dual"), ("static", "dual"),
+                                              ("bgp", "ipv6")])
+def test_gateway_routes_both_families(make_lab: MakeLab, mode: str, family: str) -> None:
+    """The router's links carry IPv6 beside IPv4: each node announces each pod subnet over a
+    BGP session of its family (BIRD), or the router's agent routes each via the node's
+    address of that family (static); every pair connects in each family."""
+    lab = make_lab("gateway", nodes=2, pods=1, underlay="routed", gateway_mode=mode,
+                   ip_family=family)
+    node2 = status(lab)["nodes"][1]
+    v6 = next(s for s in node2["pod_subnets"] if ":" in s)
+    router = subprocess.run(["nsenter", f"--net={ns_path(lab.prefix + 'rt')}", "ip", "-6",
+                             "route", "show", v6], capture_output=True, text=True,
+                            check=True).stdout
+    assert f"via {node2['node_ips'][1]} dev node2" in router, router
+    for f in [4, 6] if family == "dual" else [6]:
+        report = verify(lab, f)
+        assert report.ok, (f, failures(report))
+
+
+def test_gateway_refuses_a_node_without_ipv6(make_lab: MakeLab, tmp_path: object) -> None:
+    """A dual-stack gateway cluster announces IPv6 pods over IPv6: a node that has no IPv6
+    address is refused with the family named, before it takes a lease."""
+    lab = make_lab("gateway", nodes=1, pods=0, underlay="routed", ip_family="dual")
+    proc = subprocess.run(  # etcd's namespace: IPv4 only
+        ["nsenter", f"--net={ns_path(lab.prefix + 'cp')}", *PODNET, "agent",
+         *lab.etcd_args(), "--node-name", "v4only", "--iface", "eth0",
+         "--cni-conf-dir", f"{tmp_path}/net.d", "--state-dir", f"{tmp_path}/state",
+         "--cni-socket", f"{tmp_path}/cni.sock", "--metrics", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert ("announces IPv6 pods over IPv6: node v4only has no IPv6 address"
+            in proc.stderr), proc.stderr
+    shown = subprocess.run(["nsenter", f"--net={ns_path(lab.prefix + 'cp')}", *PODNET,
+                            "cluster", "show", *lab.etcd_args()], capture_output=True,
+                           text=True, timeout=60, check=True).stdout
+    assert "node1" in shown and "v4only" not in shown

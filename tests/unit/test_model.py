@@ -190,6 +190,21 @@ def test_nodes_at_ipv6_addresses() -> None:
     with pytest.raises(ConfigError, match="inside the pod network"):
         Lease.from_json(json.dumps({**json.loads(lease.to_json()),
                                     "nodeIP": "fd00:10:244:9::1"}), conf)
+    # A dual-stack underlay: an IPv4 node IP and an IPv6 one beside it (gateway's too).
+    for backend in ("host-gw", "gateway"):
+        both_conf = NetworkConfig.make("10.244.0.0/16", None, {"type": backend},
+                                       "fd00:10:244::/56")
+        both = Lease.make(both_conf, subnet, "n1", ipaddress.IPv4Address("192.168.1.7"), {},
+                          ipaddress.IPv6Address("fd00:192:168:1::7"))
+        back = Lease.from_json(both.to_json(), both_conf)
+        assert back == both and [str(ip) for ip in back.underlay_ips] == [
+            "192.168.1.7", "fd00:192:168:1::7"]
+        assert str(back.address(6)) == "fd00:192:168:1::7"
+    for bad, message in (("fd00:10:244:9::1", "inside the pod network"),
+                         ("192.168.1.8", "not valid"), ("fe80::1", "unicast")):
+        with pytest.raises(ConfigError, match=message):
+            Lease.from_json(json.dumps({**json.loads(both.to_json()), "nodeIP6": bad}),
+                            both_conf)
 
 
 def test_ipv6_only_config_and_leases() -> None:
@@ -213,7 +228,7 @@ def test_ipv6_only_config_and_leases() -> None:
     ("fd00:10:244::/56", 48, None, "vxlan", "cannot fit"),
     ("fd00:10:244::/56", 64, 72, "vxlan", "one subnet length"),
     ("fd00:10:244::/56", None, 121, "host-gw", "at most /120"),
-    ("fd00:10:244::/56", None, None, "gateway", "IPv4 pods only"),
+    ("fd00:10:244::/56", None, None, "gre", "IPv4 pods only"),
 ])
 def test_bad_ipv6_only_configs(cidr: str, length: int | None, length6: int | None,
                                backend: str, message: str) -> None:

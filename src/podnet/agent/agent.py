@@ -25,7 +25,7 @@ from podnet.agent.node import detect
 from podnet.agent.options import AgentOptions, metrics_address
 from podnet.agent.state import AlreadyRunning, NodeState, StateFile
 from podnet.backends import manager
-from podnet.backends.base import Backend
+from podnet.backends.base import Backend, BackendError
 from podnet.cni.server import Server
 from podnet.datastore.base import Datastore, DatastoreError, Event, Held, PermissionDenied
 from podnet.datastore.model import (
@@ -93,8 +93,10 @@ class Agent:
         self.config = config
         node = detect(self.opts.node_name, self.opts.iface, self.opts.node_ip)
         node.state_dir = self.opts.state_dir
-        if (problem := node_ip_problem(node.ip, config)) is not None:
-            raise UserError(problem, "give --iface or --node-ip the node's underlay address")
+        for ip, second in ((node.ip, False), (node.ip6, True)):
+            if ip is not None and (problem := node_ip_problem(ip, config, second)) is not None:
+                raise UserError(problem, "give --iface or --node-ip the node's underlay "
+                                "address")
         _forwarding()
         if self.opts.role == "router":
             self.backend = manager.create_router(node, config)
@@ -106,18 +108,21 @@ class Agent:
             log.info("backend changed from %s to %s: removing what the old one made",
                      previous.backend, config.backend_type)
             manager.cleanup(previous.backend, self.opts.state_dir)
-        self.backend = manager.create(node, config)
-        attrs = self.backend.setup()
+        try:
+            self.backend = manager.create(node, config)
+            attrs = self.backend.setup()
+        except BackendError as exc:  # before any lease: nothing is stored
+            raise UserError.of(str(exc), "see docs/backends.md") from None
         prefer = previous.held(self.opts.node_name)
         self.held = self._retry(lambda: self.store.acquire(
-            self.opts.node_name, str(node.ip), attrs, self.opts.ttl, config, prefer),
-            "acquiring a lease")
+            self.opts.node_name, str(node.ip), attrs, self.opts.ttl, config, prefer,
+            None if node.ip6 is None else str(node.ip6)), "acquiring a lease")
         own = self.held.lease
         self.state.save(NodeState(self.held.lease_id, str(own.subnet), config.backend_type,
                                   str(node.ip)))
         log.info("leased %s for node %s (%s)", own.subnet, own.node, own.node_ip)
         self.backend.start(own)
-        self._firewall([node.ip])
+        self._firewall(own.underlay_ips)
         plugin = self.backend.cni_plugin_options()
         self.fast = self._start_fast_path(config, plugin["bridge"])
         if self.fast is not None:
@@ -299,8 +304,8 @@ class Agent:
             self.backend.sync(list(self.peers.values()))
             self._sync_tunnels()
             t2 = time.perf_counter()
-            self._firewall([p.node_ip for p in self.peers.values()]
-                           + ([own.node_ip] if own else []))
+            self._firewall([ip for p in [*self.peers.values(), *([own] if own else [])]
+                            for ip in p.underlay_ips])
         log.info("synced %d peers at revision %d (read %.0f ms, kernel %.0f ms, firewall "
                  "%.0f ms)", len(self.peers), revision, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
                  (time.perf_counter() - t2) * 1e3)
@@ -332,7 +337,8 @@ class Agent:
                     log.info("peer %s left (%s)", gone.node, gone.subnet)
                     self.backend.peer_removed(gone.node)
                     self._set_tunnel(gone.subnet, None)
-                    firewall.remove_node(gone.node_ip)
+                    for ip in gone.underlay_ips:
+                        firewall.remove_node(ip)
                 return
             lease = ev.lease
             if lease is None or (own is not None and lease.node == own.node):
@@ -345,7 +351,8 @@ class Agent:
             self.peers[ev.key] = lease
             self.backend.peer_added(lease)
             self._set_tunnel(lease.subnet, self.backend.fast_path_tunnel(lease))
-            firewall.add_node(lease.node_ip)
+            for ip in lease.underlay_ips:
+                firewall.add_node(ip)
             log.info("peer %s at %s has %s", lease.node, lease.node_ip, lease.subnet)
 
     def _watch_loop(self, revision: int | None) -> None:
@@ -380,9 +387,10 @@ class Agent:
                     log.warning("lease expired: acquiring it again")
                     assert self.backend is not None
                     held = self.held
+                    ip6 = held.lease.node_ip6
                     self.held = self.store.acquire(
                         self.opts.node_name, str(held.lease.node_ip), held.lease.attrs,
-                        self.opts.ttl, self.config, held)
+                        self.opts.ttl, self.config, held, None if ip6 is None else str(ip6))
                     self.state.save(NodeState(self.held.lease_id, str(self.held.lease.subnet),
                                               self.config.backend_type,
                                               str(self.held.lease.node_ip)))

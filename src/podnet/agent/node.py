@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from dataclasses import replace
 
 from pyroute2 import IPRoute
 
@@ -13,20 +14,24 @@ from podnet.netlink import links
 
 
 def detect(name: str, iface: str | None, node_ip: str | None) -> NodeInfo:
-    """From --node-ip, else --iface's first address, else the default route's interface's.
+    """From --node-ip (one address, or IPV4,IPV6 as kubelet takes it), else --iface's first
+    address, else the default route's interface's.
 
     The first address is an IPv4 one where the interface has one, else its first global IPv6
     one: an IPv6-only underlay gives the node an IPv6 address, and a link-local one cannot be
-    reached from other links."""
+    reached from other links. A node with an IPv4 node IP also publishes its interface's first
+    IPv6 one (unless --node-ip names it): a dual-stack underlay carries IPv6 pods directly."""
     ipr = IPRoute(groups=0)
     try:
         if node_ip:
-            ip = ipaddress.ip_address(node_ip)
-            family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
-            for msg in ipr.get_addr(family=family):
-                if ipaddress.ip_address(msg.get_attr("IFA_ADDRESS")) == ip:
-                    return _info(ipr, name, ip, int(msg["index"]))
-            raise ValueError(f"no interface holds the node IP {ip}")
+            first, _, second = node_ip.partition(",")
+            ip = ipaddress.ip_address(first)
+            info = _info(ipr, name, ip, _holder(ipr, ip))
+            if second:
+                ip6 = ipaddress.IPv6Address(second)
+                _holder(ipr, ip6)
+                return replace(info, ip6=ip6)
+            return _with_ip6(ipr, info)
         if iface is None:
             index = _default_route_link(ipr)
         else:
@@ -42,9 +47,27 @@ def detect(name: str, iface: str | None, node_ip: str | None) -> NodeInfo:
             addr = _first_address(ipr, index)
         if addr is None:
             raise ValueError(f"interface #{index} has no IPv4 or global IPv6 address")
-        return _info(ipr, name, addr, index)
+        return _with_ip6(ipr, _info(ipr, name, addr, index))
     finally:
         ipr.close()
+
+
+def _holder(ipr: IPRoute, ip: NodeIP) -> int:
+    """The interface that holds `ip`."""
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    for msg in ipr.get_addr(family=family):
+        if ipaddress.ip_address(msg.get_attr("IFA_ADDRESS")) == ip:
+            return int(msg["index"])
+    raise ValueError(f"no interface holds the node IP {ip}")
+
+
+def _with_ip6(ipr: IPRoute, info: NodeInfo) -> NodeInfo:
+    """An IPv4 node's IPv6 address on the same interface, where it has one."""
+    if info.ip.version == 6:
+        return info
+    v6 = [a.ip for a in links.addresses(ipr, info.iface_index)
+          if isinstance(a.ip, ipaddress.IPv6Address) and not a.ip.is_link_local]
+    return replace(info, ip6=v6[0]) if v6 else info
 
 
 def _default_route_link(ipr: IPRoute) -> int:

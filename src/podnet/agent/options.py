@@ -44,10 +44,15 @@ class AgentOptions:
                             "give the name of the underlay interface, e.g. eth0")
         if self.node_ip is not None:
             try:
-                ipaddress.ip_address(self.node_ip)
+                ips = [ipaddress.ip_address(ip) for ip in self.node_ip.split(",")]
             except ValueError:
                 raise UserError(f"--node-ip {self.node_ip!r} is not an IP address",
-                                "give the node's address on the underlay") from None
+                                "give the node's address on the underlay, or its IPv4 and "
+                                "IPv6 ones as IPV4,IPV6") from None
+            if len(ips) > 1 and [ip.version for ip in ips] != [4, 6]:
+                raise UserError(f"--node-ip {self.node_ip!r} is not IPV4,IPV6",
+                                "give one address, or the IPv4 and the IPv6 one in that "
+                                "order, as kubelet takes them")
         for flag, path in (("--cni-conf-dir", self.cni_conf_dir),
                            ("--state-dir", self.state_dir),
                            ("--ipam-data-dir", self.ipam_data_dir)):

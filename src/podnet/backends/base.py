@@ -98,6 +98,8 @@ class NodeInfo:
     iface_index: int
     mtu: int  # the underlay MTU
     state_dir: str = "/var/lib/podnet/agent"  # where a backend keeps files of its own
+    # Its IPv6 address beside an IPv4 `ip`, where the underlay carries both families.
+    ip6: ipaddress.IPv6Address | None = None
 
 
 class Backend(ABC):

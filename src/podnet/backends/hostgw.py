@@ -51,15 +51,18 @@ class HostGwBackend(Backend):
 def routed_via_node(peer: Lease, oif: int) -> frozenset[Entry]:
     """Each of the peer's pod subnets via the peer's node, on `oif`.
 
-    The IPv4 subnet goes via the node's address of either family (an IPv6 one as RTA_VIA,
-    RFC 5549: IPv4 pods need no IPv4 underlay). Linux refuses the converse ("IPv6 does not
+    A subnet goes via the node's underlay address of its family where the node has one. The
+    IPv4 subnet goes via an IPv6 one otherwise (RTA_VIA, RFC 5549: IPv4 pods need no IPv4
+    underlay). Linux refuses the converse ("IPv6 does not
     support RTA_VIA"), so over an IPv4 underlay an IPv6 subnet goes on-link via its own network
     address, which a permanent neighbour entry resolves to the peer's node MAC (published in
     its lease): dual-stack pods need no IPv6 underlay either."""
     out: set[Entry] = set()
     mac = peer.attrs.get("nodeMAC")
     for subnet in peer.subnets:
-        if subnet.version == 4 or peer.node_ip.version == 6:
+        if (via := peer.underlay_ip(subnet.version)) is not None:
+            out.add(Route(str(subnet), str(via), oif))
+        elif subnet.version == 4 or peer.node_ip.version == 6:
             out.add(Route(str(subnet), str(peer.node_ip), oif))
         elif isinstance(mac, str):
             gw = str(subnet.network_address)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+from dataclasses import replace
 from typing import Any
 
 from pyroute2 import IPRoute
 
-from podnet.backends.base import Backend, Entry, FastPathSpec, NodeInfo
+from podnet.backends.base import Backend, Entry, FastPathSpec
 from podnet.datastore.model import Lease
 from podnet.netlink import links
 
@@ -65,8 +66,7 @@ class L2Backend(Backend):
                 br = links.ensure_bridge(ipr, NODE_BRIDGE, links.mac_of(phys), self.node.mtu)
                 ipr.link("set", index=self.node.iface_index, master=br)
                 move_addresses(ipr, self.node.iface_index, br)
-                self.node = NodeInfo(self.node.name, self.node.ip, NODE_BRIDGE, br,
-                                     self.node.mtu)
+                self.node = replace(self.node, iface=NODE_BRIDGE, iface_index=br)
             pod_br = links.ensure_bridge(ipr, POD_BRIDGE, None, self.node.mtu)
             if links.by_name(ipr, VETH_POD_SIDE) is None:
                 ipr.link("add", ifname=VETH_POD_SIDE, kind="veth", mtu=self.node.mtu,

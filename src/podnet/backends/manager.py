@@ -25,6 +25,8 @@ def create_router(node: NodeInfo, config: NetworkConfig) -> Backend:
 
 def cleanup(kind: str, state_dir: str) -> None:
     """Remove what a backend of this kind programmed: podnet's routes, devices, daemons."""
+    import socket
+
     from pyroute2 import IPRoute
 
     from podnet.fastpath import node as fastpath
@@ -38,7 +40,8 @@ def cleanup(kind: str, state_dir: str) -> None:
         with batch.raw_socket() as sock:
             ops = [batch.Op("route", "del", {"dst": r.dst, "proto": RTPROT_PODNET,
                                              "oif": r.oif}, batch.DEL_IGNORE)
-                   for r in rtmsg.dump_routes(sock) if r.proto == RTPROT_PODNET]
+                   for family in (socket.AF_INET, socket.AF_INET6)
+                   for r in rtmsg.dump_routes(sock, family) if r.proto == RTPROT_PODNET]
         batch.apply(ops)
     finally:
         ipr.close()

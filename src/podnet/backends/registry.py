@@ -40,6 +40,14 @@ def _ipv4(value: Any) -> str | None:
         return "an IPv4 address"
 
 
+def _ipv6(value: Any) -> str | None:
+    try:
+        ipaddress.IPv6Address(value)
+        return None
+    except ValueError:
+        return "an IPv6 address"
+
+
 @dataclass(frozen=True)
 class Spec:
     name: str
@@ -63,9 +71,9 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("l2", "l2", "L2Backend", _COMMON, dual_stack=True, ipv6_underlay=True),
     Spec("host-gw", "hostgw", "HostGwBackend", _COMMON, dual_stack=True, ipv6_underlay=True),
     Spec("gateway", "gateway", "GatewayBackend",
-         {**_COMMON, "mode": _one_of("bgp", "static"), "router": _ipv4,
+         {**_COMMON, "mode": _one_of("bgp", "static"), "router": _ipv4, "router6": _ipv6,
           "routerAS": _int_in(1, 4294967295), "nodeAS": _int_in(1, 4294967295)},
-         routed_by_gateway=True),
+         routed_by_gateway=True, dual_stack=True),
     Spec("vxlan", "vxlan", "VxlanBackend",
          {**_COMMON, "vni": _int_in(1, 16777215), "port": _int_in(1, 65535),
           "directRouting": _flag, "txChecksumOffload": _flag}, dual_stack=True,

@@ -47,7 +47,8 @@ class Datastore(Protocol):
     def put_config(self, config: NetworkConfig) -> None: ...
 
     def acquire(self, node: str, node_ip: str, attrs: dict[str, object], ttl: int,
-                config: NetworkConfig, prefer: Held | None) -> Held: ...
+                config: NetworkConfig, prefer: Held | None,
+                node_ip6: str | None = None) -> Held: ...
 
     def renew(self, held: Held) -> bool:
         """Keep the lease alive; False when it has expired and must be acquired again."""

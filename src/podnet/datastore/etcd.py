@@ -244,7 +244,9 @@ class EtcdStore:
         return bool(out.get("succeeded", False))
 
     def acquire(self, node: str, node_ip: str, attrs: dict[str, object], ttl: int,
-                config: NetworkConfig, prefer: Held | None) -> Held:
+                config: NetworkConfig, prefer: Held | None,
+                node_ip6: str | None = None) -> Held:
+        ip6 = None if node_ip6 is None else ipaddress.IPv6Address(node_ip6)
         held_raw = self.get(NODES + node)
         if prefer is not None and held_raw is not None:
             mine = json.loads(held_raw)
@@ -253,7 +255,7 @@ class EtcdStore:
             # refresh the payload.
             if mine.get("leaseID") == prefer.lease_id and self.renew(prefer):
                 lease = Lease.make(config, prefer.lease.subnet, node,
-                                   ipaddress.ip_address(node_ip), dict(attrs))
+                                   ipaddress.ip_address(node_ip), dict(attrs), ip6)
                 held = Held(lease, prefer.lease_id, ttl)
                 self._put_both(held, node, compare_absent=False)
                 return held
@@ -293,7 +295,8 @@ class EtcdStore:
         else:
             random.shuffle(free)  # concurrent joiners rarely collide
         for subnet in free:
-            lease = Lease.make(config, subnet, node, ipaddress.ip_address(node_ip), dict(attrs))
+            lease = Lease.make(config, subnet, node, ipaddress.ip_address(node_ip), dict(attrs),
+                               ip6)
             held = Held(lease, lease_id, ttl)
             if self._put_both(held, node, compare_absent=True):
                 return held

@@ -57,21 +57,23 @@ class FileStore:
         return {} if raw is None else dict(json.loads(raw))
 
     def acquire(self, node: str, node_ip: str, attrs: dict[str, object], ttl: int,
-                config: NetworkConfig, prefer: Held | None) -> Held:
+                config: NetworkConfig, prefer: Held | None,
+                node_ip6: str | None = None) -> Held:
+        ip6 = None if node_ip6 is None else ipaddress.IPv6Address(node_ip6)
         with self._locked():
             leases = self._leases()
             for key, raw in leases.items():
                 lease = Lease.from_json(raw, config)
                 if lease.node == node:
-                    fresh = Lease.make(config, lease.subnet, node, ipaddress.ip_address(node_ip),
-                                       dict(attrs))
+                    fresh = Lease.make(config, lease.subnet, node,
+                                       ipaddress.ip_address(node_ip), dict(attrs), ip6)
                     leases[key] = fresh.to_json()
                     self._write("leases.json", json.dumps(leases))
                     return Held(fresh, 0, ttl)
             for subnet in config.subnets():
                 if subnet_key(subnet) not in leases:
                     lease = Lease.make(config, subnet, node, ipaddress.ip_address(node_ip),
-                                       dict(attrs))
+                                       dict(attrs), ip6)
                     leases[subnet_key(subnet)] = lease.to_json()
                     self._write("leases.json", json.dumps(leases))
                     return Held(lease, 0, ttl)

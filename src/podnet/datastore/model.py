@@ -76,8 +76,9 @@ def node_name_problem(name: object) -> str | None:
     return None
 
 
-def node_ip_problem(ip: NodeIP, config: NetworkConfig) -> str | None:
-    """Why `ip` cannot be a node's address in this cluster, or None."""
+def node_ip_problem(ip: NodeIP, config: NetworkConfig, second: bool = False) -> str | None:
+    """Why `ip` cannot be a node's address in this cluster, or None. `second`: the IPv6
+    address of a node whose node IP is IPv4 (a dual-stack underlay)."""
     from podnet.backends.registry import SPECS
 
     for network in config.networks:
@@ -88,7 +89,7 @@ def node_ip_problem(ip: NodeIP, config: NetworkConfig) -> str | None:
     for reserved in RESERVED if ip.version == 4 else RESERVED6:
         if ip in reserved:
             return f"node IP {ip} lies in the reserved range {reserved}"
-    if ip.version == 6 and not SPECS[config.backend_type].ipv6_underlay:
+    if ip.version == 6 and not second and not SPECS[config.backend_type].ipv6_underlay:
         return (f"node IP {ip} is IPv6, and the {config.backend_type} backend runs over an "
                 "IPv4 underlay only (give the node's IPv4 address with --node-ip)")
     return None
@@ -266,12 +267,26 @@ class Lease:
     node_ip: NodeIP  # the address peers reach the node at, of the underlay's family
     attrs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     subnet6: IPv6Network | None = None  # dual-stack: config.subnet6_for(subnet)
+    # The node's IPv6 address beside an IPv4 node IP, where the underlay carries both.
+    node_ip6: ipaddress.IPv6Address | None = None
 
     @classmethod
     def make(cls, config: NetworkConfig, subnet: PodNetwork, node: str,
-             node_ip: NodeIP, attrs: dict[str, Any]) -> Lease:
+             node_ip: NodeIP, attrs: dict[str, Any],
+             node_ip6: ipaddress.IPv6Address | None = None) -> Lease:
         """A lease of `subnet`, with the IPv6 subnet that goes with it in this cluster."""
-        return cls(subnet, node, node_ip, attrs, config.subnet6_for(subnet))
+        return cls(subnet, node, node_ip, attrs, config.subnet6_for(subnet), node_ip6)
+
+    @property
+    def underlay_ips(self) -> list[NodeIP]:
+        """Every underlay address of the node: its node IP, and its IPv6 one beside."""
+        return [self.node_ip] + ([self.node_ip6] if self.node_ip6 is not None else [])
+
+    def underlay_ip(self, family: int) -> NodeIP | None:
+        """The node's underlay address of `family`, if it has one."""
+        if self.node_ip.version == family:
+            return self.node_ip
+        return self.node_ip6 if family == 6 else None
 
     @property
     def subnets(self) -> list[PodNetwork]:
@@ -279,10 +294,10 @@ class Lease:
         return [self.subnet] + ([self.subnet6] if self.subnet6 is not None else [])
 
     def address(self, family: int) -> NodeIP | None:
-        """The node's address of `family` (4 or 6), as a sender: its node IP where that is of
-        the family, else its pod bridge's gateway of it (where the underlay has none)."""
-        if self.node_ip.version == family:
-            return self.node_ip
+        """The node's address of `family` (4 or 6), as a sender: its underlay address of the
+        family, else its pod bridge's gateway of it (where the underlay has none)."""
+        if (own := self.underlay_ip(family)) is not None:
+            return own
         subnet = next((s for s in self.subnets if s.version == family), None)
         return None if subnet is None else subnet.network_address + 1
 
@@ -291,6 +306,8 @@ class Lease:
                "attrs": self.attrs}
         if self.subnet6 is not None:
             obj["subnet6"] = str(self.subnet6)
+        if self.node_ip6 is not None:
+            obj["nodeIP6"] = str(self.node_ip6)
         return json.dumps(obj, sort_keys=True)
 
     @classmethod
@@ -311,6 +328,8 @@ class Lease:
                                else ipaddress.IPv4Address(_ipv4_int(raw_ip)))
             node = obj["node"]
             attrs = obj.get("attrs", {})
+            node_ip6 = (None if obj.get("nodeIP6") is None
+                        else ipaddress.IPv6Address(str(obj["nodeIP6"])))
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"lease payload is not valid: {exc}") from None
         if (problem := node_name_problem(node)) is not None:
@@ -325,11 +344,14 @@ class Lease:
         subnet = ipaddress.ip_network((net, prefix)) if bits == 128 else IPv4Network((net, prefix))
         if (problem := node_ip_problem(node_ip, config)) is not None:
             raise ConfigError(f"lease {problem}")
+        if node_ip6 is not None and (node_ip.version == 6 or (
+                problem := node_ip_problem(node_ip6, config, second=True)) is not None):
+            raise ConfigError(f"lease nodeIP6: {problem or 'the node IP is IPv6 already'}")
         subnet6 = config.subnet6_for(subnet)
         if "subnet6" in obj and str(obj["subnet6"]) != str(subnet6):
             raise ConfigError(f"lease subnet6 {obj['subnet6']} is not {subnet6}, which goes "
                               f"with {subnet} in this cluster")
-        return cls(subnet, node, node_ip, attrs, subnet6)
+        return cls(subnet, node, node_ip, attrs, subnet6, node_ip6)
 
 
 def _ipv4_int(text: str) -> int:

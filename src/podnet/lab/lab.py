@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from podnet.lab import pki
 from podnet.lab.topology import (
     ETCD_PORT,
     NAME_RE,
+    ROUTED_NET6,
     NodeSpec,
     PodSpec,
     Topology,
@@ -395,6 +397,8 @@ class Lab:
             _in_ns(cp, lambda ipr: ipr.route("replace", dst="0.0.0.0/0", gateway="192.168.99.1"))
             with netns.entered(ns_path(rt)):
                 netns.write_sysctl("net/ipv4/ip_forward", "1")
+                if t.routed_ipv6:
+                    netns.write_sysctl("net/ipv6/conf/all/forwarding", "1")
 
     def _router(self) -> None:
         """The nodes' default gateway learns the pod subnets: BIRD over BGP, or a podnet agent
@@ -409,8 +413,9 @@ class Lab:
             self.progress("router: BIRD, learning pod subnets over BGP")
             conf, ctl, pidfile = bird_paths(d)
             with open(conf, "w") as fh:
-                fh.write(router_bird_config("192.168.99.1", t.cidr, 64512, 64513,
-                                            "192.168.0.0/16"))
+                ranges = {4: (t.cidr, "192.168.0.0/16"), 6: (t.cidr6, str(ROUTED_NET6))}
+                fh.write(router_bird_config("192.168.99.1", [ranges[f] for f in t.families],
+                                            64512, 64513))
             self._run_in(rt, ["bird", "-c", conf, "-s", ctl, "-P", pidfile])
             # BIRD creates its pid file before it writes the pid: wait for a live pid in it.
             self._wait(lambda: bird_pid(d) is not None, 10, "BIRD did not start on the router")
@@ -430,11 +435,13 @@ class Lab:
         subnets = set()
         for node in self.topo.nodes:
             ipam = self.conflist(node)["plugins"][0]["ipam"]
-            subnets.add(ipaddress.IPv4Network(ipam["subnet"]))
+            for r in [rs[0] for rs in ipam["ranges"]] if "ranges" in ipam else [ipam]:
+                subnets.add(ipaddress.ip_network(r["subnet"]))
         ipr = netns.iproute_in(ns_path(self.prefix + "rt"))
         try:
-            have = {ipaddress.IPv4Network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}")
-                    for r in ipr.get_routes(family=2, table=254) if r.get_attr("RTA_DST")}
+            have = {ipaddress.ip_network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}")
+                    for family in (socket.AF_INET, socket.AF_INET6)
+                    for r in ipr.get_routes(family=family, table=254) if r.get_attr("RTA_DST")}
         finally:
             ipr.close()
         return subnets <= have
@@ -489,8 +496,6 @@ class Lab:
         self.save()
 
     def _etcd_ready(self) -> bool:
-        import socket
-
         for member in self.topo.etcd_names:
             ip = self.topo.etcd_member_ip(member)
             with netns.entered(ns_path(self.prefix + member)):
@@ -536,6 +541,14 @@ class Lab:
                                                      f"{t.node_ip(node)}/{prefix}"))
             _in_ns(ns, lambda ipr: ipr.route("replace", dst="0.0.0.0/0",
                                              gateway=t.gateway(node)))
+            if t.routed_ipv6:  # the link carries IPv6 too: an address and a default route
+                net6 = t.node_net6(node)
+                _in_ns(rt, lambda ipr: links.add_address(ipr, _index(ipr, node.name),
+                                                         f"{net6.network_address + 1}/64"))
+                _in_ns(ns, lambda ipr: links.add_address(ipr, _index(ipr, "eth0"),
+                                                         f"{net6.network_address + 2}/64"))
+                _in_ns(ns, lambda ipr: ipr.route("replace", dst="::/0",
+                                                 gateway=str(net6.network_address + 1)))
         if t.etcd_auth:
             self._node_credentials(node)
         if start_agent:
@@ -830,7 +843,7 @@ def status(lab: Lab) -> dict[str, Any]:
                                                   "key": lab.certs.client_key})},
         "ip_family": t.ip_family, "underlay_family": t.underlay_family,
         "nodes": [{"name": n.name, "netns": n.netns(t.name), "node_ip": t.node_ip(n),
-                   "node_ips": [t.node_ip(n)],
+                   "node_ips": t.node_ips(n),
                    "pod_subnet": subnets.get(n.name, [""])[0],
                    "pod_subnets": subnets.get(n.name, []), "agent_pid": n.agent_pid}
                   for n in t.nodes],

@@ -18,6 +18,8 @@ UNDERLAY_FAMILIES = ("ipv4", "ipv6")
 CONTROL_NET = ipaddress.IPv4Network("192.168.99.0/24")  # routed underlay: etcd's subnet
 SWITCH_NET = ipaddress.IPv4Network("192.168.100.0/24")
 SWITCH_NET6 = ipaddress.IPv6Network("fd00:192:168:100::/64")  # the IPv6 underlay's switch
+# A routed underlay's links carry IPv6 as well where pods have it: node i's fd00:192:168:10i::/64.
+ROUTED_NET6 = ipaddress.IPv6Network("fd00:192:168::/48")
 ETCD_PORT = 2379
 MAX_NODES = 50
 MAX_PODS_PER_NODE = 50
@@ -227,6 +229,27 @@ class Topology:
         if self.underlay == "switch":
             return self.switch_net
         return ipaddress.IPv4Network(f"192.168.{100 + node.index}.0/24")
+
+    @property
+    def families(self) -> list[int]:
+        """The pods' address families."""
+        return {"ipv4": [4], "dual": [4, 6], "ipv6": [6]}[self.ip_family]
+
+    @property
+    def routed_ipv6(self) -> bool:
+        """The router's links carry IPv6 beside IPv4 (IPv6 pods behind a router)."""
+        return self.underlay == "routed" and 6 in self.families
+
+    def node_net6(self, node: NodeSpec) -> ipaddress.IPv6Network:
+        # Its fourth group reads as the IPv4 link's third octet: 192.168.102.0/24 and
+        # fd00:192:168:102::/64.
+        group = int(str(100 + node.index), 16)
+        return ipaddress.IPv6Network((int(ROUTED_NET6.network_address) + (group << 64), 64))
+
+    def node_ips(self, node: NodeSpec) -> list[str]:
+        """The node's underlay addresses: node_ip, and its IPv6 one on an IPv6 routed link."""
+        net6 = [str(self.node_net6(node).network_address + 2)] if self.routed_ipv6 else []
+        return [self.node_ip(node), *net6]
 
     def node_ip(self, node: NodeSpec) -> str:
         if self.underlay == "switch":
