@@ -28,7 +28,8 @@ def build(lab: Lab, mode: str) -> list[tuple[str, str]]:
     pods = []
     for i, node in enumerate(nodes):
         name = f"{lab.prefix}ref-{node.name}"
-        path = netns.create(name)
+        lab.new_ns(name)  # recorded: the lab's `down` removes it
+        path = ns_path(name)
         conf = {"cniVersion": "1.0.0", "name": "ref", "plugins": [{
             "type": "bridge", "bridge": "refbr0", "isGateway": True, "mtu": mtu,
             "ipam": {"type": "host-local", "subnet": str(subnets[i + 1]),

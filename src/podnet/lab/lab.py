@@ -271,7 +271,7 @@ class Lab:
             finally:
                 store.close()
 
-    def _new_ns(self, name: str) -> None:
+    def new_ns(self, name: str) -> None:
         """A namespace of the lab, recorded first (a crash leaves nothing unrecorded), its
         loopback up (etcd and echo servers use it)."""
         self.topo.netns_made.append(name)
@@ -374,7 +374,7 @@ class Lab:
         if t.underlay == "switch":
             sw = self.prefix + "sw"
             self.progress("underlay: switch")
-            self._new_ns(sw)
+            self.new_ns(sw)
 
             def make_bridge(ipr: Any) -> None:
                 ipr.link("add", ifname="br0", kind="bridge")
@@ -382,15 +382,15 @@ class Lab:
 
             _in_ns(sw, make_bridge)
             for member in t.etcd_names:
-                self._new_ns(self.prefix + member)
+                self.new_ns(self.prefix + member)
                 _veth(sw, member, self.prefix + member, "eth0",
                       f"{t.etcd_member_ip(member)}/{t.switch_net.prefixlen}")
                 self._attach(sw, member)
         else:
             rt = self.prefix + "rt"
             self.progress("underlay: router")
-            self._new_ns(rt)
-            self._new_ns(cp)
+            self.new_ns(rt)
+            self.new_ns(cp)
             _veth(cp, "eth0", rt, "cp", "192.168.99.1/24")
             _in_ns(cp, lambda ipr: links.add_address(ipr, _index(ipr, "eth0"),
                                                      f"{t.etcd_ip}/24"))
@@ -520,7 +520,7 @@ class Lab:
         t = self.topo
         ns = node.netns(t.name)
         self.progress(f"node {node.name}: {t.node_ip(node)}")
-        self._new_ns(ns)
+        self.new_ns(ns)
         prefix = t.node_net(node).prefixlen
         with netns.entered(ns_path(ns)):
             # As kubeadm requires of a node; an agent in a container cannot set it.
@@ -668,7 +668,7 @@ class Lab:
     def _pod(self, pod: PodSpec) -> None:
         node = self.topo.node(pod.node)
         ns = pod.netns(self.topo.name)
-        self._new_ns(ns)
+        self.new_ns(ns)
         runtime = self.runtime(node)
         # As kubelet names a pod to its plugins (and so to the records verify reads).
         runtime.extra_env["CNI_ARGS"] = (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};"
