@@ -4,7 +4,6 @@ read back byte for byte: what a peer's VXLAN device would accept, and the pod's 
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import os
 import socket
@@ -17,7 +16,6 @@ from podnet.fastpath import bpf, podmap, program
 from podnet.fastpath.podmap import PodEntry
 from podnet.netlink import codec, netns
 
-PROG_TEST_RUN = 10
 TC_ACT_REDIRECT = 7
 CLUSTER = ipaddress.IPv4Network("10.244.0.0/16")
 NODE1, NODE2 = ipaddress.IPv4Address("192.168.0.11"), ipaddress.IPv4Address("192.168.0.12")
@@ -72,13 +70,7 @@ class Node:
 
     def run(self, data: bytes) -> tuple[int, bytes]:
         """The program's verdict on the frame, and the frame as it left the program."""
-        din = ctypes.create_string_buffer(data, len(data))
-        dout = ctypes.create_string_buffer(len(data) + 128)
-        attr = bpf._attr("=IIIIQQI", self.prog, 0, len(data), len(dout), ctypes.addressof(din),
-                         ctypes.addressof(dout), 1)
-        bpf._bpf(PROG_TEST_RUN, attr)
-        retval, _size_in, size_out = struct.unpack_from("=III", attr, 4)
-        return retval, dout.raw[:size_out]
+        return bpf.test_run(self.prog, data)
 
     def close(self) -> None:
         for fd in (self.prog, self.pods, self.tunnels):

@@ -125,6 +125,10 @@ def test_tc_filter_message_reads_as_pyroute2_reads_it() -> None:
     assert opts.get_attr("TCA_BPF_FD") == 42
     assert opts.get_attr("TCA_BPF_NAME") == tc.FILTER_NAME
     assert opts.get_attr("TCA_BPF_FLAGS") == tc.TCA_BPF_FLAG_ACT_DIRECT
+    # IPv6 pods: a second filter, for the other EtherType at the next priority.
+    v6 = tcmsg(codec.message(tc.RTM_NEWTFILTER, 0, 1, tc.filter_message(5, 42, 6)))
+    v6.decode()
+    assert v6["info"] == (2 << 16) | socket.htons(0x86DD) and v6["handle"] == 1
     qdisc = tcmsg(codec.message(tc.RTM_NEWQDISC, 0, 1, tc.qdisc_message(5)))
     qdisc.decode()
     assert qdisc.get_attr("TCA_KIND") == "clsact" and qdisc["parent"] == tc.TC_H_CLSACT

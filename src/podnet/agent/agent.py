@@ -205,12 +205,13 @@ class Agent:
         spec = self.backend.fast_path()
         if (not spec.uplinks or not config.backend.get("fastPath", True)
                 or not isinstance(config.network, ipaddress.IPv4Network)):
-            # Off, or an IPv6-only cluster: the program carries IPv4 pods (IPv6 ones take the
-            # normal path).
+            # Off, or an IPv6-only cluster: the program carries IPv4 pods, and IPv6 ones
+            # beside them.
             fastpath.remove()  # one an earlier config had
             return None
         fast = fastpath.FastPath(bridge, self.backend.pod_mtu(), config.network,
-                                 self.backend.switched, spec.bridge_links, spec.encap)
+                                 self.backend.switched, spec.bridge_links, spec.encap,
+                                 config.network6)
         try:
             fast.reconcile(spec.uplinks)
         except Exception as exc:  # an optimisation only: whatever stops it, pods still connect

@@ -11,6 +11,7 @@ import struct
 SYS_BPF = {"x86_64": 321, "aarch64": 280}
 MAP_CREATE, MAP_LOOKUP, MAP_UPDATE, MAP_DELETE = 0, 1, 2, 3
 PROG_LOAD = 5
+PROG_TEST_RUN = 10
 PROG_GET_FD_BY_ID, MAP_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD = 13, 14, 15
 MAP_LOOKUP_BATCH = 24
 MAP_TYPE_HASH = 1
@@ -45,6 +46,17 @@ def _attr(fmt: str, *values: int | bytes) -> ctypes.Array[ctypes.c_char]:
 
 def _addr(buf: ctypes.Array[ctypes.c_char]) -> int:
     return ctypes.addressof(buf)
+
+
+def test_run(prog_fd: int, frame: bytes) -> tuple[int, bytes]:
+    """Run a program once on a frame (BPF_PROG_TEST_RUN: in this namespace, sending nothing
+    anywhere): its verdict, and the frame as it left the program."""
+    din = ctypes.create_string_buffer(frame, len(frame))
+    dout = ctypes.create_string_buffer(len(frame) + 128)
+    attr = _attr("=IIIIQQI", prog_fd, 0, len(frame), len(dout), _addr(din), _addr(dout), 1)
+    _bpf(PROG_TEST_RUN, attr)
+    retval, _size_in, size_out = struct.unpack_from("=III", attr, 4)
+    return retval, dout.raw[:size_out]
 
 
 def create_hash_map(name: str, key_size: int, value_size: int, max_entries: int,

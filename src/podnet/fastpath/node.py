@@ -22,10 +22,12 @@ log = logging.getLogger("podnet.fastpath")
 class FastPath:
     def __init__(self, bridge: str, mtu: int, cluster: ipaddress.IPv4Network,
                  switched: bool = False, skip_ports: list[int] | None = None,
-                 encap: program.Encap | None = None) -> None:
+                 encap: program.Encap | None = None,
+                 cluster6: ipaddress.IPv6Network | None = None) -> None:
         self.bridge = bridge
         self.mtu = mtu
         self.cluster = cluster
+        self.cluster6 = cluster6  # a dual-stack cluster's IPv6 pods ride it too
         self.switched = switched  # the l2 design: frames are switched, not routed
         self.encap = encap  # the overlay: the program encapsulates to the tunnel map's peers
         self._tunnel_fd: int | None = None  # kept open: peer events update it one by one
@@ -80,22 +82,29 @@ class FastPath:
             map_fd = os.dup(existing.map_fd)
             tunnel_fd = (os.dup(existing.tunnel_fd)
                          if existing.tunnel_fd is not None and self.encap is not None else None)
+            map6_fd = (os.dup(existing.map6_fd)
+                       if existing.map6_fd is not None and self.cluster6 is not None else None)
         else:
             map_fd = bpf.create_hash_map(podmap.NAME, podmap.KEY_SIZE, podmap.VALUE_SIZE,
                                          podmap.MAX_PODS)
-            tunnel_fd = None
+            tunnel_fd = map6_fd = None
         try:
+            if self.cluster6 is not None and map6_fd is None:
+                map6_fd = bpf.create_hash_map(podmap.NAME6, podmap.KEY_SIZES[6],
+                                              podmap.VALUE_SIZE, podmap.MAX_PODS)
             if self.encap is not None and tunnel_fd is None:
                 tunnel_fd = bpf.create_hash_map(podmap.TUNNEL_MAP, podmap.TUNNEL_KEY_SIZE,
                                                 podmap.TUNNEL_VALUE.size, self._max_tunnels(),
                                                 prealloc=False)
             encap = None if self.encap is None or tunnel_fd is None else (self.encap, tunnel_fd)
+            pods6 = (None if self.cluster6 is None or map6_fd is None
+                     else program.Pods6(map6_fd, self.cluster6))
             prog_fd = bpf.load_program(tc.FILTER_NAME,
                                        program.build(map_fd, uplinks, bridge, self.cluster,
-                                                     bridge_mac, encap))
+                                                     bridge_mac, encap, pods6))
             try:
                 for index in uplinks + ports:
-                    tc.attach_ingress(rtnl, index, prog_fd)
+                    tc.attach_ingress(rtnl, index, prog_fd, pods6 is not None)
                 self.prog_id = bpf.object_id(prog_fd, "prog")
             finally:
                 os.close(prog_fd)
@@ -105,6 +114,8 @@ class FastPath:
             raise
         finally:
             os.close(map_fd)
+            if map6_fd is not None:
+                os.close(map6_fd)
         if self._tunnel_fd is not None:
             os.close(self._tunnel_fd)
         self._tunnel_fd = tunnel_fd

@@ -1,7 +1,8 @@
 """The fast path's maps. The pod map: which pod of this node owns an address. Keys are IPv4
-addresses (network order), values the pod's host-side veth, the pod's MAC and the veth's. The
-tunnel map (the overlay's): which peer node a pod subnet is behind. Keys are the subnets'
-network addresses, values the peer's node IP and VTEP MAC.
+addresses (network order), values the pod's host-side veth, the pod's MAC and the veth's; the
+IPv6 pod map, where the cluster has IPv6 pods, the same for IPv6 addresses. The tunnel map
+(the overlay's): which peer node a pod subnet is behind. Keys are the subnets' network
+addresses, values the peer's node IP and VTEP MAC.
 
 The maps have no name on disk: they are found through the program at the node uplink's ingress
 (the program's id from tc, then the maps' ids from the program), so they live exactly as long
@@ -22,8 +23,9 @@ from podnet.fastpath import bpf, program
 from podnet.netlink import codec, tc
 from podnet.netlink.fastlink import Rtnl
 
-NAME = "podnet_pods"
+NAME, NAME6 = "podnet_pods", "podnet_pods6"
 KEY_SIZE, VALUE_SIZE = 4, program.VALUE_SIZE
+KEY_SIZES = {4: KEY_SIZE, 6: 16}  # by family
 MAX_PODS = 4096
 VALUE = struct.Struct("=I6s6s")
 TUNNEL_MAP = "podnet_tunnels"
@@ -31,6 +33,7 @@ TUNNEL_KEY_SIZE = 4
 TUNNEL_VALUE = struct.Struct("=4s6sxx")  # as the program reads it: node IP, VTEP MAC
 MAX_TUNNELS = 1 << 16
 Peer = tuple[ipaddress.IPv4Address, str]  # a tunnelled peer: its node IP, its VTEP MAC
+PodIP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class PodEntry:
         return cls(ifindex, codec.lladdr(pod) or "", codec.lladdr(host) or "")
 
 
-def key(ip: ipaddress.IPv4Address) -> bytes:
+def key(ip: PodIP) -> bytes:
     return ip.packed
 
 
@@ -62,26 +65,46 @@ class Attached:
     prog_fd: int
     map_fd: int
     tunnel_fd: int | None = None  # the overlay's tunnel map, where the program encapsulates
+    map6_fd: int | None = None  # the IPv6 pod map, where the cluster has IPv6 pods
 
-    def entries(self) -> dict[ipaddress.IPv4Address, PodEntry]:
-        return {ipaddress.IPv4Address(k): PodEntry.unpack(v)
-                for k, v in bpf.map_items(self.map_fd, KEY_SIZE, VALUE_SIZE, MAX_PODS)}
+    def _maps(self) -> list[tuple[int, int]]:
+        """(family, map fd) of each pod map."""
+        return [(4, self.map_fd)] + ([(6, self.map6_fd)] if self.map6_fd is not None else [])
 
-    def owned_by(self, ifindex: int) -> list[ipaddress.IPv4Address]:
+    def _items(self) -> Iterator[tuple[PodIP, bytes]]:
+        for family, fd in self._maps():
+            for k, v in bpf.map_items(fd, KEY_SIZES[family], VALUE_SIZE, MAX_PODS):
+                yield ipaddress.ip_address(k), v
+
+    def entries(self) -> dict[PodIP, PodEntry]:
+        return {ip: PodEntry.unpack(v) for ip, v in self._items()}
+
+    def owned_by(self, ifindex: int) -> list[PodIP]:
         """The addresses whose entry points at this veth (a DEL's: no full decoding)."""
-        return [ipaddress.IPv4Address(k)
-                for k, v in bpf.map_items(self.map_fd, KEY_SIZE, VALUE_SIZE, MAX_PODS)
-                if struct.unpack_from("=I", v)[0] == ifindex]
+        return [ip for ip, v in self._items() if struct.unpack_from("=I", v)[0] == ifindex]
 
-    def get(self, ip: ipaddress.IPv4Address) -> PodEntry | None:
-        raw = bpf.map_lookup(self.map_fd, key(ip), VALUE_SIZE)
+    def _fd(self, ip: PodIP) -> int | None:
+        return self.map_fd if ip.version == 4 else self.map6_fd
+
+    def carries(self, ip: PodIP) -> bool:
+        """Whether the program carries this address's family."""
+        return self._fd(ip) is not None
+
+    def get(self, ip: PodIP) -> PodEntry | None:
+        fd = self._fd(ip)
+        raw = None if fd is None else bpf.map_lookup(fd, key(ip), VALUE_SIZE)
         return None if raw is None else PodEntry.unpack(raw)
 
-    def put(self, ip: ipaddress.IPv4Address, entry: PodEntry) -> None:
-        bpf.map_update(self.map_fd, key(ip), entry.pack())
+    def put(self, ip: PodIP, entry: PodEntry) -> bool:
+        """Whether the address has a map to go in (IPv6 ones: where IPv6 pods have one)."""
+        fd = self._fd(ip)
+        if fd is not None:
+            bpf.map_update(fd, key(ip), entry.pack())
+        return fd is not None
 
-    def delete(self, ip: ipaddress.IPv4Address) -> bool:
-        return bpf.map_delete(self.map_fd, key(ip))
+    def delete(self, ip: PodIP) -> bool:
+        fd = self._fd(ip)
+        return fd is not None and bpf.map_delete(fd, key(ip))
 
 
 @contextlib.contextmanager
@@ -108,8 +131,8 @@ def attached(rtnl: Rtnl, uplink: int) -> Iterator[Attached | None]:
         for map_id in bpf.program_map_ids(prog_fd):
             fds.append(bpf.map_fd(map_id))
         named = {bpf.map_name(fd): fd for fd in fds}
-        yield (Attached(prog_fd, named[NAME], named.get(TUNNEL_MAP)) if NAME in named
-               else None)
+        yield (Attached(prog_fd, named[NAME], named.get(TUNNEL_MAP), named.get(NAME6))
+               if NAME in named else None)
     finally:
         for fd in fds:
             os.close(fd)
@@ -127,9 +150,9 @@ def add_pod(rtnl: Rtnl, uplink_name: str, host_index: int, host_mac: str, pod_ma
     with attached(rtnl, link.index) as fast:
         if fast is None:
             return False
-        for ip in _ipv4(addresses):
+        for ip in _ips(addresses):
             fast.put(ip, PodEntry(host_index, pod_mac, host_mac))
-        tc.attach_ingress(rtnl, host_index, fast.prog_fd)
+        tc.attach_ingress(rtnl, host_index, fast.prog_fd, fast.map6_fd is not None)
     return True
 
 
@@ -157,7 +180,9 @@ def check_pod(rtnl: Rtnl, uplink_name: str, host_index: int, pod_mac: str,
         if fast is None:
             return []
         problems = []
-        for ip in _ipv4(addresses):
+        for ip in _ips(addresses):
+            if not fast.carries(ip):
+                continue  # IPv6 where the node's program carries IPv4 only
             entry = fast.get(ip)
             if entry is None or entry.ifindex != host_index or entry.pod_mac != pod_mac:
                 problems.append(f"fast path: pod map entry for {ip} is {entry}, want veth "
@@ -167,10 +192,5 @@ def check_pod(rtnl: Rtnl, uplink_name: str, host_index: int, pod_mac: str,
         return problems
 
 
-def _ipv4(addresses: list[str]) -> list[ipaddress.IPv4Address]:
-    out = []
-    for a in addresses:
-        ip = ipaddress.ip_interface(a).ip
-        if isinstance(ip, ipaddress.IPv4Address):
-            out.append(ip)
-    return out
+def _ips(addresses: list[str]) -> list[PodIP]:
+    return [ipaddress.ip_interface(a).ip for a in addresses]

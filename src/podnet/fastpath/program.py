@@ -43,6 +43,11 @@ ETH_SRC, ETH_PROTO, IP_TOS, IP_FRAG, IP_TTL, IP_PROTO, IP_CHECK, IP_SRC, IP_DST 
     6, 12, 15, 20, 22, 23, 24, 26, 30
 ETH_LEN, FRAME_MIN = 14, 34  # Ethernet; + the fixed IPv4 header
 ETH_P_IP_RAW = 0x0008  # 0x0800 as a little-endian load of network-order bytes reads it
+# IPv6 header offsets in the frame: next header, hop limit, source, destination
+IP6_NEXT, IP6_HOPS, IP6_SRC, IP6_DST = 20, 21, 22, 38
+FRAME6_MIN = 54  # Ethernet + the fixed IPv6 header
+ETH_P_IPV6_RAW = 0xDD86  # 0x86dd, as ETH_P_IP_RAW
+ND_FIRST, ND_LAST = 133, 137  # ICMPv6 router and neighbour discovery: the normal path's
 PACKET_HOST = 0
 # helpers (linux/bpf.h's __BPF_FUNC_MAPPER order)
 MAP_LOOKUP_ELEM, SKB_STORE_BYTES, REDIRECT, SKB_CHANGE_TYPE = 1, 9, 23, 32
@@ -58,7 +63,9 @@ VALUE_SIZE = 16
 # the tunnel map's (key: a peer's pod subnet): the peer's node IP at 0, its VTEP MAC at 4
 # stack: fib lookup parameters (64 bytes) at -64; redirect_neigh's next hop (20) at -88;
 # the headers an encapsulation puts in front (50, 8-aligned as the stack must be) at -144
+# an IPv6 pod map key (16) at HDR, which only an encapsulation (IPv4) uses
 FIB, NH, KEY, HDR = -64, -88, -4, -144
+KEY6 = HDR
 FIB_FAMILY, FIB_PROTO, FIB_IFINDEX, FIB_TOS, FIB_SRC, FIB_DST = 0, 1, 8, 12, 16, 32
 # VXLAN: what goes in front of the inner IP packet (podnet.wire), and where its fields sit in
 # the encapsulated frame
@@ -94,15 +101,24 @@ def _raw32(ip: ipaddress.IPv4Address) -> int:
     return _le(ip.packed)
 
 
+@dataclass(frozen=True)
+class Pods6:
+    """IPv6 pods on the fast path: their map (16-byte keys, the pod map's values) and the
+    cluster's IPv6 network. Routed and switched as IPv4 pods are; into a tunnel the program
+    routes them to the VXLAN device, which encapsulates."""
+    map_fd: int
+    cluster: ipaddress.IPv6Network
+
+
 def _raw16(value: int) -> int:
     return _le(value.to_bytes(2, "big"))
 
 
 def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4Network,
           switched_by: str | None = None,
-          encap: tuple[Encap, int] | None = None) -> bytes:
+          encap: tuple[Encap, int] | None = None, pods6: Pods6 | None = None) -> bytes:
     """The program for one node. `encap` is the overlay's parameters and the tunnel map's fd;
-    uplinks[0] is then the underlay interface.
+    uplinks[0] is then the underlay interface. `pods6`: IPv6 pods too (`_ipv6`).
 
     Registers every generator below shares: r6 the skb, r7 and r8 its data and data end
     (reloaded by `_reload` after a helper moves them), r9 the device the packet arrived on,
@@ -117,6 +133,8 @@ def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4N
     p.alu("+", R2, FRAME_MIN)
     p.jump_if_reg(R2, ">", R8, "pass")
     p.load(2, R2, R7, ETH_PROTO)
+    if pods6 is not None:
+        p.jump_if(R2, "==", ETH_P_IPV6_RAW, "ipv6")
     p.jump_if(R2, "!=", ETH_P_IP_RAW, "pass")
     p.load(4, R9, R6, SKB_IFINDEX)
     for index in uplinks:
@@ -124,15 +142,7 @@ def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4N
 
     # -- from a pod on this node's veth (r9 = that veth) --------------------------------------
     _lookup(p, map_fd, IP_SRC)
-    p.jump_if(R0, "==", 0, "pass")
-    p.load(4, R2, R0, 0)
-    p.jump_if_reg(R2, "!=", R9, "pass")  # that address belongs to another pod's port
-    p.load(4, R2, R7, ETH_SRC)
-    p.load(4, R3, R0, 4)
-    p.jump_if_reg(R2, "!=", R3, "pass")
-    p.load(2, R2, R7, ETH_SRC + 4)
-    p.load(2, R3, R0, 8)
-    p.jump_if_reg(R2, "!=", R3, "pass")
+    _sent_by_its_pod(p)
     p.load(4, R2, R7, IP_DST)
     p.alu32("&", R2, _raw32(cluster.netmask))
     p.jump32_if(R2, "!=", _raw32(cluster.network_address), "pass")
@@ -157,6 +167,9 @@ def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4N
         if encap is not None:
             _decap_in(p, map_fd, *encap, uplinks[0])
 
+    if pods6 is not None:
+        _ipv6(p, pods6, uplinks, bridge, switched_by)
+
     p.label("pass")
     p.mov_imm(R0, TC_ACT_OK)
     p.exit()
@@ -165,6 +178,121 @@ def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4N
         p.mov_imm(R0, TC_ACT_SHOT)
         p.exit()
     return p.assemble()
+
+
+def _sent_by_its_pod(p: Program) -> None:
+    """r0: the pod map's entry for the packet's source, or 0. On unless that pod sent it: from
+    its veth (r9) and its MAC; otherwise to `pass`, where the normal path's anti-spoofing
+    judges it."""
+    p.jump_if(R0, "==", 0, "pass")
+    p.load(4, R2, R0, 0)
+    p.jump_if_reg(R2, "!=", R9, "pass")  # that address belongs to another pod's port
+    p.load(4, R2, R7, ETH_SRC)
+    p.load(4, R3, R0, 4)
+    p.jump_if_reg(R2, "!=", R3, "pass")
+    p.load(2, R2, R7, ETH_SRC + 4)
+    p.load(2, R3, R0, 8)
+    p.jump_if_reg(R2, "!=", R3, "pass")
+
+
+def _ipv6(p: Program, pods6: Pods6, uplinks: list[int], bridge: int,
+          switched_by: str | None) -> None:
+    """IPv6 as IPv4: a pod's packet for another node's pod is routed (or switched) past the
+    bridge; one from another node for a pod of this node goes straight to the pod. Neighbour
+    and router discovery (ICMPv6 133-137) always takes the normal path. Defines `ipv6` (from
+    the program's start, r2 the EtherType) and `inbound6`; jumps to `pass`."""
+    p.label("ipv6")
+    p.mov(R2, R7)
+    p.alu("+", R2, FRAME6_MIN + 1)  # and the ICMPv6 type
+    p.jump_if_reg(R2, ">", R8, "pass")
+    p.load(1, R2, R7, IP6_NEXT)
+    p.jump_if(R2, "!=", socket.IPPROTO_ICMPV6, "not_nd")
+    p.load(1, R2, R7, FRAME6_MIN)
+    p.jump_if(R2, "<", ND_FIRST, "not_nd")
+    p.jump_if(R2, "<=", ND_LAST, "pass")
+    p.label("not_nd")
+    p.load(4, R9, R6, SKB_IFINDEX)
+    for index in uplinks:
+        p.jump_if(R9, "==", index, "inbound6")
+
+    _lookup6(p, pods6.map_fd, IP6_SRC)
+    _sent_by_its_pod(p)
+    _in_prefix6(p, IP6_DST, pods6.cluster)
+    _lookup6(p, pods6.map_fd, IP6_DST)
+    p.jump_if(R0, "!=", 0, "pass")  # a pod of this node: the bridge's to switch
+    if switched_by is not None:
+        _switch_out(p, uplinks[0], switched_by, "6")
+    else:
+        _route_out6(p, bridge)
+
+    p.label("inbound6")
+    _lookup6(p, pods6.map_fd, IP6_DST)
+    p.jump_if(R0, "==", 0, "pass")
+    if switched_by is not None:
+        _switch_in(p)
+        return
+    p.load(4, R2, R6, SKB_PKT_TYPE)
+    p.jump_if(R2, "!=", PACKET_HOST, "pass")  # another host's: not ours to route
+    p.load(1, R2, R7, IP6_HOPS)
+    p.jump_if(R2, "<=", 1, "pass")
+    p.alu("-", R2, 1)  # IPv6 has no header checksum to mend
+    p.store(1, R7, IP6_HOPS, R2)
+    _to_pod(p)
+
+
+def _lookup6(p: Program, map_fd: int, field: int) -> None:
+    """r0 = the IPv6 pod map's value for the packet's address at `field`, or 0."""
+    for off in range(0, 16, 4):
+        p.load(4, R2, R7, field + off)
+        p.store(4, R10, KEY6 + off, R2)
+    p.load_map_fd(R1, map_fd)
+    p.mov(R2, R10)
+    p.alu("+", R2, KEY6)
+    p.call(MAP_LOOKUP_ELEM)
+
+
+def _in_prefix6(p: Program, field: int, net: ipaddress.IPv6Network) -> None:
+    """On if the address at `field` is in `net`, else to `pass`: word by word, the last one
+    masked to the prefix."""
+    packed, mask = net.network_address.packed, net.netmask.packed
+    for off in range(0, (net.prefixlen + 31) // 32 * 4, 4):
+        p.load(4, R2, R7, field + off)
+        if mask[off:off + 4] != b"\xff" * 4:
+            p.alu32("&", R2, _le(mask[off:off + 4]))
+        p.jump32_if(R2, "!=", _le(packed[off:off + 4]), "pass")
+
+
+def _route_out6(p: Program, bridge: int) -> None:
+    """A pod's IPv6 packet for a peer's pod: `_route_out`'s lookup and send in IPv6 (the flow
+    label as the route's flowinfo; the hop limit, which has no checksum, taken down by one)."""
+    p.load(1, R2, R7, IP6_HOPS)
+    p.jump_if(R2, "<=", 1, "pass")  # the normal path sends the time-exceeded error
+    p.mov_imm(R1, 0)
+    for off in range(FIB, 0, 8):
+        p.store(8, R10, off, R1)
+    p.store_imm(1, R10, FIB + FIB_FAMILY, socket.AF_INET6)
+    p.load(1, R2, R7, IP6_NEXT)
+    p.store(1, R10, FIB + FIB_PROTO, R2)
+    p.load(4, R2, R7, ETH_LEN)
+    p.alu32("&", R2, _le(b"\x0f\xff\xff\xff"))  # version and traffic class off
+    p.store(4, R10, FIB + FIB_TOS, R2)
+    for off in range(0, 32, 4):  # source and destination
+        p.load(4, R2, R7, IP6_SRC + off)
+        p.store(4, R10, FIB + FIB_SRC + off, R2)
+    p.store_imm(4, R10, FIB + FIB_IFINDEX, bridge)
+    p.mov(R1, R6)
+    p.mov(R2, R10)
+    p.alu("+", R2, FIB)
+    p.mov_imm(R3, 64)
+    p.mov_imm(R4, FIB_LOOKUP_SKIP_NEIGH)
+    p.call(FIB_LOOKUP)
+    p.jump_if(R0, "!=", 0, "pass")
+    p.load(4, R9, R10, FIB + FIB_IFINDEX)
+    p.jump_if(R9, "==", bridge, "pass")
+    p.load(1, R2, R7, IP6_HOPS)
+    p.alu("-", R2, 1)
+    p.store(1, R7, IP6_HOPS, R2)
+    _send_to_next_hop(p)
 
 
 def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
@@ -398,11 +526,16 @@ def _route_out(p: Program, bridge: int) -> None:
     p.load(4, R9, R10, FIB + FIB_IFINDEX)  # the route's device
     p.jump_if(R9, "==", bridge, "pass")
     _decrement_ttl(p, "out")
+    _send_to_next_hop(p)
+
+
+def _send_to_next_hop(p: Program) -> None:
+    """Send the packet out of the route's device (r9) to the next hop the FIB lookup left at
+    FIB_DST, of the family it left at FIB_FAMILY (IPv6 also where an IPv4 route goes via an
+    IPv6 gateway: 16 bytes then); the kernel resolves its neighbour. Ends the run."""
     p.mov_imm(R1, 0)
     for off in range(NH, FIB, 8):
         p.store(8, R10, off, R1)
-    # The lookup left the next hop at FIB_DST, and its family at FIB_FAMILY: IPv6 where an
-    # IPv4 route goes via an IPv6 gateway (an IPv6 underlay), 16 bytes then.
     p.load(1, R2, R10, FIB + FIB_FAMILY)
     p.store(4, R10, NH, R2)
     for off in range(0, 16, 4):
@@ -426,30 +559,36 @@ def _route_in(p: Program) -> None:
     p.load(1, R2, R7, IP_TTL)
     p.jump_if(R2, "<=", 1, "pass")
     p.label("deliver")  # r0: the pod's map entry
+    _decrement_ttl(p, "in")
+    _to_pod(p)
+
+
+def _to_pod(p: Program) -> None:
+    """To the pod of map entry r0: the MACs rewritten to the pod's and its host veth's, the
+    packet handed to the pod's side of the veth. Ends the run."""
     for src, dst, size in ((4, 0, 4), (8, 4, 2), (10, 6, 2), (12, 8, 4)):  # MACs
         p.load(size, R2, R0, src)
         p.store(size, R7, dst, R2)
     p.load(4, R9, R0, 0)
-    _decrement_ttl(p, "in")
     p.mov(R1, R9)
     p.mov_imm(R2, 0)
     p.call(REDIRECT_PEER)
     p.exit()
 
 
-def _switch_out(p: Program, uplink: int, bridge_mac: str) -> None:
+def _switch_out(p: Program, uplink: int, bridge_mac: str, tag: str = "") -> None:
     """l2: a pod's unicast frame for another node's pod goes straight to the uplink; one for
     the bridge itself (the gateway), broadcast and multicast to `pass`. Defines
-    `to_uplink`."""
+    `to_uplink<tag>`."""
     raw = codec.mac(bridge_mac)
     p.load(1, R2, R7, 0)
     p.alu("&", R2, 1)
     p.jump_if(R2, "!=", 0, "pass")  # broadcast, multicast: every port's
     p.load(4, R2, R7, 0)
-    p.jump32_if(R2, "!=", _le(raw[:4]), "to_uplink")
+    p.jump32_if(R2, "!=", _le(raw[:4]), f"to_uplink{tag}")
     p.load(2, R2, R7, 4)
     p.jump_if(R2, "==", _le(raw[4:]), "pass")  # to the bridge (gateway)
-    p.label("to_uplink")
+    p.label(f"to_uplink{tag}")
     p.mov_imm(R1, uplink)
     p.mov_imm(R2, 0)
     p.call(REDIRECT)

@@ -1,6 +1,7 @@
 """Traffic-control messages for the fast path, in raw rtnetlink as fastlink's are (a pod's ADD
-pays for them): the clsact qdisc, one direct-action BPF filter at a link's ingress, and which
-program that filter runs (TCA_BPF_ID, which pyroute2 0.9 does not decode)."""
+pays for them): the clsact qdisc, a direct-action BPF filter at a link's ingress per family the
+program carries (a filter matches one EtherType: ARP and the rest never wake the program), and
+which program those filters run (TCA_BPF_ID, which pyroute2 0.9 does not decode)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ TCA_BPF_FLAG_ACT_DIRECT = 1
 TC_H_CLSACT = 0xFFFFFFF1
 TC_H_INGRESS = 0xFFFFFFF2  # clsact's ingress hook
 CLSACT_HANDLE = 0xFFFF0000
-ETH_P_IP = 0x0800
-PRIO, HANDLE = 1, 1
+HANDLE = 1
+# Per family: the filter's priority and EtherType (a filter's protocol cannot change, so each
+# family has a filter of its own).
+FILTERS = {4: (1, 0x0800), 6: (2, 0x86DD)}
 FILTER_NAME = "podnet_fast"
 
 
@@ -30,10 +33,10 @@ def _str(text: str) -> bytes:
     return text.encode() + b"\0"
 
 
-def _filter_info() -> int:
-    # priority in the high half; the protocol in network order in the low: the program only
-    # ever sees IPv4, ARP never wakes it
-    return (PRIO << 16) | socket.htons(ETH_P_IP)
+def _filter_info(family: int = 4) -> int:
+    # priority in the high half; the protocol in network order in the low
+    prio, protocol = FILTERS[family]
+    return (prio << 16) | socket.htons(protocol)
 
 
 def qdisc_message(ifindex: int) -> bytes:
@@ -41,16 +44,17 @@ def qdisc_message(ifindex: int) -> bytes:
         TCA_KIND, _str("clsact"))
 
 
-def filter_message(ifindex: int, prog_fd: int) -> bytes:
+def filter_message(ifindex: int, prog_fd: int, family: int = 4) -> bytes:
     options = (codec.attr(TCA_BPF_FD, struct.pack("=I", prog_fd))
                + codec.attr(TCA_BPF_NAME, _str(FILTER_NAME))
                + codec.attr(TCA_BPF_FLAGS, struct.pack("=I", TCA_BPF_FLAG_ACT_DIRECT)))
-    return (TCMSG.pack(socket.AF_UNSPEC, ifindex, HANDLE, TC_H_INGRESS, _filter_info())
+    return (TCMSG.pack(socket.AF_UNSPEC, ifindex, HANDLE, TC_H_INGRESS, _filter_info(family))
             + codec.attr(TCA_KIND, _str("bpf")) + codec.nest(TCA_OPTIONS, options))
 
 
-def attach_ingress(rtnl: Rtnl, ifindex: int, prog_fd: int) -> None:
-    """Run the program at the link's ingress, replacing the one podnet put there before."""
+def attach_ingress(rtnl: Rtnl, ifindex: int, prog_fd: int, ipv6: bool = False) -> None:
+    """Run the program at the link's ingress for IPv4 (and IPv6) packets, replacing the one
+    podnet put there before; without `ipv6`, no IPv6 filter stays behind."""
     try:
         rtnl.request(RTM_NEWQDISC, codec.F_CREATE | codec.F_EXCL, qdisc_message(ifindex))
     except NetlinkError as exc:
@@ -58,12 +62,21 @@ def attach_ingress(rtnl: Rtnl, ifindex: int, prog_fd: int) -> None:
             raise
     rtnl.request(RTM_NEWTFILTER, codec.F_CREATE | codec.F_REPLACE,
                  filter_message(ifindex, prog_fd))
+    if ipv6:
+        rtnl.request(RTM_NEWTFILTER, codec.F_CREATE | codec.F_REPLACE,
+                     filter_message(ifindex, prog_fd, 6))
+    else:
+        _delete_filter(rtnl, ifindex, 6)
 
 
 def detach_ingress(rtnl: Rtnl, ifindex: int) -> bool:
-    """Remove podnet's filter (others' stay, and so does the qdisc); False if it was not
-    there."""
-    body = TCMSG.pack(socket.AF_UNSPEC, ifindex, HANDLE, TC_H_INGRESS, _filter_info())
+    """Remove podnet's filters (others' stay, and so does the qdisc); False if there were
+    none."""
+    return sum(_delete_filter(rtnl, ifindex, family) for family in FILTERS) > 0
+
+
+def _delete_filter(rtnl: Rtnl, ifindex: int, family: int) -> bool:
+    body = TCMSG.pack(socket.AF_UNSPEC, ifindex, HANDLE, TC_H_INGRESS, _filter_info(family))
     try:
         rtnl.request(RTM_DELTFILTER, 0, body + codec.attr(TCA_KIND, _str("bpf")))
     except NetlinkError as exc:
