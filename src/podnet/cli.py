@@ -219,9 +219,11 @@ def _cmd_cluster_show(args: argparse.Namespace) -> int:
     v6 = "" if config.network6 is None else f"  {config.network6} /{config.subnet_len6}"
     print(f"network {config.network}  subnet /{config.subnet_len}{v6}  backend "
           f"{config.backend}")
-    print(f"{'NODE':20} {'NODE IP':16} SUBNETS")
+    ips = {lease.node: " ".join(map(str, lease.underlay_ips)) for lease in rows}
+    width = max([16, *(len(v) + 1 for v in ips.values())])
+    print(f"{'NODE':20} {'NODE IPS':{width}} SUBNETS")
     for lease in rows:
-        print(f"{lease.node:20} {lease.node_ip!s:16} {' '.join(map(str, lease.subnets))}")
+        print(f"{lease.node:20} {ips[lease.node]:{width}} {' '.join(map(str, lease.subnets))}")
     return 0
 
 

@@ -307,4 +307,8 @@ def test_gateway_refuses_a_node_without_ipv6(make_lab: MakeLab, tmp_path: object
     shown = subprocess.run(["nsenter", f"--net={ns_path(lab.prefix + 'cp')}", *PODNET,
                             "cluster", "show", *lab.etcd_args()], capture_output=True,
                            text=True, timeout=60, check=True).stdout
-    assert "node1" in shown and "v4only" not in shown
+    assert "v4only" not in shown
+    # The lease holds the node's address of each family, and its subnet of each.
+    node1 = next(line.split() for line in shown.splitlines() if line.startswith("node1 "))
+    assert node1[1:3] == ["192.168.101.2", "fd00:192:168:101::2"], shown
+    assert len(node1) == 5 and ":" in node1[4], shown

@@ -66,8 +66,14 @@ def _with_ip6(ipr: IPRoute, info: NodeInfo) -> NodeInfo:
     if info.ip.version == 6:
         return info
     v6 = [a.ip for a in links.addresses(ipr, info.iface_index)
-          if isinstance(a.ip, ipaddress.IPv6Address) and not a.ip.is_link_local]
+          if isinstance(a.ip, ipaddress.IPv6Address) and _reachable(a.ip)]
     return replace(info, ip6=v6[0]) if v6 else info
+
+
+def _reachable(ip: NodeIP) -> bool:
+    """Whether other nodes could reach the node at `ip`: not link-local, loopback (lo's ::1
+    beside an address put on lo) or multicast."""
+    return not (ip.is_link_local or ip.is_loopback or ip.is_multicast or ip.is_unspecified)
 
 
 def _default_route_link(ipr: IPRoute) -> int:
@@ -83,7 +89,7 @@ def _default_route_link(ipr: IPRoute) -> int:
 def _first_address(ipr: IPRoute, index: int) -> NodeIP | None:
     addrs = links.addresses(ipr, index)
     v4 = [a.ip for a in addrs if a.version == 4]
-    v6 = [a.ip for a in addrs if a.version == 6 and not a.ip.is_link_local]
+    v6 = [a.ip for a in addrs if a.version == 6 and _reachable(a.ip)]
     return (v4 or v6 or [None])[0]
 
 
