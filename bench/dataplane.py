@@ -7,7 +7,8 @@ The underlay's links are shaped to `--link-gbit` (3) like NICs (see shape_links)
 `--link-gbit 0` they are as fast as the CPU, and throughput measures CPU cost per byte.
 
 With `--families ipv4 ipv6` each backend is measured twice in the run: IPv4 pods over the IPv4
-underlay, then IPv6-only pods over an IPv6-only underlay (the flannel-like pods are IPv4 only).
+underlay, then the IPv6 pods of a dual-stack cluster over an IPv6-only underlay (the
+flannel-like pods are IPv4 only).
 
     .venv/bin/python bench/dataplane.py [--backends ...] [--reps 5] [--link-gbit 3]
                                         [--fast-path off] [--families ipv4 ipv6]
@@ -160,13 +161,15 @@ def measure(backend: str, reps: int, seconds: int, link_gbit: float,
     underlay = "routed" if backend == "gateway" else "switch"
     topo = Topology.make(f"dp{uuid.uuid4().hex[:4]}", backend, 2, 1, underlay)
     topo.fast_path = fast_path
-    topo.ip_family = topo.underlay_family = family
+    topo.ip_family = "dual" if family == "ipv6" else "ipv4"
+    topo.underlay_family = family
     lab = Lab(topo)
     try:
         lab.up()
         n1, n2 = (ns_path(n.netns(topo.name)) for n in topo.nodes)
         p1, p2 = (ns_path(p.netns(topo.name)) for p in topo.pods)
-        ends = {"node": (n1, n2, topo.node_ip(topo.nodes[1])), "pod": (p1, p2, topo.pods[1].ip)}
+        ends = {"node": (n1, n2, topo.node_ip(topo.nodes[1])),
+                "pod": (p1, p2, topo.pods[1].ips[-1])}  # IPv6 last in a dual-stack lab
         if backend in ("host-gw", "vxlan") and family == "ipv4":
             (r1, _), (r2, r2_ip) = flannel_like.build(lab, backend)
             ends["ref"] = (r1, r2, r2_ip)
@@ -219,7 +222,8 @@ def main() -> None:
     parser.add_argument("--fast-path", choices=["on", "off"], default="on",
                         help="podnet's eBPF fast path (docs/fastpath.md)")
     parser.add_argument("--families", nargs="+", choices=["ipv4", "ipv6"], default=["ipv4"],
-                        help="ipv6: IPv6-only pods over an IPv6-only underlay")
+                        help="ipv6: a dual-stack cluster's IPv6 pods over an IPv6-only "
+                             "underlay")
     args = parser.parse_args()
     fast = args.fast_path == "on"
     rows = [measure(b, args.reps, args.seconds, args.link_gbit, fast, f)
