@@ -45,12 +45,13 @@ def frame(dst_mac: str, src_mac: str, packet: bytes) -> bytes:
 class Node:
     """A node's program and maps, as the agent loads them for a dual-stack cluster."""
 
-    def __init__(self, uplinks: list[int], bridge: int, switched_by: str | None = None) -> None:
+    def __init__(self, uplinks: list[int], bridge: int, switched_by: str | None = None,
+                 cluster: ipaddress.IPv4Network | None = CLUSTER) -> None:
         self.pods = bpf.create_hash_map(podmap.NAME, podmap.KEY_SIZE, podmap.VALUE_SIZE, 16)
         self.pods6 = bpf.create_hash_map(podmap.NAME6, podmap.KEY_SIZES[6], podmap.VALUE_SIZE,
                                          16)
         self.prog = bpf.load_program("podnet_test", program.build(
-            self.pods, uplinks, bridge, CLUSTER, switched_by, None,
+            self.pods, uplinks, bridge, cluster, switched_by, None,
             program.Pods6(self.pods6, CLUSTER6)))
 
     def pod(self, ip: ipaddress.IPv6Address, veth: int) -> None:
@@ -64,10 +65,13 @@ class Node:
             os.close(fd)
 
 
-@pytest.fixture
-def routed(make_ns: Callable[[str], str]) -> Iterator[tuple[Node, Node]]:
+@pytest.fixture(params=["dual-stack", "IPv6-only"])
+def routed(make_ns: Callable[[str], str],
+           request: pytest.FixtureRequest) -> Iterator[tuple[Node, Node]]:
     """node1 sees frames from its pod (on lo), routed via a veth towards node2's pods; node2
-    sees them arrive on its uplink (lo) for its pod."""
+    sees them arrive on its uplink (lo) for its pod. In a dual-stack cluster's program and in
+    an IPv6-only one's (which has no IPv4 part)."""
+    cluster = CLUSTER if request.param == "dual-stack" else None
     with netns.entered(make_ns("bpf6")):
         netns.write_sysctl("net/ipv6/conf/all/forwarding", "1")  # as on a node
         ipr = IPRoute()
@@ -81,8 +85,8 @@ def routed(make_ns: Callable[[str], str]) -> Iterator[tuple[Node, Node]]:
             links.add_route(ipr, "fd00:10:244:2::/64", "fd00:192:168:1::12", up0)
         finally:
             ipr.close()
-        node1 = Node([UNUSED], LO)  # the lookup as if from the bridge: lo here
-        node2 = Node([LO], UNUSED)
+        node1 = Node([UNUSED], LO, cluster=cluster)  # the lookup as if from the bridge: lo
+        node2 = Node([LO], UNUSED, cluster=cluster)
         try:
             node1.pod(POD1, LO)
             node2.pod(POD2, 42)
@@ -167,7 +171,35 @@ def test_switched_frames_go_as_they_are(make_ns: Callable[[str], str]) -> None:
             uplink.close()
 
 
-@pytest.mark.parametrize("variant", ["routed", "switched", "encap"])
+def test_an_ipv6_only_program_leaves_ipv4_alone(make_ns: Callable[[str], str]) -> None:
+    """A pod's IPv4 packet that a dual-stack program routes, an IPv6-only one passes as it
+    is."""
+    with netns.entered(make_ns("bpf6")):
+        netns.write_sysctl("net/ipv4/ip_forward", "1")
+        ipr = IPRoute()
+        try:
+            ipr.link("add", ifname="up0", kind="veth", peer={"ifname": "up1"})
+            for name in ("lo", "up0", "up1"):
+                ipr.link("set", index=links.index_of(ipr, name), state="up")
+            up0 = links.index_of(ipr, "up0")
+            links.add_address(ipr, up0, "192.168.1.11/24")
+            links.add_route(ipr, "10.244.2.0/24", "192.168.1.12", up0)
+        finally:
+            ipr.close()
+        v4 = (codec.mac(BRIDGE_MAC) + codec.mac(POD_MAC) + b"\x08\x00"
+              + bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0, 10, 244, 1, 2, 10, 244, 2, 3])
+              + bytes(8))
+        for cluster, verdict in ((CLUSTER, TC_ACT_REDIRECT), (None, program.TC_ACT_OK)):
+            node = Node([UNUSED], LO, cluster=cluster)
+            try:
+                bpf.map_update(node.pods, bytes([10, 244, 1, 2]),
+                               PodEntry(LO, POD_MAC, HOST_MAC).pack())
+                assert node.run(v4)[0] == verdict, cluster
+            finally:
+                node.close()
+
+
+@pytest.mark.parametrize("variant", ["routed", "switched", "encap", "ipv6-only"])
 def test_every_variant_with_ipv6_loads(variant: str) -> None:
     """The verifier's verdict on each node's dual-stack program."""
     pods = bpf.create_hash_map(podmap.NAME, podmap.KEY_SIZE, podmap.VALUE_SIZE, 16)
@@ -177,7 +209,7 @@ def test_every_variant_with_ipv6_loads(variant: str) -> None:
     encap = ((program.Encap(1, 8472, ipaddress.IPv4Address("192.168.0.11"),
                             "0a:00:00:00:00:01", 24), tunnel_map)
              if variant == "encap" else None)
-    code = program.build(pods, [UNUSED], UNUSED + 1, CLUSTER,
+    code = program.build(pods, [UNUSED], UNUSED + 1, None if variant == "ipv6-only" else CLUSTER,
                          BRIDGE_MAC if variant == "switched" else None, encap,
                          program.Pods6(pods6, CLUSTER6))
     try:

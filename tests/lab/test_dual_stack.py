@@ -255,6 +255,9 @@ def test_ipv6_only_clusters(make_lab: MakeLab, backend: str, underlay: str) -> N
     report = verify(lab, 6)
     assert report.ok, failures(report)
     assert len(report.pairs) == 10
+    # The fast path carries them: neither node's stack forwards their packets.
+    dst = next(p for p in lab.topo.pods if p.node == "node2")
+    assert _forwarded(lab, "node1", "node1-p1", dst.ip) == 0
     if backend == "vxlan" and underlay == "ipv6":
         with netns.entered(ns_path(status(lab)["etcd"]["netns"])):  # etcd's sockets too
             store = lab.etcd_store()

@@ -203,15 +203,14 @@ class Agent:
                          bridge: str) -> fastpath.FastPath | None:
         assert self.backend is not None
         spec = self.backend.fast_path()
-        if (not spec.uplinks or not config.backend.get("fastPath", True)
-                or not isinstance(config.network, ipaddress.IPv4Network)):
-            # Off, or an IPv6-only cluster: the program carries IPv4 pods, and IPv6 ones
-            # beside them.
+        if not spec.uplinks or not config.backend.get("fastPath", True):
             fastpath.remove()  # one an earlier config had
             return None
-        fast = fastpath.FastPath(bridge, self.backend.pod_mtu(), config.network,
-                                 self.backend.switched, spec.bridge_links, spec.encap,
-                                 config.network6)
+        net = config.network
+        v4 = net if isinstance(net, ipaddress.IPv4Network) else None
+        v6 = net if isinstance(net, ipaddress.IPv6Network) else config.network6
+        fast = fastpath.FastPath(bridge, self.backend.pod_mtu(), v4, self.backend.switched,
+                                 spec.bridge_links, spec.encap if v4 else None, v6)
         try:
             fast.reconcile(spec.uplinks)
         except Exception as exc:  # an optimisation only: whatever stops it, pods still connect

@@ -100,7 +100,8 @@ class VxlanBackend(TunnelBackend):
         # packets would meet them as the device's did, so they stay with the device. The
         # program writes outer IPv4 headers only: over an IPv6 underlay the device encapsulates.
         encap = (Encap(self.vni, self.port, self.node.ip, self.mac, self.config.subnet_len)
-                 if self.tx_offload and self.node.ip.version == 4 else None)
+                 if self.tx_offload and self.node.ip.version == 4
+                 and self.config.network.version == 4 else None)
         return replace(super().fast_path(), encap=encap)
 
     def fast_path_tunnel(self, peer: Lease) -> tuple[ipaddress.IPv4Address, str] | None:

@@ -20,14 +20,14 @@ log = logging.getLogger("podnet.fastpath")
 
 
 class FastPath:
-    def __init__(self, bridge: str, mtu: int, cluster: ipaddress.IPv4Network,
+    def __init__(self, bridge: str, mtu: int, cluster: ipaddress.IPv4Network | None,
                  switched: bool = False, skip_ports: list[int] | None = None,
                  encap: program.Encap | None = None,
                  cluster6: ipaddress.IPv6Network | None = None) -> None:
         self.bridge = bridge
         self.mtu = mtu
-        self.cluster = cluster
-        self.cluster6 = cluster6  # a dual-stack cluster's IPv6 pods ride it too
+        self.cluster = cluster  # None: an IPv6-only cluster
+        self.cluster6 = cluster6  # a cluster's IPv6 pods ride it too
         self.switched = switched  # the l2 design: frames are switched, not routed
         self.encap = encap  # the overlay: the program encapsulates to the tunnel map's peers
         self._tunnel_fd: int | None = None  # kept open: peer events update it one by one
@@ -122,7 +122,7 @@ class FastPath:
         log.info("fast path attached to %d uplinks and %d pod ports", len(uplinks), len(ports))
 
     def _max_tunnels(self) -> int:
-        assert self.encap is not None
+        assert self.encap is not None and self.cluster is not None
         return min(1 << (self.encap.subnet_len - self.cluster.prefixlen), podmap.MAX_TUNNELS)
 
     # -- the overlay's peers ----------------------------------------------------------------

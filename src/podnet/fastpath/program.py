@@ -114,11 +114,12 @@ def _raw16(value: int) -> int:
     return _le(value.to_bytes(2, "big"))
 
 
-def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4Network,
+def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4Network | None,
           switched_by: str | None = None,
           encap: tuple[Encap, int] | None = None, pods6: Pods6 | None = None) -> bytes:
     """The program for one node. `encap` is the overlay's parameters and the tunnel map's fd;
-    uplinks[0] is then the underlay interface. `pods6`: IPv6 pods too (`_ipv6`).
+    uplinks[0] is then the underlay interface. `pods6`: IPv6 pods too (`_ipv6`); `cluster`
+    None: IPv6 pods only (an IPv6-only cluster).
 
     Registers every generator below shares: r6 the skb, r7 and r8 its data and data end
     (reloaded by `_reload` after a helper moves them), r9 the device the packet arrived on,
@@ -135,7 +136,29 @@ def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4N
     p.load(2, R2, R7, ETH_PROTO)
     if pods6 is not None:
         p.jump_if(R2, "==", ETH_P_IPV6_RAW, "ipv6")
-    p.jump_if(R2, "!=", ETH_P_IP_RAW, "pass")
+    if cluster is None:
+        p.jump("pass")
+    else:
+        p.jump_if(R2, "!=", ETH_P_IP_RAW, "pass")
+        _ipv4(p, map_fd, uplinks, bridge, cluster, switched_by, encap)
+    if pods6 is not None:
+        _ipv6(p, pods6, uplinks, bridge, switched_by)
+
+    p.label("pass")
+    p.mov_imm(R0, TC_ACT_OK)
+    p.exit()
+    if encap is not None:  # the verifier refuses code no path reaches
+        p.label("drop")
+        p.mov_imm(R0, TC_ACT_SHOT)
+        p.exit()
+    return p.assemble()
+
+
+def _ipv4(p: Program, map_fd: int, uplinks: list[int], bridge: int,
+          cluster: ipaddress.IPv4Network, switched_by: str | None,
+          encap: tuple[Encap, int] | None) -> None:
+    """IPv4 pods: from a pod's veth, routed, switched or encapsulated past the bridge; from
+    another node, straight to the pod. Defines `inbound`; jumps to `pass` and `drop`."""
     p.load(4, R9, R6, SKB_IFINDEX)
     for index in uplinks:
         p.jump_if(R9, "==", index, "inbound")
@@ -166,18 +189,6 @@ def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4N
         _route_in(p)
         if encap is not None:
             _decap_in(p, map_fd, *encap, uplinks[0])
-
-    if pods6 is not None:
-        _ipv6(p, pods6, uplinks, bridge, switched_by)
-
-    p.label("pass")
-    p.mov_imm(R0, TC_ACT_OK)
-    p.exit()
-    if encap is not None:  # the verifier refuses code no path reaches
-        p.label("drop")
-        p.mov_imm(R0, TC_ACT_SHOT)
-        p.exit()
-    return p.assemble()
 
 
 def _sent_by_its_pod(p: Program) -> None:
