@@ -78,17 +78,18 @@ class FastPath:
     def _load(self, rtnl: Rtnl, uplinks: list[int], bridge: int, bridge_mac: str | None,
               ports: list[int], existing: podmap.Attached | None) -> None:
         # The maps of a program already attached (an earlier agent's) keep their entries.
+        def kept(fd: int | None, wanted: object) -> int | None:
+            return os.dup(fd) if fd is not None and wanted is not None else None
+
+        map_fd = tunnel_fd = map6_fd = None
         if existing is not None:
-            map_fd = os.dup(existing.map_fd)
-            tunnel_fd = (os.dup(existing.tunnel_fd)
-                         if existing.tunnel_fd is not None and self.encap is not None else None)
-            map6_fd = (os.dup(existing.map6_fd)
-                       if existing.map6_fd is not None and self.cluster6 is not None else None)
-        else:
-            map_fd = bpf.create_hash_map(podmap.NAME, podmap.KEY_SIZE, podmap.VALUE_SIZE,
-                                         podmap.MAX_PODS)
-            tunnel_fd = map6_fd = None
+            map_fd = kept(existing.map_fd, self.cluster)
+            tunnel_fd = kept(existing.tunnel_fd, self.encap)
+            map6_fd = kept(existing.map6_fd, self.cluster6)
         try:
+            if self.cluster is not None and map_fd is None:
+                map_fd = bpf.create_hash_map(podmap.NAME, podmap.KEY_SIZE, podmap.VALUE_SIZE,
+                                             podmap.MAX_PODS)
             if self.cluster6 is not None and map6_fd is None:
                 map6_fd = bpf.create_hash_map(podmap.NAME6, podmap.KEY_SIZES[6],
                                               podmap.VALUE_SIZE, podmap.MAX_PODS)
@@ -113,9 +114,9 @@ class FastPath:
                 os.close(tunnel_fd)
             raise
         finally:
-            os.close(map_fd)
-            if map6_fd is not None:
-                os.close(map6_fd)
+            for fd in (map_fd, map6_fd):
+                if fd is not None:
+                    os.close(fd)
         if self._tunnel_fd is not None:
             os.close(self._tunnel_fd)
         self._tunnel_fd = tunnel_fd

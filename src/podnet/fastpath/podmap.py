@@ -63,13 +63,13 @@ def tunnel_value(peer: Peer) -> bytes:
 class Attached:
     """The fast path found at an uplink: its program's and its maps' file descriptors."""
     prog_fd: int
-    map_fd: int
+    map_fd: int | None  # the IPv4 pod map; none in an IPv6-only cluster
     tunnel_fd: int | None = None  # the overlay's tunnel map, where the program encapsulates
     map6_fd: int | None = None  # the IPv6 pod map, where the cluster has IPv6 pods
 
     def _maps(self) -> list[tuple[int, int]]:
         """(family, map fd) of each pod map."""
-        return [(4, self.map_fd)] + ([(6, self.map6_fd)] if self.map6_fd is not None else [])
+        return [(f, fd) for f, fd in ((4, self.map_fd), (6, self.map6_fd)) if fd is not None]
 
     def _items(self) -> Iterator[tuple[PodIP, bytes]]:
         for family, fd in self._maps():
@@ -131,8 +131,8 @@ def attached(rtnl: Rtnl, uplink: int) -> Iterator[Attached | None]:
         for map_id in bpf.program_map_ids(prog_fd):
             fds.append(bpf.map_fd(map_id))
         named = {bpf.map_name(fd): fd for fd in fds}
-        yield (Attached(prog_fd, named[NAME], named.get(TUNNEL_MAP), named.get(NAME6))
-               if NAME in named else None)
+        yield (Attached(prog_fd, named.get(NAME), named.get(TUNNEL_MAP), named.get(NAME6))
+               if NAME in named or NAME6 in named else None)
     finally:
         for fd in fds:
             os.close(fd)

@@ -114,12 +114,12 @@ def _raw16(value: int) -> int:
     return _le(value.to_bytes(2, "big"))
 
 
-def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4Network | None,
-          switched_by: str | None = None,
+def build(map_fd: int | None, uplinks: list[int], bridge: int,
+          cluster: ipaddress.IPv4Network | None, switched_by: str | None = None,
           encap: tuple[Encap, int] | None = None, pods6: Pods6 | None = None) -> bytes:
     """The program for one node. `encap` is the overlay's parameters and the tunnel map's fd;
     uplinks[0] is then the underlay interface. `pods6`: IPv6 pods too (`_ipv6`); `cluster`
-    None: IPv6 pods only (an IPv6-only cluster).
+    (and the IPv4 pod map, `map_fd`) None: IPv6 pods only (an IPv6-only cluster).
 
     Registers every generator below shares: r6 the skb, r7 and r8 its data and data end
     (reloaded by `_reload` after a helper moves them), r9 the device the packet arrived on,
@@ -136,7 +136,7 @@ def build(map_fd: int, uplinks: list[int], bridge: int, cluster: ipaddress.IPv4N
     p.load(2, R2, R7, ETH_PROTO)
     if pods6 is not None:
         p.jump_if(R2, "==", ETH_P_IPV6_RAW, "ipv6")
-    if cluster is None:
+    if cluster is None or map_fd is None:
         p.jump("pass")
     else:
         p.jump_if(R2, "!=", ETH_P_IP_RAW, "pass")
