@@ -65,6 +65,24 @@ class Node:
             os.close(fd)
 
 
+def _route_via_veth(address: str, dst: str, gateway: str) -> None:
+    """In the namespace entered: forwarding on, as on a node, and `dst` routed via `gateway`
+    on a veth holding `address` (the route a FIB lookup finds; nothing is sent on it)."""
+    ipv6 = ":" in address
+    netns.write_sysctl("net/ipv6/conf/all/forwarding" if ipv6 else "net/ipv4/ip_forward", "1")
+    ipr = IPRoute()
+    try:
+        ipr.link("add", ifname="up0", kind="veth", peer={"ifname": "up1"})
+        for name in ("lo", "up0", "up1"):
+            ipr.link("set", index=links.index_of(ipr, name), state="up")
+        up0 = links.index_of(ipr, "up0")
+        assert up0 is not None
+        links.add_address(ipr, up0, address)
+        links.add_route(ipr, dst, gateway, up0)
+    finally:
+        ipr.close()
+
+
 @pytest.fixture(params=["dual-stack", "IPv6-only"])
 def routed(make_ns: Callable[[str], str],
            request: pytest.FixtureRequest) -> Iterator[tuple[Node, Node]]:
@@ -73,27 +91,16 @@ def routed(make_ns: Callable[[str], str],
     an IPv6-only one's (which has no IPv4 part)."""
     cluster = CLUSTER if request.param == "dual-stack" else None
     with netns.entered(make_ns("bpf6")):
-        netns.write_sysctl("net/ipv6/conf/all/forwarding", "1")  # as on a node
-        ipr = IPRoute()
+        _route_via_veth("fd00:192:168:1::11/64", "fd00:10:244:2::/64", "fd00:192:168:1::12")
+        # node1's lookup as if from the bridge: lo here
+        both = Node([UNUSED], LO, cluster=cluster), Node([LO], UNUSED, cluster=cluster)
         try:
-            ipr.link("add", ifname="up0", kind="veth", peer={"ifname": "up1"})
-            for name in ("lo", "up0", "up1"):
-                ipr.link("set", index=links.index_of(ipr, name), state="up")
-            up0 = links.index_of(ipr, "up0")
-            assert up0 is not None
-            links.add_address(ipr, up0, "fd00:192:168:1::11/64")
-            links.add_route(ipr, "fd00:10:244:2::/64", "fd00:192:168:1::12", up0)
+            both[0].pod(POD1, LO)
+            both[1].pod(POD2, 42)
+            yield both
         finally:
-            ipr.close()
-        node1 = Node([UNUSED], LO, cluster=cluster)  # the lookup as if from the bridge: lo
-        node2 = Node([LO], UNUSED, cluster=cluster)
-        try:
-            node1.pod(POD1, LO)
-            node2.pod(POD2, 42)
-            yield node1, node2
-        finally:
-            node1.close()
-            node2.close()
+            for node in both:
+                node.close()
 
 
 def test_a_pods_packet_is_routed_past_the_bridge(routed: tuple[Node, Node]) -> None:
@@ -175,17 +182,7 @@ def test_an_ipv6_only_program_leaves_ipv4_alone(make_ns: Callable[[str], str]) -
     """A pod's IPv4 packet that a dual-stack program routes, an IPv6-only one passes as it
     is."""
     with netns.entered(make_ns("bpf6")):
-        netns.write_sysctl("net/ipv4/ip_forward", "1")
-        ipr = IPRoute()
-        try:
-            ipr.link("add", ifname="up0", kind="veth", peer={"ifname": "up1"})
-            for name in ("lo", "up0", "up1"):
-                ipr.link("set", index=links.index_of(ipr, name), state="up")
-            up0 = links.index_of(ipr, "up0")
-            links.add_address(ipr, up0, "192.168.1.11/24")
-            links.add_route(ipr, "10.244.2.0/24", "192.168.1.12", up0)
-        finally:
-            ipr.close()
+        _route_via_veth("192.168.1.11/24", "10.244.2.0/24", "192.168.1.12")
         v4 = (codec.mac(BRIDGE_MAC) + codec.mac(POD_MAC) + b"\x08\x00"
               + bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0, 10, 244, 1, 2, 10, 244, 2, 3])
               + bytes(8))

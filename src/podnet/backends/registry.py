@@ -32,20 +32,14 @@ def _one_of(*choices: str) -> Check:
     return lambda value: None if value in choices else " or ".join(map(repr, choices))
 
 
-def _ipv4(value: Any) -> str | None:
-    try:
-        ipaddress.IPv4Address(value)
-        return None
-    except ValueError:
-        return "an IPv4 address"
-
-
-def _ipv6(value: Any) -> str | None:
-    try:
-        ipaddress.IPv6Address(value)
-        return None
-    except ValueError:
-        return "an IPv6 address"
+def _address(version: int) -> Check:
+    def check(value: Any) -> str | None:
+        try:
+            ok = ipaddress.ip_address(value).version == version
+        except ValueError:
+            ok = False
+        return None if ok else f"an IPv{version} address"
+    return check
 
 
 @dataclass(frozen=True)
@@ -71,7 +65,8 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("l2", "l2", "L2Backend", _COMMON, dual_stack=True, ipv6_underlay=True),
     Spec("host-gw", "hostgw", "HostGwBackend", _COMMON, dual_stack=True, ipv6_underlay=True),
     Spec("gateway", "gateway", "GatewayBackend",
-         {**_COMMON, "mode": _one_of("bgp", "static"), "router": _ipv4, "router6": _ipv6,
+         {**_COMMON, "mode": _one_of("bgp", "static"), "router": _address(4),
+          "router6": _address(6),
           "routerAS": _int_in(1, 4294967295), "nodeAS": _int_in(1, 4294967295)},
          routed_by_gateway=True, dual_stack=True),
     Spec("vxlan", "vxlan", "VxlanBackend",

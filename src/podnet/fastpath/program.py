@@ -276,12 +276,7 @@ def _in_prefix6(p: Program, field: int, net: ipaddress.IPv6Network) -> None:
 def _route_out6(p: Program, bridge: int) -> None:
     """A pod's IPv6 packet for a peer's pod: `_route_out`'s lookup and send in IPv6 (the flow
     label as the route's flowinfo; the hop limit, which has no checksum, taken down by one)."""
-    p.load(1, R2, R7, IP6_HOPS)
-    p.jump_if(R2, "<=", 1, "pass")  # the normal path sends the time-exceeded error
-    p.mov_imm(R1, 0)
-    for off in range(FIB, 0, 8):
-        p.store(8, R10, off, R1)
-    p.store_imm(1, R10, FIB + FIB_FAMILY, socket.AF_INET6)
+    _new_lookup(p, IP6_HOPS, socket.AF_INET6)
     p.load(1, R2, R7, IP6_NEXT)
     p.store(1, R10, FIB + FIB_PROTO, R2)
     p.load(4, R2, R7, ETH_LEN)
@@ -290,16 +285,7 @@ def _route_out6(p: Program, bridge: int) -> None:
     for off in range(0, 32, 4):  # source and destination
         p.load(4, R2, R7, IP6_SRC + off)
         p.store(4, R10, FIB + FIB_SRC + off, R2)
-    p.store_imm(4, R10, FIB + FIB_IFINDEX, bridge)
-    p.mov(R1, R6)
-    p.mov(R2, R10)
-    p.alu("+", R2, FIB)
-    p.mov_imm(R3, 64)
-    p.mov_imm(R4, FIB_LOOKUP_SKIP_NEIGH)
-    p.call(FIB_LOOKUP)
-    p.jump_if(R0, "!=", 0, "pass")
-    p.load(4, R9, R10, FIB + FIB_IFINDEX)
-    p.jump_if(R9, "==", bridge, "pass")
+    _lookup_route(p, bridge)
     p.load(1, R2, R7, IP6_HOPS)
     p.alu("-", R2, 1)
     p.store(1, R7, IP6_HOPS, R2)
@@ -515,17 +501,31 @@ def _route_out(p: Program, bridge: int) -> None:
     on the bridge, and send it out of the route's device to its next hop. The FIB lookup's
     and the next hop's arguments are built on the stack (FIB, NH); r9 the route's device.
     Jumps to `pass` where the normal path must act (no route, the bridge's, TTL 1)."""
-    p.load(1, R2, R7, IP_TTL)
-    p.jump_if(R2, "<=", 1, "pass")  # the normal path sends the time-exceeded error
-    p.mov_imm(R1, 0)
-    for off in range(FIB, 0, 8):
-        p.store(8, R10, off, R1)
-    p.store_imm(1, R10, FIB + FIB_FAMILY, socket.AF_INET)
+    _new_lookup(p, IP_TTL, socket.AF_INET)
     for src, dst, size in ((IP_PROTO, FIB_PROTO, 1), (IP_TOS, FIB_TOS, 1),
                            (IP_SRC, FIB_SRC, 4), (IP_DST, FIB_DST, 4)):
         p.load(size, R2, R7, src)
         p.store(size, R10, FIB + dst, R2)
-    # As if the packet arrived on the bridge, where the normal path routes it.
+    _lookup_route(p, bridge)
+    _decrement_ttl(p, "out")
+    _send_to_next_hop(p)
+
+
+def _new_lookup(p: Program, hops: int, family: int) -> None:
+    """To `pass` where the TTL (hop limit) at `hops` ends here: the normal path sends the
+    time-exceeded error. Otherwise the FIB lookup's parameters zeroed, of `family`."""
+    p.load(1, R2, R7, hops)
+    p.jump_if(R2, "<=", 1, "pass")
+    p.mov_imm(R1, 0)
+    for off in range(FIB, 0, 8):
+        p.store(8, R10, off, R1)
+    p.store_imm(1, R10, FIB + FIB_FAMILY, family)
+
+
+def _lookup_route(p: Program, bridge: int) -> None:
+    """The FIB lookup of the parameters at FIB, as if the packet arrived on the bridge, where
+    the normal path routes it; r9 the route's device. To `pass` where it fails or the route
+    is the bridge's."""
     p.store_imm(4, R10, FIB + FIB_IFINDEX, bridge)
     p.mov(R1, R6)
     p.mov(R2, R10)
@@ -536,8 +536,6 @@ def _route_out(p: Program, bridge: int) -> None:
     p.jump_if(R0, "!=", 0, "pass")
     p.load(4, R9, R10, FIB + FIB_IFINDEX)  # the route's device
     p.jump_if(R9, "==", bridge, "pass")
-    _decrement_ttl(p, "out")
-    _send_to_next_hop(p)
 
 
 def _send_to_next_hop(p: Program) -> None:
