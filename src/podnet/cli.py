@@ -359,7 +359,9 @@ def build_parser() -> Parser:
     p.add_argument("--node-name", required=True,
                    help="this node's Kubernetes name (its lease is held under it)")
     p.add_argument("--iface", help="the underlay interface (default: the default route's)")
-    p.add_argument("--node-ip", help="the node's IP (default: --iface's first address)")
+    p.add_argument("--node-ip", help="the node's IP, or its IPv4 and IPv6 ones as IPV4,IPV6 "
+                                     "(default: --iface's first address, and its first "
+                                     "reachable IPv6 one beside an IPv4 one)")
     p.add_argument("--cni-conf-dir", default="/etc/cni/net.d",
                    help="where the agent writes the CNI conflist the runtime reads")
     p.add_argument("--cni-socket", default=DEFAULT_SOCKET,
