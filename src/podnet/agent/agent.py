@@ -115,8 +115,8 @@ class Agent:
             raise UserError.of(str(exc), "see docs/backends.md") from None
         prefer = previous.held(self.opts.node_name)
         self.held = self._retry(lambda: self.store.acquire(
-            self.opts.node_name, str(node.ip), attrs, self.opts.ttl, config, prefer,
-            None if node.ip6 is None else str(node.ip6)), "acquiring a lease")
+            self.opts.node_name, str(node.ip), attrs, self.opts.ttl, config, prefer, node.ip6),
+            "acquiring a lease")
         own = self.held.lease
         self.state.save(NodeState(self.held.lease_id, str(own.subnet), config.backend_type,
                                   str(node.ip)))
@@ -387,10 +387,9 @@ class Agent:
                     log.warning("lease expired: acquiring it again")
                     assert self.backend is not None
                     held = self.held
-                    ip6 = held.lease.node_ip6
                     self.held = self.store.acquire(
                         self.opts.node_name, str(held.lease.node_ip), held.lease.attrs,
-                        self.opts.ttl, self.config, held, None if ip6 is None else str(ip6))
+                        self.opts.ttl, self.config, held, held.lease.node_ip6)
                     self.state.save(NodeState(self.held.lease_id, str(self.held.lease.subnet),
                                               self.config.backend_type,
                                               str(self.held.lease.node_ip)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -48,7 +49,7 @@ class Datastore(Protocol):
 
     def acquire(self, node: str, node_ip: str, attrs: dict[str, object], ttl: int,
                 config: NetworkConfig, prefer: Held | None,
-                node_ip6: str | None = None) -> Held: ...
+                node_ip6: ipaddress.IPv6Address | None = None) -> Held: ...
 
     def renew(self, held: Held) -> bool:
         """Keep the lease alive; False when it has expired and must be acquired again."""

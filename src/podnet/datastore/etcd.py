@@ -245,8 +245,7 @@ class EtcdStore:
 
     def acquire(self, node: str, node_ip: str, attrs: dict[str, object], ttl: int,
                 config: NetworkConfig, prefer: Held | None,
-                node_ip6: str | None = None) -> Held:
-        ip6 = None if node_ip6 is None else ipaddress.IPv6Address(node_ip6)
+                node_ip6: ipaddress.IPv6Address | None = None) -> Held:
         held_raw = self.get(NODES + node)
         if prefer is not None and held_raw is not None:
             mine = json.loads(held_raw)
@@ -255,7 +254,7 @@ class EtcdStore:
             # refresh the payload.
             if mine.get("leaseID") == prefer.lease_id and self.renew(prefer):
                 lease = Lease.make(config, prefer.lease.subnet, node,
-                                   ipaddress.ip_address(node_ip), dict(attrs), ip6)
+                                   ipaddress.ip_address(node_ip), dict(attrs), node_ip6)
                 held = Held(lease, prefer.lease_id, ttl)
                 self._put_both(held, node, compare_absent=False)
                 return held
@@ -296,7 +295,7 @@ class EtcdStore:
             random.shuffle(free)  # concurrent joiners rarely collide
         for subnet in free:
             lease = Lease.make(config, subnet, node, ipaddress.ip_address(node_ip), dict(attrs),
-                               ip6)
+                               node_ip6)
             held = Held(lease, lease_id, ttl)
             if self._put_both(held, node, compare_absent=True):
                 return held

@@ -58,22 +58,21 @@ class FileStore:
 
     def acquire(self, node: str, node_ip: str, attrs: dict[str, object], ttl: int,
                 config: NetworkConfig, prefer: Held | None,
-                node_ip6: str | None = None) -> Held:
-        ip6 = None if node_ip6 is None else ipaddress.IPv6Address(node_ip6)
+                node_ip6: ipaddress.IPv6Address | None = None) -> Held:
         with self._locked():
             leases = self._leases()
             for key, raw in leases.items():
                 lease = Lease.from_json(raw, config)
                 if lease.node == node:
                     fresh = Lease.make(config, lease.subnet, node,
-                                       ipaddress.ip_address(node_ip), dict(attrs), ip6)
+                                       ipaddress.ip_address(node_ip), dict(attrs), node_ip6)
                     leases[key] = fresh.to_json()
                     self._write("leases.json", json.dumps(leases))
                     return Held(fresh, 0, ttl)
             for subnet in config.subnets():
                 if subnet_key(subnet) not in leases:
                     lease = Lease.make(config, subnet, node, ipaddress.ip_address(node_ip),
-                                       dict(attrs), ip6)
+                                       dict(attrs), node_ip6)
                     leases[subnet_key(subnet)] = lease.to_json()
                     self._write("leases.json", json.dumps(leases))
                     return Held(lease, 0, ttl)

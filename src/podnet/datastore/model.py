@@ -341,7 +341,7 @@ class Lease:
                 or net >> (bits - outer) != int(config.network.network_address) >> (bits - outer)):
             raise ConfigError(f"lease subnet {obj['subnet']} is not a /{config.subnet_len} of "
                               f"{config.network}")
-        subnet = ipaddress.ip_network((net, prefix)) if bits == 128 else IPv4Network((net, prefix))
+        subnet = type(config.network)((net, prefix))
         if (problem := node_ip_problem(node_ip, config)) is not None:
             raise ConfigError(f"lease {problem}")
         if node_ip6 is not None and (node_ip.version == 6 or (

@@ -335,8 +335,7 @@ class Lab:
         install_cni(os.path.join(self.dir, "bin"))
         self._underlay()
         self._etcd()
-        cidrs = {"ipv4": [t.cidr], "dual": [t.cidr, t.cidr6], "ipv6": [t.cidr6]}[t.ip_family]
-        self.progress(f"cluster init: {', '.join(cidrs)}, backend {t.backend}")
+        self.progress(f"cluster init: {', '.join(t.cidrs)}, backend {t.backend}")
         routed = registry.spec(t.backend).routed_by_gateway
         extra = ["--gateway-mode", t.gateway_mode] if routed else []
         if not t.fast_path:
@@ -346,7 +345,7 @@ class Lab:
             extra += ["--node-credentials", ",".join(n.name for n in t.nodes),
                       "--credentials-out", self.users_dir]
         self._run_in(self.prefix + "cp", self._podnet(
-            "cluster", "init", *self.etcd_args(), *(a for c in cidrs for a in ("--cidr", c)),
+            "cluster", "init", *self.etcd_args(), *(a for c in t.cidrs for a in ("--cidr", c)),
             "--backend", t.backend, *extra))
         if routed:
             self._router()
@@ -432,11 +431,8 @@ class Lab:
     def _router_knows_all(self) -> bool:
         import ipaddress
 
-        subnets = set()
-        for node in self.topo.nodes:
-            ipam = self.conflist(node)["plugins"][0]["ipam"]
-            for r in [rs[0] for rs in ipam["ranges"]] if "ranges" in ipam else [ipam]:
-                subnets.add(ipaddress.ip_network(r["subnet"]))
+        subnets = {ipaddress.ip_network(r["subnet"]) for node in self.topo.nodes
+                   for r in self.ipam_ranges(node)}
         ipr = netns.iproute_in(ns_path(self.prefix + "rt"))
         try:
             have = {ipaddress.ip_network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}")
@@ -656,6 +652,12 @@ class Lab:
             conf: dict[str, Any] = json.load(fh)
         return conf
 
+    def ipam_ranges(self, node: NodeSpec) -> list[dict[str, Any]]:
+        """The node's IPAM range of each family, as its conflist gives them (a range set per
+        family, or one `subnet`)."""
+        ipam: dict[str, Any] = self.conflist(node)["plugins"][0]["ipam"]
+        return [rs[0] for rs in ipam["ranges"]] if "ranges" in ipam else [ipam]
+
     def runtime(self, node: NodeSpec) -> Runtime:
         netns_path = ns_path(node.netns(self.topo.name))
         if self.topo.agent_image:  # the plugins the init container installed, in the node's view
@@ -825,12 +827,10 @@ def status(lab: Lab) -> dict[str, Any]:
     subnets: dict[str, list[str]] = {}
     for node in t.nodes:
         with contextlib.suppress(OSError, KeyError, IndexError, ValueError):
-            ipam = lab.conflist(node)["plugins"][0]["ipam"]
-            # l2: the node's range of the shared subnet; otherwise the node's own subnet;
-            # a range set per family.
+            # l2: the node's range of the shared subnet; otherwise the node's own subnet.
             subnets[node.name] = [
                 f"{r['rangeStart']}-{r['rangeEnd']}" if r.get("rangeStart") else r["subnet"]
-                for r in ([rs[0] for rs in ipam["ranges"]] if "ranges" in ipam else [ipam])]
+                for r in lab.ipam_ranges(node)]
     return {
         "name": t.name, "backend": t.backend, "underlay": t.underlay,
         # Where a client reaches the lab's datastore: the URL, from inside that namespace.

@@ -13,7 +13,9 @@ from podnet.errors import UserError
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,15}")
 CLUSTER_CIDR = "10.244.0.0/16"
 CLUSTER_CIDR6 = "fd00:10:244::/56"  # dual-stack labs: node i's /64 goes with its IPv4 /24
-IP_FAMILIES = ("ipv4", "dual", "ipv6")
+# The pods' address families of each --ip-family.
+FAMILIES = {"ipv4": [4], "dual": [4, 6], "ipv6": [6]}
+IP_FAMILIES = tuple(FAMILIES)
 UNDERLAY_FAMILIES = ("ipv4", "ipv6")
 CONTROL_NET = ipaddress.IPv4Network("192.168.99.0/24")  # routed underlay: etcd's subnet
 SWITCH_NET = ipaddress.IPv4Network("192.168.100.0/24")
@@ -233,7 +235,12 @@ class Topology:
     @property
     def families(self) -> list[int]:
         """The pods' address families."""
-        return {"ipv4": [4], "dual": [4, 6], "ipv6": [6]}[self.ip_family]
+        return FAMILIES[self.ip_family]
+
+    @property
+    def cidrs(self) -> list[str]:
+        """The pod networks, one per family (`cluster init --cidr` each)."""
+        return [{4: self.cidr, 6: self.cidr6}[f] for f in self.families]
 
     @property
     def routed_ipv6(self) -> bool:

@@ -180,8 +180,10 @@ def endpoints_of(status: dict[str, Any], family: int = 4) -> list[Endpoint]:
 
 
 def families(status: dict[str, Any]) -> list[int]:
-    """The lab's address families: 4, and 6 in a dual-stack lab."""
-    return {"dual": [4, 6], "ipv6": [6]}.get(str(status.get("ip_family")), [4])
+    """The lab's address families, by its ip_family."""
+    from podnet.lab.topology import FAMILIES
+
+    return FAMILIES.get(str(status.get("ip_family")), [4])
 
 
 def render(report: Report, endpoints: list[Endpoint]) -> str:
