@@ -19,7 +19,7 @@ POLL = 0.2
 
 
 def families(store: EtcdStore) -> list[int]:
-    """The cluster's address families: 4, and 6 where it is dual-stack."""
+    """The cluster's pods' address families (NetworkConfig.families)."""
     config = store.get_config()
     if config is None:
         raise UserError("the cluster is not initialised",
