@@ -201,10 +201,9 @@ def test_every_variant_with_ipv6_loads(variant: str) -> None:
     """The verifier's verdict on each node's dual-stack program."""
     pods = bpf.create_hash_map(podmap.NAME, podmap.KEY_SIZE, podmap.VALUE_SIZE, 16)
     pods6 = bpf.create_hash_map(podmap.NAME6, podmap.KEY_SIZES[6], podmap.VALUE_SIZE, 16)
-    tunnel_map = bpf.create_hash_map(podmap.TUNNEL_MAP, podmap.TUNNEL_KEY_SIZE,
-                                     podmap.TUNNEL_VALUE.size, 16)
-    encap = ((program.Encap(1, 8472, ipaddress.IPv4Address("192.168.0.11"),
-                            "0a:00:00:00:00:01", 24), tunnel_map)
+    tunnel_map = bpf.create_hash_map(podmap.TUNNEL_MAPS[4], 4, podmap.TUNNEL_VALUE.size, 16)
+    encap = (program.Overlay(program.Encap(1, 8472, ipaddress.IPv4Address("192.168.0.11"),
+                                           "0a:00:00:00:00:01", ((4, 24),)), {4: tunnel_map})
              if variant == "encap" else None)
     code = program.build(pods, [UNUSED], UNUSED + 1, None if variant == "ipv6-only" else CLUSTER,
                          BRIDGE_MAC if variant == "switched" else None, encap,

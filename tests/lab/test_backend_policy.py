@@ -63,7 +63,7 @@ def test_vxlan_tx_checksum_offload_follows_the_option(make_lab: MakeLab) -> None
         uplink = rtnl.get_link("eth0")
         assert uplink is not None
         with podmap.attached(rtnl, uplink.index) as fast:
-            assert fast is not None and fast.tunnel_fd is None
+            assert fast is not None and fast.tunnels == {}
     finally:
         rtnl.close()
 

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from podnet.lab.lab import Lab, ns_path, status
-from podnet.netlink import links, netns
+from podnet.netlink import links, netns, tc
 from tests.lab.conftest import (
     PODNET,
     MakeLab,
@@ -231,6 +231,49 @@ def test_both_families_over_an_ipv6_underlay(make_lab: MakeLab, backend: str) ->
     dst = next(p for p in lab.topo.pods if p.node == "node2")
     assert _forwarded(lab, "node1", "node1-p1", dst.ip) == 0
     assert _forwarded(lab, "node1", "node1-p1", dst.ips[1]) == 0
+
+
+def _tunnel_packets(lab: Lab, node: str, *directions: str) -> int:
+    stats = json.loads(sh(lab, node, "ip", "-j", "-s", "link", "show", "podnet.1"))[0]
+    return sum(int(stats["stats64"][d]["packets"]) for d in directions)
+
+
+@pytest.mark.parametrize("underlay", ["ipv4", "ipv6"])
+def test_the_fast_path_tunnels_both_families_itself(make_lab: MakeLab, underlay: str) -> None:
+    """vxlan: the program encapsulates and decapsulates pods of both families over either
+    underlay, full-size packets included (the VXLAN devices carry none of them); and over
+    IPv6, what it sends carries the UDP checksum a peer's device checks."""
+    lab = make_lab("vxlan", nodes=2, pods=1, ip_family="dual", underlay_family=underlay,
+                   reconcile=600.0)  # no repair of what the test takes away below
+    src = ns_path(lab.topo.pods[0].netns(lab.topo.name))
+    dst = next(p for p in lab.topo.pods if p.node == "node2")
+    mtu = lab.conflist(lab.topo.nodes[0])["plugins"][0]["mtu"]
+
+    def ping(ip: str, *args: str) -> None:
+        out = subprocess.run(["nsenter", f"--net={src}", "ping", "-q", "-W", "2", *args, ip],
+                             capture_output=True, text=True)
+        assert " 0% packet loss" in out.stdout, (ip, args, out.stdout)
+
+    nodes = ("node1", "node2")
+    for ip, headers in zip(dst.ips, (28, 48), strict=True):
+        before = {n: _tunnel_packets(lab, n, "rx", "tx") for n in nodes}
+        ping(ip, "-c", "200", "-i", "0.002")
+        ping(ip, "-c", "20", "-i", "0.005", "-M", "do", "-s", str(mtu - headers))
+        for n in nodes:  # 220 each way crossed each node
+            assert _tunnel_packets(lab, n, "rx", "tx") - before[n] < 10, (ip, n)
+    # node2's device decapsulates once node2's program is off its underlay: it drops a
+    # datagram whose UDP checksum is wrong (over IPv6; over IPv4 there is none).
+    rtnl = netns.rtnl_in(ns_path(lab.topo.node("node2").netns(lab.topo.name)))
+    try:
+        eth0 = rtnl.get_link("eth0")
+        assert eth0 is not None
+        tc.detach_ingress(rtnl, eth0.index)
+    finally:
+        rtnl.close()
+    before_rx = _tunnel_packets(lab, "node2", "rx")
+    for ip in dst.ips:
+        ping(ip, "-c", "20", "-i", "0.01")
+    assert _tunnel_packets(lab, "node2", "rx") - before_rx >= 40
 
 
 def test_ipv4_pods_over_an_ipv6_underlay(make_lab: MakeLab) -> None:

@@ -41,10 +41,9 @@ def tunnels(lab: Lab, node: str) -> dict[str, str]:
         uplink = rtnl.get_link("eth0")
         assert uplink is not None
         with podmap.attached(rtnl, uplink.index) as fast:
-            assert fast is not None and fast.tunnel_fd is not None
-            items = bpf.map_items(fast.tunnel_fd, podmap.TUNNEL_KEY_SIZE,
-                                  podmap.TUNNEL_VALUE.size, 64)
-        return {str(ipaddress.IPv4Address(k)): str(ipaddress.IPv4Address(v[:4]))
+            assert fast is not None and 4 in fast.tunnels
+            items = bpf.map_items(fast.tunnels[4], 4, podmap.TUNNEL_VALUE.size, 64)
+        return {str(ipaddress.IPv4Address(k)): str(ipaddress.IPv4Address(v[8:12]))
                 for k, v in items}
     finally:
         rtnl.close()

@@ -34,7 +34,6 @@ from podnet.datastore.model import (
     NetworkConfig,
     NewerFormat,
     NodeIP,
-    PodNetwork,
     node_ip_problem,
 )
 from podnet.errors import UserError
@@ -210,7 +209,7 @@ class Agent:
         v4 = net if isinstance(net, ipaddress.IPv4Network) else None
         v6 = net if isinstance(net, ipaddress.IPv6Network) else config.network6
         fast = fastpath.FastPath(bridge, self.backend.pod_mtu(), v4, self.backend.switched,
-                                 spec.bridge_links, spec.encap if v4 else None, v6)
+                                 spec.bridge_links, spec.encap, v6)
         try:
             fast.reconcile(spec.uplinks)
         except Exception as exc:  # an optimisation only: whatever stops it, pods still connect
@@ -316,15 +315,15 @@ class Agent:
         assert self.backend is not None
         if self.fast is None:
             return 0
-        want = {p.subnet: t for p in self.peers.values()
-                if isinstance(p.subnet, ipaddress.IPv4Network)
-                and (t := self.backend.fast_path_tunnel(p)) is not None}
+        want = {s: t for p in self.peers.values()
+                if (t := self.backend.fast_path_tunnel(p)) is not None for s in p.subnets}
         return self.fast.set_tunnels(want)
 
-    def _set_tunnel(self, subnet: PodNetwork, peer: podmap.Peer | None) -> None:
-        """One peer's tunnel map entry (a lease event's); None: none."""
-        if self.fast is not None and isinstance(subnet, ipaddress.IPv4Network):
-            self.fast.set_tunnel(subnet, peer)
+    def _set_tunnel(self, lease: Lease, peer: podmap.Peer | None) -> None:
+        """A peer's tunnel map entries, one per subnet (a lease event's); None: none."""
+        if self.fast is not None:
+            for subnet in lease.subnets:
+                self.fast.set_tunnel(subnet, peer)
 
     def _on_event(self, ev: Event) -> None:
         assert self.backend is not None
@@ -336,7 +335,7 @@ class Agent:
                 if gone is not None:
                     log.info("peer %s left (%s)", gone.node, gone.subnet)
                     self.backend.peer_removed(gone.node)
-                    self._set_tunnel(gone.subnet, None)
+                    self._set_tunnel(gone, None)
                     for ip in gone.underlay_ips:
                         firewall.remove_node(ip)
                 return
@@ -347,10 +346,10 @@ class Agent:
             for key, old in list(self.peers.items()):
                 if old.node == lease.node and key != ev.key:
                     del self.peers[key]
-                    self._set_tunnel(old.subnet, None)
+                    self._set_tunnel(old, None)
             self.peers[ev.key] = lease
             self.backend.peer_added(lease)
-            self._set_tunnel(lease.subnet, self.backend.fast_path_tunnel(lease))
+            self._set_tunnel(lease, self.backend.fast_path_tunnel(lease))
             for ip in lease.underlay_ips:
                 firewall.add_node(ip)
             log.info("peer %s at %s has %s", lease.node, lease.node_ip, lease.subnet)

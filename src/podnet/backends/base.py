@@ -185,9 +185,9 @@ class Backend(ABC):
         reconcile: uplinks may change)."""
         return FastPathSpec([self.node.iface_index])
 
-    def fast_path_tunnel(self, peer: Lease) -> tuple[ipaddress.IPv4Address, str] | None:
-        """For the fast path's tunnel map: the peer's node IP and VTEP MAC, where its pod
-        subnet is reached through the tunnel."""
+    def fast_path_tunnel(self, peer: Lease) -> tuple[NodeIP, str] | None:
+        """For the fast path's tunnel maps: the peer's node IP and VTEP MAC, where its pod
+        subnets are reached through the tunnel."""
         return None
 
     def repair_devices(self) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 from podnet.backends.base import BackendError, Entry, FastPathSpec, Fdb
 from podnet.backends.hostgw import node_mac, routed_via_node
 from podnet.backends.tunnel import TunnelBackend
-from podnet.datastore.model import Lease
+from podnet.datastore.model import Lease, NodeIP
 from podnet.fastpath.program import Encap
 from podnet.netlink import links
 from podnet.wire import VXLAN6_OVERHEAD, VXLAN_OVERHEAD, VXLAN_PORT
@@ -97,21 +97,20 @@ class VxlanBackend(TunnelBackend):
 
     def fast_path(self) -> FastPathSpec:
         # Offload off is a workaround for checksum bugs of the underlay's path; the program's
-        # packets would meet them as the device's did, so they stay with the device. The
-        # program writes outer IPv4 headers only: over an IPv6 underlay the device encapsulates.
-        encap = (Encap(self.vni, self.port, self.node.ip, self.mac, self.config.subnet_len)
-                 if self.tx_offload and self.node.ip.version == 4
-                 and self.config.network.version == 4 else None)
+        # packets would meet them as the device's did, so they stay with the device.
+        config = self.config
+        lens = ((config.network.version, config.subnet_len),) + (
+            ((6, config.subnet_len6),) if config.network6 is not None else ())
+        encap = (Encap(self.vni, self.port, self.node.ip, self.mac, lens)
+                 if self.tx_offload else None)
         return replace(super().fast_path(), encap=encap)
 
-    def fast_path_tunnel(self, peer: Lease) -> tuple[ipaddress.IPv4Address, str] | None:
+    def fast_path_tunnel(self, peer: Lease) -> tuple[NodeIP, str] | None:
         # What the device was given for the peer: none where it is routed directly.
         with self._lock:
             entries = self._entries.get(peer.node, frozenset())
         fdb = next((e for e in entries if isinstance(e, Fdb)), None)
-        if fdb is None or ":" in fdb.dst:  # none, or an IPv6 underlay's (the device's)
-            return None
-        return ipaddress.IPv4Address(fdb.dst), fdb.lladdr
+        return None if fdb is None else (ipaddress.ip_address(fdb.dst), fdb.lladdr)
 
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         if self.direct and self.connected_link(peer.node_ip) == self.node.iface_index:

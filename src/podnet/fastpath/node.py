@@ -29,8 +29,9 @@ class FastPath:
         self.cluster = cluster  # None: an IPv6-only cluster
         self.cluster6 = cluster6  # a cluster's IPv6 pods ride it too
         self.switched = switched  # the l2 design: frames are switched, not routed
-        self.encap = encap  # the overlay: the program encapsulates to the tunnel map's peers
-        self._tunnel_fd: int | None = None  # kept open: peer events update it one by one
+        self.encap = encap  # the overlay: the program encapsulates to the tunnel maps' peers
+        self._tunnel_fds: dict[int, int] = {}  # by pod family, kept open: peer events update
+        # them one by one
         self.uplink = ""  # the first uplink's name: where the plugin finds the pod map
         self.prog_id: int | None = None
         self.skip_ports = skip_ports or []  # veths on the bridge that are not pods'
@@ -81,11 +82,13 @@ class FastPath:
         def kept(fd: int | None, wanted: object) -> int | None:
             return os.dup(fd) if fd is not None and wanted is not None else None
 
-        map_fd = tunnel_fd = map6_fd = None
+        map_fd = map6_fd = None
+        tunnel_fds: dict[int, int] = {}
         if existing is not None:
             map_fd = kept(existing.map_fd, self.cluster)
-            tunnel_fd = kept(existing.tunnel_fd, self.encap)
             map6_fd = kept(existing.map6_fd, self.cluster6)
+            tunnel_fds = {family: os.dup(fd) for family, fd in existing.tunnels.items()
+                          if self._max_tunnels(family)}
         try:
             if self.cluster is not None and map_fd is None:
                 map_fd = bpf.create_hash_map(podmap.NAME, podmap.KEY_SIZE, podmap.VALUE_SIZE,
@@ -93,16 +96,17 @@ class FastPath:
             if self.cluster6 is not None and map6_fd is None:
                 map6_fd = bpf.create_hash_map(podmap.NAME6, podmap.KEY_SIZES[6],
                                               podmap.VALUE_SIZE, podmap.MAX_PODS)
-            if self.encap is not None and tunnel_fd is None:
-                tunnel_fd = bpf.create_hash_map(podmap.TUNNEL_MAP, podmap.TUNNEL_KEY_SIZE,
-                                                podmap.TUNNEL_VALUE.size, self._max_tunnels(),
-                                                prealloc=False)
-            encap = None if self.encap is None or tunnel_fd is None else (self.encap, tunnel_fd)
+            for family, name in podmap.TUNNEL_MAPS.items():
+                if family not in tunnel_fds and (most := self._max_tunnels(family)):
+                    tunnel_fds[family] = bpf.create_hash_map(
+                        name, podmap.KEY_SIZES[family], podmap.TUNNEL_VALUE.size, most,
+                        prealloc=False)
+            overlay = None if self.encap is None else program.Overlay(self.encap, tunnel_fds)
             pods6 = (None if self.cluster6 is None or map6_fd is None
                      else program.Pods6(map6_fd, self.cluster6))
             prog_fd = bpf.load_program(tc.FILTER_NAME,
                                        program.build(map_fd, uplinks, bridge, self.cluster,
-                                                     bridge_mac, encap, pods6))
+                                                     bridge_mac, overlay, pods6))
             try:
                 for index in uplinks + ports:
                     tc.attach_ingress(rtnl, index, prog_fd, pods6 is not None)
@@ -110,49 +114,53 @@ class FastPath:
             finally:
                 os.close(prog_fd)
         except BaseException:
-            if tunnel_fd is not None:
-                os.close(tunnel_fd)
+            for fd in tunnel_fds.values():
+                os.close(fd)
             raise
         finally:
-            for fd in (map_fd, map6_fd):
-                if fd is not None:
-                    os.close(fd)
-        if self._tunnel_fd is not None:
-            os.close(self._tunnel_fd)
-        self._tunnel_fd = tunnel_fd
+            for pod_fd in (map_fd, map6_fd):
+                if pod_fd is not None:
+                    os.close(pod_fd)
+        for fd in self._tunnel_fds.values():
+            os.close(fd)
+        self._tunnel_fds = tunnel_fds
         log.info("fast path attached to %d uplinks and %d pod ports", len(uplinks), len(ports))
 
-    def _max_tunnels(self) -> int:
-        assert self.encap is not None and self.cluster is not None
-        return min(1 << (self.encap.subnet_len - self.cluster.prefixlen), podmap.MAX_TUNNELS)
+    def _max_tunnels(self, family: int) -> int:
+        """How many peers a family's tunnel map holds: a subnet per node; 0 where the
+        program does not tunnel that family."""
+        length = self.encap.subnet_len(family) if self.encap is not None else None
+        cluster = self.cluster if family == 4 else self.cluster6
+        if length is None or cluster is None:
+            return 0
+        return min(1 << (length - cluster.prefixlen), podmap.MAX_TUNNELS)
 
     # -- the overlay's peers ----------------------------------------------------------------
-    def set_tunnels(self, want: dict[ipaddress.IPv4Network, podmap.Peer]) -> int:
-        """Make the tunnel map hold exactly these peers (a resync's, a reconcile's); how many
-        entries changed. A failure is logged: those peers' pods take the normal path."""
-        fd = self._tunnel_fd
-        if fd is None:
-            return 0
-        try:
-            have = dict(bpf.map_items(fd, podmap.TUNNEL_KEY_SIZE, podmap.TUNNEL_VALUE.size,
-                                      self._max_tunnels()))
-            wanted = {net.network_address.packed: podmap.tunnel_value(p)
-                      for net, p in want.items()}
-            changed = 0
-            for key in have.keys() - wanted.keys():
-                changed += bpf.map_delete(fd, key)
-            for key, value in wanted.items():
-                if have.get(key) != value:
-                    bpf.map_update(fd, key, value)
-                    changed += 1
-            return changed
-        except OSError as exc:
-            log.warning("fast path: cannot update the tunnel map: %r", exc)
-            return 0
+    def set_tunnels(self, want: dict[podmap.Subnet, podmap.Peer]) -> int:
+        """Make the tunnel maps hold exactly these peers' subnets (a resync's, a
+        reconcile's); how many entries changed. A failure is logged: those peers' pods take
+        the normal path."""
+        changed = 0
+        for family, fd in self._tunnel_fds.items():
+            try:
+                have = dict(bpf.map_items(fd, podmap.KEY_SIZES[family],
+                                          podmap.TUNNEL_VALUE.size, self._max_tunnels(family)))
+                wanted = {net.network_address.packed: podmap.tunnel_value(p)
+                          for net, p in want.items() if net.version == family}
+                for key in have.keys() - wanted.keys():
+                    changed += bpf.map_delete(fd, key)
+                for key, value in wanted.items():
+                    if have.get(key) != value:
+                        bpf.map_update(fd, key, value)
+                        changed += 1
+            except OSError as exc:
+                log.warning("fast path: cannot update the IPv%d tunnel map: %r", family, exc)
+        return changed
 
-    def set_tunnel(self, subnet: ipaddress.IPv4Network, peer: podmap.Peer | None) -> None:
-        """One peer's entry (a lease event's); None: not tunnelled (routed directly, gone)."""
-        fd = self._tunnel_fd
+    def set_tunnel(self, subnet: podmap.Subnet, peer: podmap.Peer | None) -> None:
+        """One subnet's entry (a lease event's); None: not tunnelled (routed directly,
+        gone)."""
+        fd = self._tunnel_fds.get(subnet.version)
         if fd is None:
             return
         try:

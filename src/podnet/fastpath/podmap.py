@@ -1,8 +1,8 @@
 """The fast path's maps. The pod map: which pod of this node owns an address. Keys are IPv4
 addresses (network order), values the pod's host-side veth, the pod's MAC and the veth's; the
 IPv6 pod map, where the cluster has IPv6 pods, the same for IPv6 addresses. The tunnel map
-(the overlay's): which peer node a pod subnet is behind. Keys are the subnets' network
-addresses, values the peer's node IP and VTEP MAC.
+maps (the overlay's, one per pod family): which peer node a pod subnet is behind. Keys are the
+subnets' network addresses, values the peer's VTEP MAC and node IP.
 
 The maps have no name on disk: they are found through the program at the node uplink's ingress
 (the program's id from tc, then the maps' ids from the program), so they live exactly as long
@@ -17,7 +17,7 @@ import ipaddress
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from podnet.fastpath import bpf, program
 from podnet.netlink import codec, tc
@@ -28,12 +28,13 @@ KEY_SIZE, VALUE_SIZE = 4, program.VALUE_SIZE
 KEY_SIZES = {4: KEY_SIZE, 6: 16}  # by family
 MAX_PODS = 4096
 VALUE = struct.Struct("=I6s6s")
-TUNNEL_MAP = "podnet_tunnels"
-TUNNEL_KEY_SIZE = 4
-TUNNEL_VALUE = struct.Struct("=4s6sxx")  # as the program reads it: node IP, VTEP MAC
+TUNNEL_MAPS = {4: "podnet_tunnels", 6: "podnet_tunnels6"}  # by pod family; keys as KEY_SIZES
+# As the program reads it (program.TUNNEL_MAC, TUNNEL_IP): VTEP MAC, node IP of either family
+TUNNEL_VALUE = struct.Struct("=6sxx16s")
 MAX_TUNNELS = 1 << 16
-Peer = tuple[ipaddress.IPv4Address, str]  # a tunnelled peer: its node IP, its VTEP MAC
 PodIP = ipaddress.IPv4Address | ipaddress.IPv6Address
+Peer = tuple[PodIP, str]  # a tunnelled peer: its node IP, its VTEP MAC
+Subnet = ipaddress.IPv4Network | ipaddress.IPv6Network  # a tunnel map's key
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def key(ip: PodIP) -> bytes:
 
 
 def tunnel_value(peer: Peer) -> bytes:
-    return TUNNEL_VALUE.pack(peer[0].packed, codec.mac(peer[1]))
+    return TUNNEL_VALUE.pack(codec.mac(peer[1]), peer[0].packed)
 
 
 @dataclass
@@ -64,8 +65,9 @@ class Attached:
     """The fast path found at an uplink: its program's and its maps' file descriptors."""
     prog_fd: int
     map_fd: int | None  # the IPv4 pod map; none in an IPv6-only cluster
-    tunnel_fd: int | None = None  # the overlay's tunnel map, where the program encapsulates
     map6_fd: int | None = None  # the IPv6 pod map, where the cluster has IPv6 pods
+    # The overlay's tunnel maps by pod family, where the program encapsulates.
+    tunnels: dict[int, int] = field(default_factory=dict)
 
     def _maps(self) -> list[tuple[int, int]]:
         """(family, map fd) of each pod map."""
@@ -131,7 +133,8 @@ def attached(rtnl: Rtnl, uplink: int) -> Iterator[Attached | None]:
         for map_id in bpf.program_map_ids(prog_fd):
             fds.append(bpf.map_fd(map_id))
         named = {bpf.map_name(fd): fd for fd in fds}
-        yield (Attached(prog_fd, named.get(NAME), named.get(TUNNEL_MAP), named.get(NAME6))
+        tunnels = {f: named[n] for f, n in TUNNEL_MAPS.items() if n in named}
+        yield (Attached(prog_fd, named.get(NAME), named.get(NAME6), tunnels)
                if NAME in named or NAME6 in named else None)
     finally:
         for fd in fds:

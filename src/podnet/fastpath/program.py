@@ -14,12 +14,14 @@ from another node addressed to a pod's MAC goes to the pod as it came, and a pod
 another pod's MAC (not to the bridge's, not multicast) leaves by the uplink as it is; no TTL or
 MAC changes, as a switch makes none.
 
-In the overlay (`Encap`), a pod's packet for a pod subnet the tunnel map holds is encapsulated
-here, as the node's VXLAN device would (outer IPv4, UDP, VXLAN, inner Ethernet to the peer's
-VTEP MAC), and sent out of the underlay; arriving VXLAN packets for a pod of this node are
-decapsulated at the underlay and handed to the pod, if their inner source belongs to the node
-that sent them. No trip through the VXLAN device, the UDP socket or netfilter on either node.
-Segmentation-offload super-packets and fragments keep going through the device.
+In the overlay (`Encap`), a pod's packet for a pod subnet a tunnel map holds is encapsulated
+here, as the node's VXLAN device would (outer IPv4 or IPv6 as the underlay is, UDP, VXLAN,
+inner Ethernet to the peer's VTEP MAC), and sent out of the underlay; arriving VXLAN packets for
+a pod of this node are decapsulated at the underlay and handed to the pod, if their inner source
+belongs to the node that sent them. Pods of either family, over an underlay of either. No trip
+through the VXLAN device, the UDP socket or netfilter on either node. Segmentation-offload
+super-packets and fragments keep going through the device, and so over IPv6 do packets whose
+outer UDP checksum cannot be had from their headers (`_checksummed`).
 
 Everything else (ARP, pods of this node, the node itself, the world, a TTL about to expire,
 a route the program cannot use) passes to the normal path unchanged: the fast path only ever
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 
 from podnet.fastpath.asm import R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, Program
 from podnet.netlink import codec
-from podnet.wire import VXLAN_FLAG_VNI, VXLAN_OVERHEAD
+from podnet.wire import VXLAN6_OVERHEAD, VXLAN_FLAG_VNI, VXLAN_OVERHEAD
 
 # struct __sk_buff offsets (linux/bpf.h)
 SKB_LEN, SKB_PKT_TYPE, SKB_IFINDEX, SKB_DATA, SKB_DATA_END, SKB_GSO_SIZE = 0, 4, 40, 76, 80, 176
@@ -54,23 +56,49 @@ MAP_LOOKUP_ELEM, SKB_STORE_BYTES, REDIRECT, SKB_CHANGE_TYPE = 1, 9, 23, 32
 SKB_ADJUST_ROOM, FIB_LOOKUP, REDIRECT_NEIGH, REDIRECT_PEER = 50, 69, 152, 155
 FIB_LOOKUP_SKIP_NEIGH = 4  # the neighbour is bpf_redirect_neigh's to resolve, with its states
 ADJ_ROOM_MAC = 1  # room between the Ethernet and the IP header
-# ENCAP_L3_IPV4 | ENCAP_L4_UDP | ENCAP_L2_ETH, and the inner Ethernet header's length at bit 56:
-# the skb is marked as a UDP tunnel so checksum offload finds the inner headers
-ENCAP_FLAGS = (1 << 1) | (1 << 4) | (1 << 6)
+# ENCAP_L3_IPV4 or _IPV6 (the outer header's), ENCAP_L4_UDP | ENCAP_L2_ETH, and the inner
+# Ethernet header's length at bit 56: the skb is marked as a UDP tunnel so checksum offload
+# finds the inner headers (and its protocol becomes the outer header's)
+ENCAP_L3 = {4: 1 << 1, 6: 1 << 2}
+ENCAP_FLAGS = (1 << 4) | (1 << 6)
+# Taking the outer headers off: the skb's protocol becomes the inner header's (DECAP_L3_IPV4,
+# _IPV6), as an inner family other than the outer one needs
+DECAP_L3 = {4: 1 << 7, 6: 1 << 8}
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
 # the pod map's value: host veth ifindex (u32), pod MAC, host veth MAC
 VALUE_SIZE = 16
-# the tunnel map's (key: a peer's pod subnet): the peer's node IP at 0, its VTEP MAC at 4
+# the tunnel maps' (keys: a peer's pod subnet of one family): the peer's VTEP MAC at 0, its
+# node IP (the underlay's family; IPv4 in the first 4 bytes) at 8
+TUNNEL_MAC, TUNNEL_IP = 0, 8
 # stack: fib lookup parameters (64 bytes) at -64; redirect_neigh's next hop (20) at -88;
-# the headers an encapsulation puts in front (50, 8-aligned as the stack must be) at -144
-# an IPv6 pod map key (16) at HDR, which only an encapsulation (IPv4) uses
+# the headers an encapsulation puts in front (at most 70, 8-aligned as the stack must be) at
+# -144, which the 16-byte keys of IPv6 lookups share (a lookup is done before they are built)
 FIB, NH, KEY, HDR = -64, -88, -4, -144
 KEY6 = HDR
 FIB_FAMILY, FIB_PROTO, FIB_IFINDEX, FIB_TOS, FIB_SRC, FIB_DST = 0, 1, 8, 12, 16, 32
-# VXLAN: what goes in front of the inner IP packet (podnet.wire), and where its fields sit in
-# the encapsulated frame
-ENCAP_LEN = VXLAN_OVERHEAD
-UDP_DPORT, VXLAN_FLAGS, VXLAN_VNI, INNER_PROTO = 36, 42, 46, 62
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where one IP version's header fields sit in a frame (right after the Ethernet
+    header), and the suffix of the labels its code defines."""
+    version: int
+    ethertype: int  # as a native load reads it
+    hops: int  # TTL, hop limit
+    proto: int  # protocol, next header
+    src: int
+    dst: int
+    header: int  # the fixed header's length
+    tag: str
+
+    @property
+    def addr_len(self) -> int:
+        return 4 if self.version == 4 else 16
+
+
+V4 = Family(4, ETH_P_IP_RAW, IP_TTL, IP_PROTO, IP_SRC, IP_DST, 20, "")
+V6 = Family(6, ETH_P_IPV6_RAW, IP6_HOPS, IP6_NEXT, IP6_SRC, IP6_DST, 40, "6")
+FAMILY = {4: V4, 6: V6}
 
 
 @dataclass(frozen=True)
@@ -78,18 +106,42 @@ class Encap:
     """What the program needs to encapsulate as this node's VXLAN device does."""
     vni: int
     port: int
-    local: ipaddress.IPv4Address  # the node's underlay address: the outer source
+    # The node's underlay address: the outer source; its family the outer header's.
+    local: ipaddress.IPv4Address | ipaddress.IPv6Address
     mac: str  # the node's VTEP MAC: the inner source
-    subnet_len: int  # the length of each node's pod subnet, the tunnel map's keys
+    # The length of each node's pod subnet per pod family, the tunnel maps' keys.
+    subnet_lens: tuple[tuple[int, int], ...] = ()
 
     @property
-    def subnet_mask(self) -> int:
-        return _le(ipaddress.IPv4Network(f"0.0.0.0/{self.subnet_len}").netmask.packed)
+    def outer(self) -> Family:
+        return FAMILY[self.local.version]
+
+    @property
+    def length(self) -> int:
+        """What goes in front of the inner IP packet (podnet.wire)."""
+        return VXLAN_OVERHEAD if self.local.version == 4 else VXLAN6_OVERHEAD
+
+    def subnet_len(self, family: int) -> int | None:
+        return dict(self.subnet_lens).get(family)
+
+    def mask(self, family: int) -> bytes:
+        """The netmask of the family's pod subnets, network order."""
+        length = self.subnet_len(family)
+        assert length is not None
+        bits = 32 if family == 4 else 128
+        return ((1 << bits) - (1 << (bits - length))).to_bytes(bits // 8, "big")
 
     @property
     def vni_word(self) -> int:
         """The VXLAN header's second word: the 24-bit VNI, a reserved byte."""
         return _le((self.vni << 8).to_bytes(4, "big"))
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """The encapsulation's parameters and its tunnel map's fd per pod family."""
+    encap: Encap
+    tunnels: dict[int, int]
 
 
 def _le(raw: bytes) -> int:
@@ -104,8 +156,7 @@ def _raw32(ip: ipaddress.IPv4Address) -> int:
 @dataclass(frozen=True)
 class Pods6:
     """IPv6 pods on the fast path: their map (16-byte keys, the pod map's values) and the
-    cluster's IPv6 network. Routed and switched as IPv4 pods are; into a tunnel the program
-    routes them to the VXLAN device, which encapsulates."""
+    cluster's IPv6 network. Routed, switched and tunnelled as IPv4 pods are."""
     map_fd: int
     cluster: ipaddress.IPv6Network
 
@@ -116,16 +167,19 @@ def _raw16(value: int) -> int:
 
 def build(map_fd: int | None, uplinks: list[int], bridge: int,
           cluster: ipaddress.IPv4Network | None, switched_by: str | None = None,
-          encap: tuple[Encap, int] | None = None, pods6: Pods6 | None = None) -> bytes:
-    """The program for one node. `encap` is the overlay's parameters and the tunnel map's fd;
-    uplinks[0] is then the underlay interface. `pods6`: IPv6 pods too (`_ipv6`); `cluster`
-    (and the IPv4 pod map, `map_fd`) None: IPv6 pods only (an IPv6-only cluster).
+          overlay: Overlay | None = None, pods6: Pods6 | None = None) -> bytes:
+    """The program for one node. `overlay`: the program encapsulates to the tunnel maps'
+    peers and decapsulates what they send; uplinks[0] is then the underlay interface.
+    `pods6`: IPv6 pods too (`_ipv6`); `cluster` (and the IPv4 pod map, `map_fd`) None: IPv6
+    pods only (an IPv6-only cluster).
 
     Registers every generator below shares: r6 the skb, r7 and r8 its data and data end
     (reloaded by `_reload` after a helper moves them), r9 the device the packet arrived on,
     until a generator takes it over as it says; r10 the stack (FIB, NH, KEY, HDR); r0-r5
-    scratch and helper arguments. Labels: `inbound` (from an uplink), `pass` (the normal
-    path), `drop` (with an overlay); each generator names those it defines."""
+    scratch and helper arguments. Labels: `inbound`/`inbound6` (from an uplink), `pass` (the
+    normal path), `drop` (with an overlay); each generator names those it defines."""
+    pods4 = None if cluster is None or map_fd is None else (map_fd, cluster)
+    outer = overlay.encap.outer.version if overlay is not None else None
     p = Program()
     p.mov(R6, R1)
     p.load(4, R7, R6, SKB_DATA)
@@ -134,61 +188,70 @@ def build(map_fd: int | None, uplinks: list[int], bridge: int,
     p.alu("+", R2, FRAME_MIN)
     p.jump_if_reg(R2, ">", R8, "pass")
     p.load(2, R2, R7, ETH_PROTO)
-    if pods6 is not None:
+    if pods6 is not None or outer == 6:
         p.jump_if(R2, "==", ETH_P_IPV6_RAW, "ipv6")
-    if cluster is None or map_fd is None:
+    if pods4 is None and outer != 4:
         p.jump("pass")
     else:
         p.jump_if(R2, "!=", ETH_P_IP_RAW, "pass")
-        _ipv4(p, map_fd, uplinks, bridge, cluster, switched_by, encap)
-    if pods6 is not None:
-        _ipv6(p, pods6, uplinks, bridge, switched_by)
+        _ipv4(p, pods4, uplinks, bridge, switched_by, overlay)
+    if pods6 is not None or outer == 6:
+        _ipv6(p, pods6, uplinks, bridge, switched_by, overlay)
+    if overlay is not None:
+        maps = {4: map_fd, 6: pods6.map_fd if pods6 is not None else None}
+        _decap_in(p, overlay, {f: fd for f, fd in maps.items() if fd is not None}, uplinks[0])
 
     p.label("pass")
     p.mov_imm(R0, TC_ACT_OK)
     p.exit()
-    if encap is not None:  # the verifier refuses code no path reaches
+    if overlay is not None:  # the verifier refuses code no path reaches
         p.label("drop")
         p.mov_imm(R0, TC_ACT_SHOT)
         p.exit()
     return p.assemble()
 
 
-def _ipv4(p: Program, map_fd: int, uplinks: list[int], bridge: int,
-          cluster: ipaddress.IPv4Network, switched_by: str | None,
-          encap: tuple[Encap, int] | None) -> None:
+def _ipv4(p: Program, pods: tuple[int, ipaddress.IPv4Network] | None, uplinks: list[int],
+          bridge: int, switched_by: str | None, overlay: Overlay | None) -> None:
     """IPv4 pods: from a pod's veth, routed, switched or encapsulated past the bridge; from
-    another node, straight to the pod. Defines `inbound`; jumps to `pass` and `drop`."""
+    another node, straight to the pod. Without IPv4 pods (an IPv6-only cluster over an IPv4
+    underlay) only what arrives on the underlay, for `decap`. Defines `inbound`; jumps to
+    `pass`, `decap` and `drop`."""
+    decap = overlay is not None and overlay.encap.outer is V4
     p.load(4, R9, R6, SKB_IFINDEX)
     for index in uplinks:
         p.jump_if(R9, "==", index, "inbound")
+    if pods is None:
+        p.jump("pass")
+        p.label("inbound")
+        p.jump("decap")
+        return
+    map_fd, cluster = pods
 
     # -- from a pod on this node's veth (r9 = that veth) --------------------------------------
-    _lookup(p, map_fd, IP_SRC)
+    _lookup(p, map_fd, V4, IP_SRC)
     _sent_by_its_pod(p)
     p.load(4, R2, R7, IP_DST)
     p.alu32("&", R2, _raw32(cluster.netmask))
     p.jump32_if(R2, "!=", _raw32(cluster.network_address), "pass")
-    _lookup(p, map_fd, IP_DST)
+    _lookup(p, map_fd, V4, IP_DST)
     p.jump_if(R0, "!=", 0, "pass")  # a pod of this node: the bridge's to switch
     if switched_by is not None:
         _switch_out(p, uplinks[0], switched_by)
     else:
-        if encap is not None:
-            _encap_out(p, *encap, uplinks[0])
+        if overlay is not None and 4 in overlay.tunnels:
+            _encap_out(p, overlay.encap, overlay.tunnels[4], V4, uplinks[0])
         _route_out(p, bridge)
 
     # -- from another node, for a pod of this one ------------------------------------------------
     p.label("inbound")
-    _lookup(p, map_fd, IP_DST)
+    _lookup(p, map_fd, V4, IP_DST)
     if switched_by is not None:
         p.jump_if(R0, "==", 0, "pass")
         _switch_in(p)
     else:
-        p.jump_if(R0, "==", 0, "pass" if encap is None else "decap")
+        p.jump_if(R0, "==", 0, "decap" if decap else "pass")
         _route_in(p)
-        if encap is not None:
-            _decap_in(p, map_fd, *encap, uplinks[0])
 
 
 def _sent_by_its_pod(p: Program) -> None:
@@ -206,12 +269,15 @@ def _sent_by_its_pod(p: Program) -> None:
     p.jump_if_reg(R2, "!=", R3, "pass")
 
 
-def _ipv6(p: Program, pods6: Pods6, uplinks: list[int], bridge: int,
-          switched_by: str | None) -> None:
-    """IPv6 as IPv4: a pod's packet for another node's pod is routed (or switched) past the
-    bridge; one from another node for a pod of this node goes straight to the pod. Neighbour
-    and router discovery (ICMPv6 133-137) always takes the normal path. Defines `ipv6` (from
-    the program's start, r2 the EtherType) and `inbound6`; jumps to `pass`."""
+def _ipv6(p: Program, pods6: Pods6 | None, uplinks: list[int], bridge: int,
+          switched_by: str | None, overlay: Overlay | None) -> None:
+    """IPv6 as IPv4: a pod's packet for another node's pod is routed, switched or
+    encapsulated past the bridge; one from another node for a pod of this node goes straight
+    to the pod. Neighbour and router discovery (ICMPv6 133-137) always takes the normal path.
+    Without IPv6 pods (over an IPv6 underlay) only what arrives on the underlay, for
+    `decap6`. Defines `ipv6` (from the program's start, r2 the EtherType), `inbound6` and
+    `deliver6`; jumps to `pass`, `decap6` and `drop`."""
+    decap = overlay is not None and overlay.encap.outer is V6
     p.label("ipv6")
     p.mov(R2, R7)
     p.alu("+", R2, FRAME6_MIN + 1)  # and the ICMPv6 type
@@ -225,41 +291,46 @@ def _ipv6(p: Program, pods6: Pods6, uplinks: list[int], bridge: int,
     p.load(4, R9, R6, SKB_IFINDEX)
     for index in uplinks:
         p.jump_if(R9, "==", index, "inbound6")
+    if pods6 is None:
+        p.jump("pass")
+        p.label("inbound6")
+        p.jump("decap6")
+        return
 
-    _lookup6(p, pods6.map_fd, IP6_SRC)
+    _lookup(p, pods6.map_fd, V6, IP6_SRC)
     _sent_by_its_pod(p)
     _in_prefix6(p, IP6_DST, pods6.cluster)
-    _lookup6(p, pods6.map_fd, IP6_DST)
+    _lookup(p, pods6.map_fd, V6, IP6_DST)
     p.jump_if(R0, "!=", 0, "pass")  # a pod of this node: the bridge's to switch
     if switched_by is not None:
         _switch_out(p, uplinks[0], switched_by, "6")
     else:
+        if overlay is not None and 6 in overlay.tunnels:
+            _encap_out(p, overlay.encap, overlay.tunnels[6], V6, uplinks[0])
         _route_out6(p, bridge)
 
     p.label("inbound6")
-    _lookup6(p, pods6.map_fd, IP6_DST)
-    p.jump_if(R0, "==", 0, "pass")
+    _lookup(p, pods6.map_fd, V6, IP6_DST)
     if switched_by is not None:
+        p.jump_if(R0, "==", 0, "pass")
         _switch_in(p)
         return
+    p.jump_if(R0, "==", 0, "decap6" if decap else "pass")
     p.load(4, R2, R6, SKB_PKT_TYPE)
     p.jump_if(R2, "!=", PACKET_HOST, "pass")  # another host's: not ours to route
     p.load(1, R2, R7, IP6_HOPS)
     p.jump_if(R2, "<=", 1, "pass")
-    p.alu("-", R2, 1)  # IPv6 has no header checksum to mend
-    p.store(1, R7, IP6_HOPS, R2)
+    p.label("deliver6")  # r0: the pod's map entry
+    _decrement_hops6(p)
     _to_pod(p)
 
 
-def _lookup6(p: Program, map_fd: int, field: int) -> None:
-    """r0 = the IPv6 pod map's value for the packet's address at `field`, or 0."""
-    for off in range(0, 16, 4):
-        p.load(4, R2, R7, field + off)
-        p.store(4, R10, KEY6 + off, R2)
-    p.load_map_fd(R1, map_fd)
-    p.mov(R2, R10)
-    p.alu("+", R2, KEY6)
-    p.call(MAP_LOOKUP_ELEM)
+def _decrement_hops6(p: Program, at: int = 0) -> None:
+    """Hop limit - 1 (IPv6 has no header checksum to mend) of the header `at` bytes further
+    than a plain frame's."""
+    p.load(1, R2, R7, IP6_HOPS + at)
+    p.alu("-", R2, 1)
+    p.store(1, R7, IP6_HOPS + at, R2)
 
 
 def _in_prefix6(p: Program, field: int, net: ipaddress.IPv6Network) -> None:
@@ -275,7 +346,9 @@ def _in_prefix6(p: Program, field: int, net: ipaddress.IPv6Network) -> None:
 
 def _route_out6(p: Program, bridge: int) -> None:
     """A pod's IPv6 packet for a peer's pod: `_route_out`'s lookup and send in IPv6 (the flow
-    label as the route's flowinfo; the hop limit, which has no checksum, taken down by one)."""
+    label as the route's flowinfo; the hop limit, which has no checksum, taken down by one).
+    Defines `route_out6`, where an encapsulation leaves what it does not take."""
+    p.label("route_out6")
     _new_lookup(p, IP6_HOPS, socket.AF_INET6)
     p.load(1, R2, R7, IP6_NEXT)
     p.store(1, R10, FIB + FIB_PROTO, R2)
@@ -286,141 +359,206 @@ def _route_out6(p: Program, bridge: int) -> None:
         p.load(4, R2, R7, IP6_SRC + off)
         p.store(4, R10, FIB + FIB_SRC + off, R2)
     _lookup_route(p, bridge)
-    p.load(1, R2, R7, IP6_HOPS)
-    p.alu("-", R2, 1)
-    p.store(1, R7, IP6_HOPS, R2)
+    _decrement_hops6(p)
     _send_to_next_hop(p)
 
 
-def _encap_out(p: Program, encap: Encap, tunnel_fd: int, underlay: int) -> None:
-    """A pod's packet for a subnet behind a tunnel: put the VXLAN headers in front, send it
-    out of the underlay. Otherwise on to `route_out` (a peer routed directly).
+# -- the overlay ---------------------------------------------------------------------------------
+def _encap_out(p: Program, encap: Encap, tunnel_fd: int, inner: Family, underlay: int) -> None:
+    """A pod's packet (of family `inner`) for a subnet behind a tunnel: put the VXLAN headers
+    in front, send it out of the underlay. Otherwise on to `route_out` (a peer routed
+    directly; a packet the device must take).
 
     Registers: r6 the skb, r7/r8 its data and end (reloaded after the headers grow), r9 the
-    peer's tunnel map value (node IP, VTEP MAC); r0-r5 scratch. The headers are built at HDR on
-    the stack (r10), then copied in front of the inner packet. Jumps to `route_out` (defined
-    last), `pass` and `drop` (the program's); defines `hashed`, `hash_ports`, `route_out`."""
-    p.load(4, R2, R7, IP_DST)
-    p.alu32("&", R2, encap.subnet_mask)
-    _lookup_key(p, tunnel_fd, R2)
-    p.jump_if(R0, "==", 0, "route_out")
+    peer's tunnel map value (VTEP MAC, node IP); r0-r5 scratch. The headers are built at HDR
+    on the stack (r10), then copied in front of the inner packet. Jumps to `route_out<tag>`
+    (defined next, by the routing code), `pass` and `drop` (the program's); defines the labels
+    of `_outer_udp_vxlan` and `_checksummed`."""
+    other = "route_out" + inner.tag
+    _lookup(p, tunnel_fd, inner, inner.dst, encap.mask(inner.version))
+    p.jump_if(R0, "==", 0, other)
     p.load(4, R2, R6, SKB_GSO_SIZE)
-    p.jump_if(R2, "!=", 0, "route_out")  # a TSO super-packet: the device segments it
-    p.load(1, R2, R7, IP_TTL)
+    p.jump_if(R2, "!=", 0, other)  # a TSO super-packet: the device segments it
+    p.load(1, R2, R7, inner.hops)
     p.jump_if(R2, "<=", 1, "pass")
-    p.mov(R9, R0)  # the peer: node IP, VTEP MAC
-    _outer_ipv4(p, _raw32(encap.local))
-    _outer_udp_vxlan(p, encap)
-    _inner_ethernet(p, encap)
-    _push_and_send(p, underlay)
-    p.label("route_out")
+    if encap.outer is V6:
+        _checksummed(p, inner, other)
+    p.mov(R9, R0)  # the peer: VTEP MAC, node IP
+    _inner_tos(p, inner)
+    if encap.outer is V4:
+        _outer_ipv4(p, encap)
+    else:
+        _outer_ipv6(p, encap)
+    _outer_udp_vxlan(p, encap, inner)
+    _inner_ethernet(p, encap, inner)
+    _push_and_send(p, encap, inner, underlay)
 
 
-def _outer_ipv4(p: Program, local: int) -> None:
-    """The outer IPv4 header at HDR: no options, DF, TTL 64, UDP, the inner TOS (as the
-    device copies it), this node to the peer (r9), and its checksum."""
-    h = HDR
+def _checksummed(p: Program, inner: Family, other: str) -> None:
+    """On where the outer UDP checksum over IPv6 (which a receiving device checks) can be had
+    from the headers alone: the inner packet's transport checksum covers the rest of it, so
+    that part sums to the complement of the inner pseudo-header (`_udp6_checksum`). That holds
+    for TCP, UDP with a checksum and ICMP(v6) in an unfragmented packet without options or
+    extension headers; any other goes to `other`, the device's way. Defines
+    `checksummed<tag>`."""
+    ok = "checksummed" + inner.tag
+    if inner is V4:
+        p.load(1, R2, R7, ETH_LEN)
+        p.jump_if(R2, "!=", 0x45, other)
+        p.load(2, R2, R7, IP_FRAG)
+        p.alu("&", R2, _le(b"\x3f\xff"))
+        p.jump_if(R2, "!=", 0, other)
+    p.load(1, R2, R7, inner.proto)
+    p.jump_if(R2, "==", socket.IPPROTO_TCP, ok)
+    p.jump_if(R2, "==", socket.IPPROTO_ICMP if inner is V4 else socket.IPPROTO_ICMPV6, ok)
+    p.jump_if(R2, "!=", socket.IPPROTO_UDP, other)
+    if inner is V4:  # UDP over IPv4 may go without a checksum
+        p.mov(R2, R7)
+        p.alu("+", R2, FRAME_MIN + 8)
+        p.jump_if_reg(R2, ">", R8, other)
+        p.load(2, R2, R7, FRAME_MIN + 6)
+        p.jump_if(R2, "==", 0, other)
+    p.label(ok)
+
+
+def _inner_tos(p: Program, inner: Family) -> None:
+    """r2 = the inner packet's TOS (IPv4) or traffic class (IPv6), which the outer header
+    copies as the device does."""
+    if inner is V4:
+        p.load(1, R2, R7, IP_TOS)
+        return
+    p.load(1, R2, R7, ETH_LEN)
+    p.alu("&", R2, 0x0F)
+    p.alu("<<", R2, 4)
+    p.load(1, R3, R7, ETH_LEN + 1)
+    p.alu(">>", R3, 4)
+    p.alu_reg("|", R2, R3)
+
+
+def _outer_ipv4(p: Program, encap: Encap) -> None:
+    """The outer IPv4 header at HDR: no options, DF, TTL 64, UDP, the inner TOS (r2), this
+    node to the peer (r9), and its checksum."""
+    h, local = HDR, _le(encap.local.packed)
     p.store_imm(1, R10, h, 0x45)
-    p.load(1, R2, R7, IP_TOS)
     p.store(1, R10, h + 1, R2)
-    _store_length(p, h + 2, ENCAP_LEN - ETH_LEN)
+    _store_length(p, h + 2, encap.length - ETH_LEN)
     p.store_imm(4, R10, h + 4, _le(bytes([0, 0, 0x40, 0])))
     p.store_imm(4, R10, h + 8, _le(bytes([64, socket.IPPROTO_UDP, 0, 0])))
     p.store_imm(4, R10, h + 12, local)
-    p.load(4, R2, R9, 0)
+    p.load(4, R2, R9, TUNNEL_IP)
     p.store(4, R10, h + 16, R2)
-    # Its checksum: the one's complement sum of its 16-bit words, the constant ones summed
-    # here (byte order does not change such a sum: the words are added as loaded).
-    p.load(1, R0, R7, IP_TOS)
-    p.alu("<<", R0, 8)
-    p.alu("+", R0, 0x45 + 0x40 + _le(bytes([64, socket.IPPROTO_UDP])) + (local & 0xFFFF)
-          + (local >> 16))
-    p.load(2, R3, R10, h + 2)
-    p.alu_reg("+", R0, R3)
-    p.mov(R3, R2)
-    p.alu(">>", R3, 16)
-    p.alu_reg("+", R0, R3)
-    p.alu("&", R2, 0xFFFF)
-    p.alu_reg("+", R0, R2)
-    for _ in range(2):
-        p.mov(R2, R0)
-        p.alu(">>", R2, 16)
-        p.alu("&", R0, 0xFFFF)
-        p.alu_reg("+", R0, R2)
+    # Its checksum: the one's complement sum of its 16-bit words (byte order does not change
+    # such a sum: the words are added as loaded).
+    p.mov_imm(R0, 0)
+    _sum(p, R10, h, h + 20)
+    _fold(p)
     p.alu("^", R0, 0xFFFF)
     p.store(2, R10, h + 10, R0)
 
 
-def _outer_udp_vxlan(p: Program, encap: Encap) -> None:
-    """UDP at HDR + 20, then VXLAN: the source port from the flow (addresses, and ports where
-    the packet has them), spreading flows over the underlay's paths as the device does, in
-    49152-65535; no checksum, as the device sends it; the VNI. Defines `hash_ports` and
-    `hashed`."""
+def _outer_ipv6(p: Program, encap: Encap) -> None:
+    """The outer IPv6 header at HDR: the inner traffic class (r2), no flow label, hop limit
+    64, UDP, this node to the peer (r9)."""
     h = HDR
-    p.load(4, R0, R7, IP_SRC)
-    p.load(4, R2, R7, IP_DST)
-    p.alu_reg("^", R0, R2)
-    p.load(1, R2, R7, ETH_LEN)
-    p.jump_if(R2, "!=", 0x45, "hashed")  # options: the ports are elsewhere
-    p.load(1, R2, R7, IP_PROTO)
-    p.jump_if(R2, "==", socket.IPPROTO_TCP, "hash_ports")
-    p.jump_if(R2, "!=", socket.IPPROTO_UDP, "hashed")
-    p.label("hash_ports")
+    p.mov(R3, R2)
+    p.alu(">>", R3, 4)
+    p.alu("|", R3, 0x60)
+    p.store(1, R10, h, R3)
+    p.alu("&", R2, 0x0F)
+    p.alu("<<", R2, 4)
+    p.store(1, R10, h + 1, R2)
+    p.store_imm(2, R10, h + 2, 0)
+    _store_length(p, h + 4, encap.length - ETH_LEN - V6.header)
+    p.store_imm(2, R10, h + 6, _le(bytes([socket.IPPROTO_UDP, 64])))
+    local = encap.local.packed
+    for off in range(0, 16, 4):
+        p.store_imm(4, R10, h + 8 + off, _le(local[off:off + 4]))
+        p.load(4, R2, R9, TUNNEL_IP + off)
+        p.store(4, R10, h + 24 + off, R2)
+
+
+def _outer_udp_vxlan(p: Program, encap: Encap, inner: Family) -> None:
+    """UDP after the outer IP header at HDR, then VXLAN: the source port from the flow
+    (addresses, and ports where the packet has them), spreading flows over the underlay's
+    paths as the device does, in 49152-65535; checksum zero (over IPv6 `_udp6_checksum` sets
+    it once the packet is whole); the VNI. Defines `hash_ports<tag>` and `hashed<tag>`."""
+    h = HDR + encap.outer.header
+    hashed, ports = "hashed" + inner.tag, "hash_ports" + inner.tag
+    p.mov_imm(R0, 0)
+    for off in range(0, inner.addr_len, 4):
+        for field in (inner.src, inner.dst):
+            p.load(4, R2, R7, field + off)
+            p.alu_reg("^", R0, R2)
+    if inner is V4:
+        p.load(1, R2, R7, ETH_LEN)
+        p.jump_if(R2, "!=", 0x45, hashed)  # options: the ports are elsewhere
+    p.load(1, R2, R7, inner.proto)
+    p.jump_if(R2, "==", socket.IPPROTO_TCP, ports)
+    p.jump_if(R2, "!=", socket.IPPROTO_UDP, hashed)
+    p.label(ports)
+    at = ETH_LEN + inner.header
     p.mov(R2, R7)
-    p.alu("+", R2, FRAME_MIN + 4)
-    p.jump_if_reg(R2, ">", R8, "hashed")
-    p.load(4, R2, R7, FRAME_MIN)
+    p.alu("+", R2, at + 4)
+    p.jump_if_reg(R2, ">", R8, hashed)
+    p.load(4, R2, R7, at)
     p.alu_reg("^", R0, R2)
-    p.label("hashed")
+    p.label(hashed)
     p.mov(R2, R0)
     p.alu(">>", R2, 16)
     p.alu_reg("^", R0, R2)
     p.alu("|", R0, 0xC0)  # the port's high byte, first in network order
-    p.store(2, R10, h + 20, R0)
-    p.store_imm(2, R10, h + 22, _raw16(encap.port))
-    _store_length(p, h + 24, ENCAP_LEN - ETH_LEN - 20)
-    p.store_imm(2, R10, h + 26, 0)
-    p.store_imm(4, R10, h + 28, VXLAN_FLAG_VNI)
-    p.store_imm(4, R10, h + 32, encap.vni_word)
+    p.store(2, R10, h, R0)
+    p.store_imm(2, R10, h + 2, _raw16(encap.port))
+    _store_length(p, h + 4, encap.length - ETH_LEN - encap.outer.header)
+    p.store_imm(2, R10, h + 6, 0)
+    p.store_imm(4, R10, h + 8, VXLAN_FLAG_VNI)
+    p.store_imm(4, R10, h + 12, encap.vni_word)
 
 
-def _inner_ethernet(p: Program, encap: Encap) -> None:
-    """The inner Ethernet header at HDR + 36: to the peer's VTEP MAC (r9; its device takes
-    it, should it decapsulate), from this node's."""
-    h = HDR
-    p.load(4, R2, R9, 4)
-    p.store(4, R10, h + 36, R2)
-    p.load(2, R2, R9, 8)
-    p.store(2, R10, h + 40, R2)
+def _inner_ethernet(p: Program, encap: Encap, inner: Family) -> None:
+    """The inner Ethernet header, last of the headers at HDR: to the peer's VTEP MAC (r9; its
+    device takes it, should it decapsulate), from this node's."""
+    h = HDR + encap.length - ETH_LEN
+    p.load(4, R2, R9, TUNNEL_MAC)
+    p.store(4, R10, h, R2)
+    p.load(2, R2, R9, TUNNEL_MAC + 4)
+    p.store(2, R10, h + 4, R2)
     mac = codec.mac(encap.mac)
-    p.store_imm(2, R10, h + 42, _le(mac[:2]))
-    p.store_imm(4, R10, h + 44, _le(mac[2:]))
-    p.store_imm(2, R10, h + 48, ETH_P_IP_RAW)
+    p.store_imm(2, R10, h + 6, _le(mac[:2]))
+    p.store_imm(4, R10, h + 8, _le(mac[2:]))
+    p.store_imm(2, R10, h + 12, inner.ethertype)
 
 
-def _push_and_send(p: Program, underlay: int) -> None:
+def _push_and_send(p: Program, encap: Encap, inner: Family, underlay: int) -> None:
     """Grow the packet after its Ethernet header by the headers at HDR (flagged as a UDP
-    tunnel, so that checksum offload finds the inner headers), write them, decrement the inner
-    TTL and send the packet out of the underlay, whose neighbour the kernel resolves. Ends the
-    program's run; jumps to `pass` (no room) or `drop` (grown but not written)."""
+    tunnel, so that checksum offload finds the inner headers), write them, take the inner
+    TTL (hop limit) down, complete an IPv6 UDP checksum, and send the packet out of the
+    underlay, whose neighbour the kernel resolves. Ends the program's run; jumps to `pass` (no
+    room) or `drop` (grown but not written)."""
+    length = encap.length
     p.mov(R1, R6)
-    p.mov_imm(R2, ENCAP_LEN)
+    p.mov_imm(R2, length)
     p.mov_imm(R3, ADJ_ROOM_MAC)
     p.mov_imm(R4, ETH_LEN)
     p.alu("<<", R4, 56)
-    p.alu("|", R4, ENCAP_FLAGS)
+    p.alu("|", R4, ENCAP_L3[encap.outer.version] | ENCAP_FLAGS)
     p.call(SKB_ADJUST_ROOM)
     p.jump_if(R0, "!=", 0, "pass")  # refused (too long for the room): the device's to do
     p.mov(R1, R6)
     p.mov_imm(R2, ETH_LEN)
     p.mov(R3, R10)
     p.alu("+", R3, HDR)
-    p.mov_imm(R4, ENCAP_LEN)
+    p.mov_imm(R4, length)
     p.mov_imm(R5, 0)
     p.call(SKB_STORE_BYTES)
     p.jump_if(R0, "!=", 0, "drop")  # grown but not written: no packet to pass on
-    _reload(p, FRAME_MIN + ENCAP_LEN, "drop")
-    _decrement_ttl(p, "encap", ENCAP_LEN)
+    _reload(p, ETH_LEN + length + inner.header, "drop")
+    if inner is V4:
+        _decrement_ttl(p, "encap", length)
+    else:
+        _decrement_hops6(p, length)
+    if encap.outer is V6:
+        _udp6_checksum(p, encap, inner)
     # The outer Ethernet header: the kernel routes the outer destination out of the underlay.
     p.mov_imm(R1, underlay)
     p.mov_imm(R2, 0)
@@ -430,53 +568,136 @@ def _push_and_send(p: Program, underlay: int) -> None:
     p.exit()
 
 
-def _decap_in(p: Program, map_fd: int, encap: Encap, tunnel_fd: int, underlay: int) -> None:
+def _udp6_checksum(p: Program, encap: Encap, inner: Family) -> None:
+    """The outer UDP checksum of a packet encapsulated over IPv6, from its headers alone, as
+    the kernel's local checksum offload does: the outer pseudo-header, UDP, VXLAN, the inner
+    Ethernet and IP headers, and the inner transport segment, whose own checksum makes it sum
+    to the complement of the inner pseudo-header (nothing for ICMP, which has none). That
+    holds whether the inner checksum is complete or still to be filled in by offload
+    (`_checksummed` let only such packets here)."""
+    udp = ETH_LEN + V6.header
+    at = ETH_LEN + encap.length  # the inner IP header
+    p.mov_imm(R0, 0)
+    _sum(p, R7, IP6_SRC, IP6_SRC + 32)  # pseudo-header: addresses,
+    p.load(2, R2, R7, udp + 4)  # the UDP length,
+    p.alu_reg("+", R0, R2)
+    p.alu("+", R0, _le(bytes([0, socket.IPPROTO_UDP])))  # the next header
+    _sum(p, R7, udp, at + inner.header)  # UDP (checksum 0), VXLAN, inner headers
+    # The inner pseudo-header (addresses, transport length, protocol), taken off.
+    summed = "udp6_summed" + inner.tag
+    p.load(1, R2, R7, at + (9 if inner is V4 else 6))
+    if inner is V4:
+        p.jump_if(R2, "==", socket.IPPROTO_ICMP, summed)
+    p.alu("<<", R2, 8)  # [0, protocol] as loaded
+    p.mov(R4, R0)
+    p.mov(R0, R2)
+    _sum(p, R7, at + inner.src - ETH_LEN, at + inner.src - ETH_LEN + 2 * inner.addr_len)
+    if inner is V4:  # the total length less the header's 20 bytes
+        p.load(2, R2, R7, at + 2)
+        p.to_be16(R2)
+        p.alu("-", R2, V4.header)
+        p.to_be16(R2)
+    else:  # the payload length (no extension headers)
+        p.load(2, R2, R7, at + 4)
+    p.alu_reg("+", R0, R2)
+    _fold(p)
+    p.alu("^", R0, 0xFFFF)
+    p.alu_reg("+", R0, R4)
+    p.label(summed)
+    _fold(p)
+    p.alu("^", R0, 0xFFFF)
+    p.jump_if(R0, "!=", 0, "udp6_csum" + inner.tag)
+    p.mov_imm(R0, 0xFFFF)  # a computed zero is sent as all ones (RFC 768)
+    p.label("udp6_csum" + inner.tag)
+    p.store(2, R7, udp + 6, R0)
+
+
+def _sum(p: Program, base: int, start: int, end: int) -> None:
+    """r0 += the bytes at base + [start, end) as 32-bit words (16-bit for an even tail), as
+    loaded: `_fold` turns it into their one's complement sum."""
+    off = start
+    while off < end:
+        size = 4 if end - off >= 4 else 2
+        p.load(size, R2, base, off)
+        p.alu_reg("+", R0, R2)
+        off += size
+
+
+def _fold(p: Program) -> None:
+    """r0 folded to 16 bits, end-around carries added (three folds cover the at most 2^40
+    the sums here reach)."""
+    for _ in range(3):
+        p.mov(R2, R0)
+        p.alu(">>", R2, 16)
+        p.alu("&", R0, 0xFFFF)
+        p.alu_reg("+", R0, R2)
+
+
+def _decap_in(p: Program, overlay: Overlay, pod_maps: dict[int, int], underlay: int) -> None:
     """VXLAN from a peer, to this node, for one of its pods: take the outer headers off and
-    deliver the inner packet as `_route_in` does. Defines `decap` (reached from `inbound` when
-    the outer destination is no pod); r9 holds the arrival device, then the pod's entry; jumps
-    to `pass`, `drop` and `_route_in`'s `deliver`."""
-    p.label("decap")
+    deliver the inner packet as `_route_in` does. Defines `decap<outer tag>` (reached from
+    `inbound`/`inbound6` when the outer destination is no pod) and `inner<outer tag>_<v>`;
+    r9 holds the arrival device, then the pod's entry; jumps to `pass`, `drop` and
+    `deliver`/`deliver6`."""
+    encap = overlay.encap
+    outer, length = encap.outer, encap.length
+    udp = ETH_LEN + outer.header
+    p.label("decap" + outer.tag)
     p.jump_if(R9, "!=", underlay, "pass")
     p.mov(R2, R7)
-    p.alu("+", R2, FRAME_MIN + ENCAP_LEN)
+    p.alu("+", R2, ETH_LEN + length)
     p.jump_if_reg(R2, ">", R8, "pass")
-    for size, off, want in ((1, ETH_LEN, 0x45), (1, IP_PROTO, socket.IPPROTO_UDP),
-                            (4, IP_DST, _raw32(encap.local)), (2, UDP_DPORT, _raw16(encap.port)),
-                            (4, VXLAN_FLAGS, VXLAN_FLAG_VNI),
-                            (4, VXLAN_VNI, encap.vni_word),
-                            (2, INNER_PROTO, ETH_P_IP_RAW)):
+    checks = [(1, outer.proto, socket.IPPROTO_UDP), (2, udp + 2, _raw16(encap.port)),
+              (4, udp + 8, VXLAN_FLAG_VNI), (4, udp + 12, encap.vni_word)]
+    checks += [(4, outer.dst + off, _le(encap.local.packed[off:off + 4]))
+               for off in range(0, outer.addr_len, 4)]
+    if outer is V4:
+        checks.append((1, ETH_LEN, 0x45))
+    for size, off, want in checks:
         p.load(size, R2, R7, off)
         p.jump32_if(R2, "!=", want, "pass")
-    p.load(2, R2, R7, IP_FRAG)
-    p.alu("&", R2, _le(b"\x3f\xff"))  # a fragment is the kernel's to reassemble
-    p.jump_if(R2, "!=", 0, "pass")
+    if outer is V4:
+        p.load(2, R2, R7, IP_FRAG)
+        p.alu("&", R2, _le(b"\x3f\xff"))  # a fragment is the kernel's to reassemble
+        p.jump_if(R2, "!=", 0, "pass")
     p.load(4, R2, R6, SKB_GSO_SIZE)
     p.jump_if(R2, "!=", 0, "pass")  # a GRO super-packet: the device takes it apart
     p.load(4, R2, R6, SKB_PKT_TYPE)
     p.jump_if(R2, "!=", PACKET_HOST, "pass")
-    p.load(1, R2, R7, IP_TTL + ENCAP_LEN)
-    p.jump_if(R2, "<=", 1, "pass")
-    # The inner source must be a pod of the node that sent it (the outer source), as the
-    # normal path accepts VXLAN from known nodes only.
-    p.load(4, R2, R7, IP_SRC + ENCAP_LEN)
-    p.alu32("&", R2, encap.subnet_mask)
-    _lookup_key(p, tunnel_fd, R2)
-    p.jump_if(R0, "==", 0, "pass")
-    p.load(4, R2, R0, 0)
-    p.load(4, R3, R7, IP_SRC)
-    p.jump_if_reg(R2, "!=", R3, "pass")
-    _lookup(p, map_fd, IP_DST + ENCAP_LEN)
-    p.jump_if(R0, "==", 0, "pass")
-    p.mov(R9, R0)
-    p.mov(R1, R6)
-    p.mov_imm(R2, -ENCAP_LEN)
-    p.mov_imm(R3, ADJ_ROOM_MAC)
-    p.mov_imm(R4, 0)
-    p.call(SKB_ADJUST_ROOM)
-    p.jump_if(R0, "!=", 0, "pass")
-    _reload(p, FRAME_MIN, "drop")
-    p.mov(R0, R9)
-    p.jump("deliver")
+    families = [FAMILY[f] for f in sorted(pod_maps) if f in overlay.tunnels]
+    p.load(2, R2, R7, ETH_LEN + length - 2)  # the inner EtherType
+    for inner in families:
+        p.jump_if(R2, "==", inner.ethertype, f"inner{outer.tag}_{inner.version}")
+    p.jump("pass")
+    for inner in families:
+        p.label(f"inner{outer.tag}_{inner.version}")
+        p.mov(R2, R7)
+        p.alu("+", R2, ETH_LEN + length + inner.header)
+        p.jump_if_reg(R2, ">", R8, "pass")
+        p.load(1, R2, R7, inner.hops + length)
+        p.jump_if(R2, "<=", 1, "pass")
+        # The inner source must be a pod of the node that sent it (the outer source), as
+        # the normal path accepts VXLAN from known nodes only.
+        _lookup(p, overlay.tunnels[inner.version], inner, inner.src + length,
+                encap.mask(inner.version))
+        p.jump_if(R0, "==", 0, "pass")
+        for off in range(0, outer.addr_len, 4):
+            p.load(4, R2, R0, TUNNEL_IP + off)
+            p.load(4, R3, R7, outer.src + off)
+            p.jump_if_reg(R2, "!=", R3, "pass")
+        _lookup(p, pod_maps[inner.version], inner, inner.dst + length)
+        p.jump_if(R0, "==", 0, "pass")
+        p.mov(R9, R0)
+        p.mov(R1, R6)
+        p.mov_imm(R2, -length)
+        p.mov_imm(R3, ADJ_ROOM_MAC)
+        p.mov_imm(R4, DECAP_L3[inner.version])
+        p.call(SKB_ADJUST_ROOM)
+        p.jump_if(R0, "!=", 0, "pass")
+        _reload(p, ETH_LEN + inner.header, "drop")
+        p.store_imm(2, R7, ETH_PROTO, inner.ethertype)  # the outer family's until now
+        p.mov(R0, R9)
+        p.jump("deliver" + inner.tag)
 
 
 def _store_length(p: Program, off: int, extra: int) -> None:
@@ -500,7 +721,9 @@ def _route_out(p: Program, bridge: int) -> None:
     """A pod's packet for a peer routed directly: look the route up as if the packet arrived
     on the bridge, and send it out of the route's device to its next hop. The FIB lookup's
     and the next hop's arguments are built on the stack (FIB, NH); r9 the route's device.
-    Jumps to `pass` where the normal path must act (no route, the bridge's, TTL 1)."""
+    Jumps to `pass` where the normal path must act (no route, the bridge's, TTL 1). Defines
+    `route_out`, where an encapsulation leaves what it does not take."""
+    p.label("route_out")
     _new_lookup(p, IP_TTL, socket.AF_INET)
     for src, dst, size in ((IP_PROTO, FIB_PROTO, 1), (IP_TOS, FIB_TOS, 1),
                            (IP_SRC, FIB_SRC, 4), (IP_DST, FIB_DST, 4)):
@@ -624,18 +847,23 @@ def _switch_in(p: Program) -> None:
     p.exit()
 
 
-def _lookup(p: Program, map_fd: int, field: int) -> None:
-    """r0 = the pod map's value for the packet's address at `field`, or 0."""
-    p.load(4, R2, R7, field)
-    _lookup_key(p, map_fd, R2)
-
-
-def _lookup_key(p: Program, map_fd: int, reg: int) -> None:
-    """r0 = the map's value for the 4-byte key in `reg`, or 0."""
-    p.store(4, R10, KEY, reg)
+def _lookup(p: Program, map_fd: int, family: Family, field: int,
+            mask: bytes | None = None) -> None:
+    """r0 = the map's value for the family's address at `field` (masked to a subnet's
+    network address by `mask`), or 0. The key is built at KEY (IPv4) or KEY6 (IPv6)."""
+    key = KEY if family is V4 else KEY6
+    for off in range(0, family.addr_len, 4):
+        word = b"\xff" * 4 if mask is None else mask[off:off + 4]
+        if word == bytes(4):
+            p.store_imm(4, R10, key + off, 0)
+            continue
+        p.load(4, R2, R7, field + off)
+        if word != b"\xff" * 4:
+            p.alu32("&", R2, _le(word))
+        p.store(4, R10, key + off, R2)
     p.load_map_fd(R1, map_fd)
     p.mov(R2, R10)
-    p.alu("+", R2, KEY)
+    p.alu("+", R2, key)
     p.call(MAP_LOOKUP_ELEM)
 
 
