@@ -337,6 +337,33 @@ def test_gateway_routes_both_families(make_lab: MakeLab, mode: str, family: str)
         assert report.ok, (f, failures(report))
 
 
+@pytest.mark.parametrize("mode", ["bgp", "static"])
+def test_gateway_over_an_ipv6_only_underlay(make_lab: MakeLab, mode: str) -> None:
+    """Nodes, router and etcd speak IPv6 only: IPv4 pods ride the IPv6 BGP session (extended
+    next hop, RFC 8950) or the router's agent (static), so the router routes their subnet via
+    the node's IPv6 address, and each node its IPv4 pod network via its IPv6 gateway."""
+    lab = make_lab("gateway", nodes=2, pods=1, underlay="routed", gateway_mode=mode,
+                   ip_family="dual", underlay_family="ipv6")
+    node2 = status(lab)["nodes"][1]
+    node2_ip = lab.topo.node_ip(lab.topo.node("node2"))
+    assert node2["node_ips"] == [node2_ip] and ":" in node2_ip and ":" in lab.topo.etcd_ip
+    v4, v6 = node2["pod_subnets"]
+
+    def router(*argv: str) -> str:
+        return subprocess.run(["nsenter", f"--net={ns_path(lab.prefix + 'rt')}", "ip", *argv],
+                              capture_output=True, text=True, check=True).stdout
+
+    assert f"via inet6 {node2_ip} dev node2" in router("route", "show", v4)
+    assert f"via {node2_ip} dev node2" in router("-6", "route", "show", v6)
+    gateway1 = lab.topo.gateway(lab.topo.node("node1"))
+    assert f"10.244.0.0/16 via inet6 {gateway1} dev eth0 proto 88" in sh(
+        lab, "node1", "ip", "route", "show")
+    assert sh(lab, "node1", "ip", "-4", "addr", "show", "scope", "global", "dev", "eth0") == ""
+    for f in (4, 6):
+        report = verify(lab, f)
+        assert report.ok, (f, failures(report))
+
+
 def test_gateway_refuses_a_node_without_ipv6(make_lab: MakeLab, tmp_path: object) -> None:
     """A dual-stack gateway cluster announces IPv6 pods over IPv6: a node that has no IPv6
     address is refused with the family named, before it takes a lease."""

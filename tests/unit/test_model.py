@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from podnet.backends import gateway
 from podnet.backends.base import BackendError
 from podnet.backends.vxlan import tx_offload_wanted, vtep_mac
 from podnet.datastore.model import ConfigError, Lease, NetworkConfig, NewerFormat
@@ -183,10 +184,9 @@ def test_nodes_at_ipv6_addresses() -> None:
                                                             "fd00:192:168:100::7")
     v4 = Lease.make(conf, subnet, "n1", ipaddress.IPv4Address("192.168.1.7"), {})
     assert (str(v4.address(4)), str(v4.address(6))) == ("192.168.1.7", "fd00:10:244:7::1")
-    for backend in ("gateway", "gre"):
-        other = NetworkConfig.make("10.244.0.0/16", None, {"type": backend})
-        with pytest.raises(ConfigError, match="IPv4 underlay only"):
-            Lease.from_json(lease.to_json(), other)
+    other = NetworkConfig.make("10.244.0.0/16", None, {"type": "gre"})
+    with pytest.raises(ConfigError, match="IPv4 underlay only"):
+        Lease.from_json(lease.to_json(), other)
     with pytest.raises(ConfigError, match="inside the pod network"):
         Lease.from_json(json.dumps({**json.loads(lease.to_json()),
                                     "nodeIP": "fd00:10:244:9::1"}), conf)
@@ -243,13 +243,22 @@ def test_lab_underlay_families() -> None:
     assert topo.node_ip(topo.nodes[1]) == "fd00:192:168:100::c"
     assert topo.etcd_url == "http://[fd00:192:168:100::2]:2379"
     assert Topology.from_dict(topo.to_dict()).underlay_family == "ipv6"
-    for backend, underlay, message in (("gre", "switch", "IPv4 underlay only"),
-                                       ("gateway", "routed", "IPv4 underlay only"),
-                                       ("host-gw", "routed", "router is IPv4 only")):
-        bad = Topology.make("lab7", backend, nodes=1, pods_per_node=0, underlay=underlay)
-        bad.underlay_family = "ipv6"
-        with pytest.raises(ValueError, match=message):
-            bad.check()
+    bad = Topology.make("lab7", "gre", nodes=1, pods_per_node=0)
+    bad.underlay_family = "ipv6"
+    with pytest.raises(ValueError, match="IPv4 underlay only"):
+        bad.check()
+    # A routed IPv6-only underlay: the node's link, its gateway, etcd behind the router.
+    routed = Topology.make("lab8", "gateway", nodes=2, pods_per_node=0, underlay="routed")
+    routed.underlay_family, routed.ip_family = "ipv6", "dual"
+    routed.check()
+    node2 = routed.nodes[1]
+    assert (routed.node_ip(node2), routed.gateway(node2)) == ("fd00:192:168:102::2",
+                                                              "fd00:192:168:102::1")
+    assert routed.node_ips(node2) == ["fd00:192:168:102::2"]
+    assert routed.etcd_url == "http://[fd00:192:168:99::2]:2379"
+    # One BGP session carries both families (IPv4 with IPv6 next hops).
+    assert routed.router_sessions == [("fd00:192:168::/48",
+                                       ["10.244.0.0/16", "fd00:10:244::/56"])]
 
 
 def test_ipv6_masquerade_is_a_flag_of_every_backend() -> None:
@@ -259,3 +268,25 @@ def test_ipv6_masquerade_is_a_flag_of_every_backend() -> None:
     assert NetworkConfig.from_json(conf.to_json()).backend["ipv6Masquerade"] is False
     with pytest.raises(ConfigError, match="ipv6Masquerade"):
         NetworkConfig.make("10.244.0.0/16", None, {"type": "vxlan", "ipv6Masquerade": "yes"})
+
+
+def test_bird_configs_carry_ipv4_over_an_ipv6_session() -> None:
+    """A node without IPv4 announces its IPv4 subnet over its IPv6 session with IPv6 next
+    hops, under a router ID hashed from its name (stable, and not the same for two nodes)."""
+    node = gateway.node_bird_config(
+        gateway.router_id("node1", ipaddress.IPv6Address("fd00::1")),
+        [("fd00::1", "fd00::fe", ["10.244.1.0/24", "fd00:10:244:1::/64"])], 64513, 64512)
+    assert node.count("protocol bgp") == 1 and node.count("protocol static") == 2
+    assert "ipv4 { extended next hop on; import none; " in node
+    assert "ipv6 { import none; " in node
+    ids = {gateway.router_id(f"node{i}", ipaddress.IPv6Address("fd00::1")) for i in range(50)}
+    assert len(ids) == 50 and all(ipaddress.ip_address(i).version == 4 for i in ids)
+    assert gateway.router_id("n", ipaddress.IPv4Address("192.168.1.2")) == "192.168.1.2"
+    dual = gateway.node_bird_config("192.168.1.2", [
+        ("192.168.1.2", "192.168.1.1", ["10.244.1.0/24"]),
+        ("fd00::2", "fd00::1", ["fd00:10:244:1::/64"])], 64513, 64512)
+    assert dual.count("protocol bgp") == 2 and "extended next hop" not in dual
+    router = gateway.router_bird_config("192.168.99.1", [
+        ("fd00:192:168::/48", ["10.244.0.0/16", "fd00:10:244::/56"])], 64512, 64513)
+    assert router.count("protocol kernel") == 2 and router.count("protocol bgp") == 1
+    assert "ipv4 { extended next hop on; import where net ~ [ 10.244.0.0/16{16,32} ]" in router

@@ -198,6 +198,11 @@ class Backend(ABC):
     def entries_for(self, peer: Lease) -> frozenset[Entry]:
         """The kernel entries a peer needs; empty to leave it unprogrammed (logged)."""
 
+    def own_entries(self) -> frozenset[Entry]:
+        """Entries this node needs whatever its peers (reconciled with theirs); none by
+        default."""
+        return frozenset()
+
     def owned_devices(self) -> list[int]:
         """Devices whose neighbour and FDB entries belong to this backend."""
         return []
@@ -249,7 +254,7 @@ class Backend(ABC):
         with self._lock:
             self._connected = None  # addresses may have moved since the last run
             self._entries = {p.node: self.entries_for(p) for p in peers}
-            want: set[Entry] = set().union(*self._entries.values()) if self._entries else set()
+            want: set[Entry] = set(self.own_entries()).union(*self._entries.values())
             have = self._current()
             self._apply(add=frozenset(want - have), remove=frozenset(have - want))
             return len(want - have) + len(have - want)

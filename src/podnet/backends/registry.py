@@ -68,7 +68,7 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          {**_COMMON, "mode": _one_of("bgp", "static"), "router": _address(4),
           "router6": _address(6),
           "routerAS": _int_in(1, 4294967295), "nodeAS": _int_in(1, 4294967295)},
-         routed_by_gateway=True, dual_stack=True),
+         routed_by_gateway=True, dual_stack=True, ipv6_underlay=True),
     Spec("vxlan", "vxlan", "VxlanBackend",
          {**_COMMON, "vni": _int_in(1, 16777215), "port": _int_in(1, 65535),
           "directRouting": _flag, "txChecksumOffload": _flag}, dual_stack=True,

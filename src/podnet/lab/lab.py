@@ -25,9 +25,9 @@ from podnet.fsutil import write_atomic
 from podnet.install import install_cni
 from podnet.lab import pki
 from podnet.lab.topology import (
+    CONTROL_NET,
     ETCD_PORT,
     NAME_RE,
-    ROUTED_NET6,
     NodeSpec,
     PodSpec,
     Topology,
@@ -66,6 +66,11 @@ def names() -> list[str]:
 
 def ns_path(name: str) -> str:
     return os.path.join(netns.NETNS_DIR, name)
+
+
+def _default(address: str) -> str:
+    """The default route's destination in the family of `address`."""
+    return "::/0" if ":" in address else "0.0.0.0/0"
 
 
 def _veth(outer_ns: str, outer_name: str, inner_ns: str, inner_name: str, address: str | None,
@@ -390,13 +395,15 @@ class Lab:
             self.progress("underlay: router")
             self.new_ns(rt)
             self.new_ns(cp)
-            _veth(cp, "eth0", rt, "cp", "192.168.99.1/24")
+            prefix = t.control_net.prefixlen
+            _veth(cp, "eth0", rt, "cp", f"{t.control_router}/{prefix}")
             _in_ns(cp, lambda ipr: links.add_address(ipr, _index(ipr, "eth0"),
-                                                     f"{t.etcd_ip}/24"))
-            _in_ns(cp, lambda ipr: ipr.route("replace", dst="0.0.0.0/0", gateway="192.168.99.1"))
+                                                     f"{t.etcd_ip}/{prefix}"))
+            _in_ns(cp, lambda ipr: ipr.route("replace", dst=_default(t.control_router),
+                                             gateway=t.control_router))
             with netns.entered(ns_path(rt)):
                 netns.write_sysctl("net/ipv4/ip_forward", "1")
-                if t.routed_ipv6:
+                if t.routed_ipv6 or t.underlay_family == "ipv6":
                     netns.write_sysctl("net/ipv6/conf/all/forwarding", "1")
 
     def _router(self) -> None:
@@ -412,9 +419,9 @@ class Lab:
             self.progress("router: BIRD, learning pod subnets over BGP")
             conf, ctl, pidfile = bird_paths(d)
             with open(conf, "w") as fh:
-                ranges = {4: (t.cidr, "192.168.0.0/16"), 6: (t.cidr6, str(ROUTED_NET6))}
-                fh.write(router_bird_config("192.168.99.1", [ranges[f] for f in t.families],
-                                            64512, 64513))
+                # Its ID is a number: the IPv4 control address, whichever the underlay.
+                fh.write(router_bird_config(str(CONTROL_NET.network_address + 1),
+                                            t.router_sessions, 64512, 64513))
             self._run_in(rt, ["bird", "-c", conf, "-s", ctl, "-P", pidfile])
             # BIRD creates its pid file before it writes the pid: wait for a live pid in it.
             self._wait(lambda: bird_pid(d) is not None, 10, "BIRD did not start on the router")
@@ -423,7 +430,7 @@ class Lab:
             self.progress("router: podnet agent --role router")
             t.router_pid = _spawn(rt, self._podnet(
                 "agent", "--role", "router", *self.etcd_args(), "--node-name", "router",
-                "--node-ip", "192.168.99.1", "--state-dir", os.path.join(d, "state"),
+                "--node-ip", t.control_router, "--state-dir", os.path.join(d, "state"),
                 "--reconcile-interval", str(t.reconcile_interval), "--metrics",
                 "127.0.0.1:0"), os.path.join(d, "agent.log"))
         self.save()
@@ -528,14 +535,14 @@ class Lab:
                 # The DaemonSet's agent finds its underlay by the default route; nothing
                 # answers at this address, so nothing leaves the switch.
                 _in_ns(ns, lambda ipr: ipr.route(
-                    "replace", dst="::/0" if ":" in t.switch_gateway else "0.0.0.0/0",
+                    "replace", dst=_default(t.switch_gateway),
                     gateway=t.switch_gateway))
         else:
             rt = self.prefix + "rt"
             _veth(ns, "eth0", rt, node.name, f"{t.gateway(node)}/{prefix}")
             _in_ns(ns, lambda ipr: links.add_address(ipr, _index(ipr, "eth0"),
                                                      f"{t.node_ip(node)}/{prefix}"))
-            _in_ns(ns, lambda ipr: ipr.route("replace", dst="0.0.0.0/0",
+            _in_ns(ns, lambda ipr: ipr.route("replace", dst=_default(t.node_ip(node)),
                                              gateway=t.gateway(node)))
             if t.routed_ipv6:  # the link carries IPv6 too: an address and a default route
                 net6 = t.node_net6(node)

@@ -18,6 +18,7 @@ FAMILIES = {"ipv4": [4], "dual": [4, 6], "ipv6": [6]}
 IP_FAMILIES = tuple(FAMILIES)
 UNDERLAY_FAMILIES = ("ipv4", "ipv6")
 CONTROL_NET = ipaddress.IPv4Network("192.168.99.0/24")  # routed underlay: etcd's subnet
+CONTROL_NET6 = ipaddress.IPv6Network("fd00:192:168:99::/64")  # the same, IPv6 only
 SWITCH_NET = ipaddress.IPv4Network("192.168.100.0/24")
 SWITCH_NET6 = ipaddress.IPv6Network("fd00:192:168:100::/64")  # the IPv6 underlay's switch
 # A routed underlay's links carry IPv6 as well where pods have it: node i's fd00:192:168:10i::/64.
@@ -140,9 +141,6 @@ class Topology:
                             "use one of " + ", ".join(
                                 n for n, s in registry.SPECS.items() if s.ipv6_underlay)
                             + " over an IPv6 underlay")
-        if self.underlay_family == "ipv6" and self.underlay != "switch":
-            raise UserError("the routed underlay's router is IPv4 only",
-                            "use --underlay switch with --underlay-family ipv6")
         if self.agent_image and self.etcd_auth:
             raise UserError("the DaemonSet's agents are one user, by their certificate; "
                             "per-node users are for agents started by hand or by systemd",
@@ -198,8 +196,17 @@ class Topology:
         return SWITCH_NET6 if self.underlay_family == "ipv6" else SWITCH_NET
 
     @property
+    def control_net(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        """A routed underlay's link between the router (first address) and etcd."""
+        return CONTROL_NET6 if self.underlay_family == "ipv6" else CONTROL_NET
+
+    @property
+    def control_router(self) -> str:
+        return str(self.control_net.network_address + 1)
+
+    @property
     def etcd_ip(self) -> str:
-        net = self.switch_net if self.underlay == "switch" else CONTROL_NET
+        net = self.switch_net if self.underlay == "switch" else self.control_net
         return str(net.network_address + 2)
 
     @property
@@ -230,6 +237,8 @@ class Topology:
     def node_net(self, node: NodeSpec) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         if self.underlay == "switch":
             return self.switch_net
+        if self.underlay_family == "ipv6":
+            return self.node_net6(node)
         return ipaddress.IPv4Network(f"192.168.{100 + node.index}.0/24")
 
     @property
@@ -244,8 +253,18 @@ class Topology:
 
     @property
     def routed_ipv6(self) -> bool:
-        """The router's links carry IPv6 beside IPv4 (IPv6 pods behind a router)."""
-        return self.underlay == "routed" and 6 in self.families
+        """The router's IPv4 links carry IPv6 beside it (IPv6 pods behind a router)."""
+        return (self.underlay == "routed" and self.underlay_family == "ipv4"
+                and 6 in self.families)
+
+    @property
+    def router_sessions(self) -> list[tuple[str, list[str]]]:
+        """The router's BGP sessions: (the nodes' range, the pod networks it learns there).
+        Over an IPv6-only underlay one session carries both families (RFC 8950)."""
+        if self.underlay_family == "ipv6":
+            return [(str(ROUTED_NET6), self.cidrs)]
+        ranges = {4: "192.168.0.0/16", 6: str(ROUTED_NET6)}
+        return [(ranges[f], [cidr]) for f, cidr in zip(self.families, self.cidrs, strict=True)]
 
     def node_net6(self, node: NodeSpec) -> ipaddress.IPv6Network:
         # Its fourth group reads as the IPv4 link's third octet: 192.168.102.0/24 and
