@@ -393,6 +393,9 @@ def build_parser() -> Parser:
     from podnet.verify.cli import add_parser as add_verify
 
     add_verify(sub)
+    from podnet.policy.cli import add_parsers as add_policy
+
+    add_policy(sub)
 
     p = sub.add_parser("demo", help="a 3-node lab, verified and drawn, then taken down")
     p.add_argument("--keep", action="store_true", help="leave the lab up")
@@ -405,7 +408,7 @@ def build_parser() -> Parser:
 def _command(argv: list[str]) -> str:
     """The words of the command for messages: 'lab down', 'cluster init', 'agent'."""
     words = [a for a in argv if not a.startswith("-")][:2]
-    nested = {"lab", "cluster", "cni"}
+    nested = {"lab", "cluster", "cni", "policy", "label"}
     return " ".join(words if words[:1] and words[0] in nested else words[:1]) or "podnet"
 
 

@@ -142,9 +142,9 @@ class Node:
             self.pods[4], uplinks, UNUSED + 2, CLUSTER, None,
             program.Overlay(encap, self.tunnels), program.Pods6(self.pods[6], CLUSTER6)))
 
-    def pod(self, ip: IP, veth: int) -> None:
+    def pod(self, ip: IP, veth: int, policed: bool = False) -> None:
         bpf.map_update(self.pods[ip.version], ip.packed,
-                       PodEntry(veth, POD_MAC, HOST_MAC).pack())
+                       PodEntry(veth, POD_MAC, HOST_MAC, policed).pack())
 
     def peer(self, subnet: str, node: IP, mac: str) -> None:
         net = ipaddress.ip_network(subnet)
@@ -309,7 +309,7 @@ def test_decapsulates_to_the_pod_what_its_peer_encapsulated(nodes: tuple[Node, N
 
 
 @pytest.mark.parametrize("case", ["source of another node", "other VNI", "fragment",
-                                  "not for a pod here", "TTL expires"])
+                                  "not for a pod here", "TTL expires", "held by policy"])
 @pytest.mark.parametrize("inner", [4, 6], ids=["inner4", "inner6"])
 def test_decapsulation_leaves_the_rest_to_the_normal_path(nodes: tuple[Node, Node],
                                                           underlay: int, inner: int,
@@ -326,6 +326,8 @@ def test_decapsulation_leaves_the_rest_to_the_normal_path(nodes: tuple[Node, Nod
         dst = ipaddress.ip_address("10.244.2.4" if inner == 4 else "fd00:10:244:2::4")
     if case == "TTL expires":
         ttl = 2  # 1 after node1's hop
+    if case == "held by policy":  # NetworkPolicy judges it on the normal path: the device's
+        node2.pod(dst, 42, policed=True)
     verdict, wire = node1.run(frame(BRIDGE_MAC, POD_MAC, packet(src, dst, ttl)))
     assert verdict == TC_ACT_REDIRECT
     arrived = bytearray(arriving(wire, underlay))
@@ -336,6 +338,19 @@ def test_decapsulation_leaves_the_rest_to_the_normal_path(nodes: tuple[Node, Nod
         arrived[20] = 0x20 if underlay == 4 else socket.IPPROTO_FRAGMENT
     verdict, out = node2.run(bytes(arrived))
     assert verdict == program.TC_ACT_OK and out == bytes(arrived)
+
+
+@pytest.mark.parametrize("inner", [4, 6], ids=["inner4", "inner6"])
+def test_a_pod_held_by_policy_sends_by_the_normal_path(nodes: tuple[Node, Node],
+                                                       inner: int) -> None:
+    node1, _ = nodes
+    pod1, pod2 = PODS[inner]
+    node1.pod(pod1, LO, policed=True)
+    sent = frame(BRIDGE_MAC, POD_MAC, packet(pod1, pod2))
+    verdict, out = node1.run(sent)
+    assert verdict == program.TC_ACT_OK and out == sent
+    node1.pod(pod1, LO)  # released: encapsulated again
+    assert node1.run(sent)[0] == TC_ACT_REDIRECT
 
 
 @pytest.mark.parametrize("inner", [4, 6], ids=["inner4", "inner6"])

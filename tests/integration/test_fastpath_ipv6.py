@@ -54,8 +54,8 @@ class Node:
             self.pods, uplinks, bridge, cluster, switched_by, None,
             program.Pods6(self.pods6, CLUSTER6)))
 
-    def pod(self, ip: ipaddress.IPv6Address, veth: int) -> None:
-        bpf.map_update(self.pods6, ip.packed, PodEntry(veth, POD_MAC, HOST_MAC).pack())
+    def pod(self, ip: ipaddress.IPv6Address, veth: int, policed: bool = False) -> None:
+        bpf.map_update(self.pods6, ip.packed, PodEntry(veth, POD_MAC, HOST_MAC, policed).pack())
 
     def run(self, data: bytes) -> tuple[int, bytes]:
         return bpf.test_run(self.prog, data)
@@ -144,6 +144,20 @@ def test_what_the_normal_path_keeps(routed: tuple[Node, Node], case: str) -> Non
         hops = 1
     sent = frame(BRIDGE_MAC, mac, ipv6(src, dst, hops, kind))
     assert node1.run(sent) == (program.TC_ACT_OK, sent)
+
+
+def test_pods_held_by_policy_take_the_normal_path(routed: tuple[Node, Node]) -> None:
+    """NetworkPolicy holds a pod on the normal path (its entry's POLICED bit): neither its
+    own packets nor those for it are carried past the node's rules."""
+    node1, node2 = routed
+    node1.pod(POD1, LO, policed=True)
+    sent = frame(BRIDGE_MAC, POD_MAC, ipv6(POD1, POD2))
+    assert node1.run(sent) == (program.TC_ACT_OK, sent)
+    node2.pod(POD2, 42, policed=True)
+    arriving = frame(NODE_MAC, "02:00:00:00:00:98", ipv6(POD1, POD2, hops=63))
+    assert node2.run(arriving) == (program.TC_ACT_OK, arriving)
+    node2.pod(POD2, 42)
+    assert node2.run(arriving)[0] == TC_ACT_REDIRECT
 
 
 def test_arrivals_for_no_pod_here_pass(routed: tuple[Node, Node]) -> None:

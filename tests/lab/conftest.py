@@ -15,7 +15,8 @@ import pytest
 from podnet.lab.lab import Lab, down, ns_path, status
 from podnet.lab.topology import Topology, netns_prefix
 from podnet.netlink import netns
-from podnet.verify.check import Report, endpoints_of, run
+from podnet.verify.check import Report
+from podnet.verify.cli import lab_report
 
 MakeLab = Callable[..., Lab]
 PODNET = [sys.executable, "-m", "podnet"]
@@ -52,9 +53,8 @@ def make_lab() -> Iterator[MakeLab]:
 
 
 def verify(lab: Lab, family: int = 4) -> Report:
-    st = status(lab)
-    mtu = lab.conflist(lab.topo.nodes[0])["plugins"][0].get("mtu") if lab.topo.nodes else None
-    return run(endpoints_of(st, family), st, mtu, family)
+    """`podnet verify`'s checks of one family, held to what the lab's policies expect."""
+    return lab_report(lab, family)[0]
 
 
 def failures(report: Report) -> list[str]:

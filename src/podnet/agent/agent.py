@@ -41,7 +41,10 @@ from podnet.fastpath import node as fastpath
 from podnet.fastpath import podmap
 from podnet.firewall import cluster as firewall
 from podnet.firewall import nft
+from podnet.firewall.libnft import NftError
 from podnet.netlink import links, netns
+from podnet.policy import compile as policy_compile
+from podnet.policy.enforcer import Enforcer
 
 log = logging.getLogger("podnet.agent")
 T = TypeVar("T")
@@ -65,6 +68,7 @@ class Agent:
         self.held: Held | None = None
         self.cni: Server | None = None
         self.fast: fastpath.FastPath | None = None
+        self.enforcer: Enforcer | None = None
         self.host = HostLock(opts.node_name)
         self.store_down_since: float | None = None
         self.exit_code = 0
@@ -121,19 +125,21 @@ class Agent:
                                   str(node.ip)))
         log.info("leased %s for node %s (%s)", own.subnet, own.node, own.node_ip)
         self.backend.start(own)
-        self._firewall(own.underlay_ips)
         plugin = self.backend.cni_plugin_options()
         self.fast = self._start_fast_path(config, plugin["bridge"])
+        self.enforcer = self._start_policy(config, own)
+        self._firewall(own.underlay_ips)
         if self.fast is not None:
             plugin["fastPathUplink"] = self.fast.uplink
         plugin["podRecords"] = self.opts.pod_records
+        plugin["policy"] = self.enforcer is not None
         path = conflist.write(self.opts.cni_conf_dir, conflist.render(
             plugin, self.backend.pod_mtu(), self.opts.cni_socket, self.opts.ipam_data_dir))
         log.info("wrote %s", path)
         revision = self._resync()
         # The socket appearing means ready: peers are programmed. Until then the shim falls back
         # to the plugin in-process, so pods still start.
-        self.cni = Server(self.opts.cni_socket, on_change=self.pods_changed.set)
+        self.cni = Server(self.opts.cni_socket, on_change=self._local_pods_changed)
         self.cni.start_thread()
         self._start_loops(revision)
         threading.Thread(target=self._renew_loop, name="renew", daemon=True).start()
@@ -217,6 +223,29 @@ class Agent:
             return None
         return fast
 
+    def _start_policy(self, config: NetworkConfig, own: Lease) -> Enforcer | None:
+        """NetworkPolicy enforcement, where policies can be had (etcd; a file store's single
+        node has none)."""
+        from podnet.datastore.etcd import EtcdStore
+
+        if not isinstance(self.store, EtcdStore):
+            return None
+        fast = self.fast
+        enforcer = Enforcer(self.store, own.node, config.networks, self.opts.pod_records,
+                            fast.hold if fast is not None else lambda _held: 0)
+        self._retry(lambda: enforcer.start(own.subnets, self.stopping), "reading policies")
+        return enforcer
+
+    def _local_pods_changed(self) -> None:
+        """The CNI server's ADD or DEL, before it answers: the pod is judged by policy now
+        (should that fail it stays unknown, so dropped), its record published soon."""
+        if self.enforcer is not None:
+            try:
+                self.enforcer.local_changed()
+            except (NftError, OSError) as exc:
+                log.error("policy: cannot judge the node's pods: %s", exc)
+        self.pods_changed.set()
+
     def _start_loops(self, revision: int) -> None:
         threading.Thread(target=self._watch_loop, args=(revision,), name="watch",
                          daemon=True).start()
@@ -281,7 +310,8 @@ class Agent:
         """The agent's tables, for the cluster's networks and these nodes."""
         assert self.config is not None and self.backend is not None
         firewall.apply(self.config.networks, node_ips, self.backend.node.ip.version,
-                       self.backend.tunnel_match(), self.config.backend.get("ipv6Masquerade"))
+                       self.backend.tunnel_match(), self.config.backend.get("ipv6Masquerade"),
+                       notrack=self.enforcer is None)
 
     def _store_state(self, up: bool) -> None:
         self.store_up = up
@@ -533,6 +563,7 @@ def leave(opts: AgentOptions, store: Datastore) -> list[str]:
             warnings.append(kept)
         firewall.remove()
         nft.remove_tables()
+        policy_compile.remove()
         for path in (opts.cni_socket, os.path.join(opts.cni_conf_dir, conflist.FILENAME),
                      state.path):
             with contextlib.suppress(FileNotFoundError):

@@ -22,7 +22,7 @@ import logging
 import random
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -42,6 +42,7 @@ VERIFY = PREFIX + "verify/"
 ANSWERS = PREFIX + "answers/"
 ASSIGNMENTS = PREFIX + "assignments/"
 IDLE = 10.0  # seconds a watch stream may stay silent before it is re-made
+TXN_OPS = 128  # etcd's --max-txn-ops default: the most a transaction may hold
 
 
 def _b64(text: str) -> str:
@@ -181,6 +182,15 @@ class EtcdStore:
 
     def delete(self, key: str) -> None:
         self._post("/kv/deleterange", {"key": _b64(key)})
+
+    def put_all(self, items: Mapping[str, str]) -> None:
+        """Write the keys in transactions of at most TXN_OPS (etcd's own bound, 128 by
+        default): atomically where they fit one."""
+        pairs = list(items.items())
+        for start in range(0, len(pairs), TXN_OPS):
+            self._post("/kv/txn", {"compare": [], "failure": [], "success": [
+                {"request_put": {"key": _b64(k), "value": _b64(v)}}
+                for k, v in pairs[start:start + TXN_OPS]]})
 
     def grant(self, ttl: int) -> int:
         return int(self._post("/lease/grant", {"TTL": ttl})["ID"])

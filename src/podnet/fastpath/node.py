@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+from dataclasses import replace
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -170,6 +171,23 @@ class FastPath:
                 bpf.map_update(fd, subnet.network_address.packed, podmap.tunnel_value(peer))
         except OSError as exc:
             log.warning("fast path: cannot update the tunnel to %s: %r", subnet, exc)
+
+    def hold(self, policed: set[podmap.PodIP]) -> int:
+        """Hold exactly these pod addresses on the normal path (NetworkPolicy judges them
+        there), release every other; how many entries changed."""
+        if self._loaded_for is None:
+            return 0
+        rtnl = Rtnl()
+        changed = 0
+        try:
+            with podmap.attached(rtnl, self._loaded_for[0][0]) as fast:
+                for ip, entry in ({} if fast is None else fast.entries()).items():
+                    if fast is not None and entry.policed != (ip in policed):
+                        fast.put(ip, replace(entry, policed=ip in policed))
+                        changed += 1
+        finally:
+            rtnl.close()
+        return changed
 
     def pods(self) -> int:
         """How many addresses the pod map holds (pods on the fast path); 0 before attaching."""

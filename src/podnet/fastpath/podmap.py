@@ -42,14 +42,17 @@ class PodEntry:
     ifindex: int  # the pod's host-side veth
     pod_mac: str
     host_mac: str
+    policed: bool = False  # NetworkPolicy holds the pod on the normal path
 
     def pack(self) -> bytes:
-        return VALUE.pack(self.ifindex, codec.mac(self.pod_mac), codec.mac(self.host_mac))
+        return VALUE.pack(self.ifindex | (program.POLICED if self.policed else 0),
+                          codec.mac(self.pod_mac), codec.mac(self.host_mac))
 
     @classmethod
     def unpack(cls, raw: bytes) -> PodEntry:
-        ifindex, pod, host = VALUE.unpack(raw)
-        return cls(ifindex, codec.lladdr(pod) or "", codec.lladdr(host) or "")
+        word, pod, host = VALUE.unpack(raw)
+        return cls(word & ~program.POLICED, codec.lladdr(pod) or "", codec.lladdr(host) or "",
+                   bool(word & program.POLICED))
 
 
 def key(ip: PodIP) -> bytes:
@@ -83,7 +86,8 @@ class Attached:
 
     def owned_by(self, ifindex: int) -> list[PodIP]:
         """The addresses whose entry points at this veth (a DEL's: no full decoding)."""
-        return [ip for ip, v in self._items() if struct.unpack_from("=I", v)[0] == ifindex]
+        return [ip for ip, v in self._items()
+                if struct.unpack_from("=I", v)[0] & ~program.POLICED == ifindex]
 
     def _fd(self, ip: PodIP) -> int | None:
         return self.map_fd if ip.version == 4 else self.map6_fd
@@ -144,9 +148,10 @@ def attached(rtnl: Rtnl, uplink: int) -> Iterator[Attached | None]:
 
 # -- the CNI plugin's side -----------------------------------------------------------------------
 def add_pod(rtnl: Rtnl, uplink_name: str, host_index: int, host_mac: str, pod_mac: str,
-            addresses: list[str]) -> bool:
-    """Put a new pod on the fast path: its addresses into the map, the program on its veth.
-    False where the node has no fast path attached (the pod uses the normal path)."""
+            addresses: list[str], policed: bool = False) -> bool:
+    """Put a new pod on the fast path: its addresses into the map (`policed`: held on the
+    normal path until the agent clears it), the program on its veth. False where the node has
+    no fast path attached (the pod uses the normal path)."""
     link = rtnl.get_link(uplink_name)
     if link is None:
         return False
@@ -154,7 +159,7 @@ def add_pod(rtnl: Rtnl, uplink_name: str, host_index: int, host_mac: str, pod_ma
         if fast is None:
             return False
         for ip in _ips(addresses):
-            fast.put(ip, PodEntry(host_index, pod_mac, host_mac))
+            fast.put(ip, PodEntry(host_index, pod_mac, host_mac, policed))
         tc.attach_ingress(rtnl, host_index, fast.prog_fd, fast.map6_fd is not None)
     return True
 

@@ -65,8 +65,10 @@ ENCAP_FLAGS = (1 << 4) | (1 << 6)
 # _IPV6), as an inner family other than the outer one needs
 DECAP_L3 = {4: 1 << 7, 6: 1 << 8}
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
-# the pod map's value: host veth ifindex (u32), pod MAC, host veth MAC
+# the pod map's value: host veth ifindex (u32), pod MAC, host veth MAC; the ifindex's top bit
+# (no ifindex has it) set while NetworkPolicy holds the pod on the normal path
 VALUE_SIZE = 16
+POLICED = 1 << 31
 # the tunnel maps' (keys: a peer's pod subnet of one family): the peer's VTEP MAC at 0, its
 # node IP (the underlay's family; IPv4 in the first 4 bytes) at 8
 TUNNEL_MAC, TUNNEL_IP = 0, 8
@@ -257,7 +259,8 @@ def _ipv4(p: Program, pods: tuple[int, ipaddress.IPv4Network] | None, uplinks: l
 def _sent_by_its_pod(p: Program) -> None:
     """r0: the pod map's entry for the packet's source, or 0. On unless that pod sent it: from
     its veth (r9) and its MAC; otherwise to `pass`, where the normal path's anti-spoofing
-    judges it."""
+    judges it. A policed pod's entry never matches its veth (POLICED): its packets take the
+    normal path, where policy judges them."""
     p.jump_if(R0, "==", 0, "pass")
     p.load(4, R2, R0, 0)
     p.jump_if_reg(R2, "!=", R9, "pass")  # that address belongs to another pod's port
@@ -267,6 +270,13 @@ def _sent_by_its_pod(p: Program) -> None:
     p.load(2, R2, R7, ETH_SRC + 4)
     p.load(2, R3, R0, 8)
     p.jump_if_reg(R2, "!=", R3, "pass")
+
+
+def _unpoliced(p: Program) -> None:
+    """On if the pod of entry r0 takes the fast path; to `pass` while policy holds it on the
+    normal path (its entry's POLICED bit), where the node's rules judge its packets."""
+    p.load(4, R2, R0, 0)
+    p.jump32_if(R2, ">", POLICED - 1, "pass")
 
 
 def _ipv6(p: Program, pods6: Pods6 | None, uplinks: list[int], bridge: int,
@@ -316,6 +326,7 @@ def _ipv6(p: Program, pods6: Pods6 | None, uplinks: list[int], bridge: int,
         _switch_in(p)
         return
     p.jump_if(R0, "==", 0, "decap6" if decap else "pass")
+    _unpoliced(p)
     p.load(4, R2, R6, SKB_PKT_TYPE)
     p.jump_if(R2, "!=", PACKET_HOST, "pass")  # another host's: not ours to route
     p.load(1, R2, R7, IP6_HOPS)
@@ -687,6 +698,7 @@ def _decap_in(p: Program, overlay: Overlay, pod_maps: dict[int, int], underlay: 
             p.jump_if_reg(R2, "!=", R3, "pass")
         _lookup(p, pod_maps[inner.version], inner, inner.dst + length)
         p.jump_if(R0, "==", 0, "pass")
+        _unpoliced(p)  # before the headers come off: the device's way keeps its checks
         p.mov(R9, R0)
         p.mov(R1, R6)
         p.mov_imm(R2, -length)
@@ -786,6 +798,7 @@ def _route_in(p: Program) -> None:
     """From another node, for a pod of this one (r0: its pod map entry): rewrite the MACs to
     the pod's and the host veth's, TTL - 1, and hand it to the pod's side of the veth.
     Defines `deliver`, also the decapsulated packets' way in; jumps to `pass`."""
+    _unpoliced(p)
     p.load(4, R2, R6, SKB_PKT_TYPE)
     p.jump_if(R2, "!=", PACKET_HOST, "pass")  # another host's: not ours to route
     p.load(1, R2, R7, IP_TTL)
@@ -830,6 +843,7 @@ def _switch_out(p: Program, uplink: int, bridge_mac: str, tag: str = "") -> None
 def _switch_in(p: Program) -> None:
     """l2: a frame from the uplink addressed to a pod of this node (r0: its entry) goes
     straight to the pod; jumps to `pass` for any other."""
+    _unpoliced(p)
     p.load(4, R2, R7, 0)  # only a frame addressed to that pod's MAC
     p.load(4, R3, R0, 4)
     p.jump_if_reg(R2, "!=", R3, "pass")

@@ -41,11 +41,13 @@ _KEYWORD = {4: "ip", 6: "ip6"}  # each family's table family and match keyword
 
 
 def apply(networks: Sequence[Network], node_ips: Iterable[NodeIP], underlay: int = 4,
-          tunnel_match: str | None = None, masquerade6: bool | None = None) -> None:
+          tunnel_match: str | None = None, masquerade6: bool | None = None,
+          notrack: bool = True) -> None:
     """(Re)write the tables atomically: one per family of the pod networks or of the
     `underlay` (4 or 6; where the tunnel arrives), each with its family's node addresses.
     `masquerade6`: whether IPv6 pods are masqueraded off-cluster; None: where their network is
-    unique local."""
+    unique local. `notrack` False: NetworkPolicy's table decides which pod-to-pod traffic
+    skips tracking (a policed pod's must be tracked)."""
     ips = list(node_ips)
     for version, f in _KEYWORD.items():
         cidr = next((n for n in networks if n.version == version), None)
@@ -62,18 +64,15 @@ def apply(networks: Sequence[Network], node_ips: Iterable[NodeIP], underlay: int
 """ if tunnel_match and version == underlay else "")
         _table(version, cidr, masquerade,
                f"  set nodes {{ type ipv{version}_addr;"
-               f"{_elements(ip for ip in ips if ip.version == version)} }}\n", tunnel)
+               f"{_elements(ip for ip in ips if ip.version == version)} }}\n", tunnel, notrack)
 
 
-def _table(version: int, cidr: Network | None, masquerade: bool, head: str, tail: str) -> None:
+def _table(version: int, cidr: Network | None, masquerade: bool, head: str, tail: str,
+           notrack: bool) -> None:
     """The table of one family, written anew at once; without a pod network of its family
     only the node set and the tunnel's check."""
     f = _KEYWORD[version]
-    pods = "" if cidr is None else f"""  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    {f"{f} saddr {cidr} {f} daddr != {cidr} {f} daddr != @nodes masquerade" if masquerade else ""}
-  }}
-  chain notrack_in {{
+    untracked = "" if not notrack else f"""  chain notrack_in {{
     type filter hook prerouting priority raw; policy accept;
     {f} saddr {cidr} {f} daddr {cidr} notrack
   }}
@@ -81,7 +80,12 @@ def _table(version: int, cidr: Network | None, masquerade: bool, head: str, tail
     type filter hook output priority raw; policy accept;
     {f} saddr {cidr} {f} daddr {cidr} notrack
   }}
-  chain forward {{
+"""
+    pods = "" if cidr is None else f"""  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    {f"{f} saddr {cidr} {f} daddr != {cidr} {f} daddr != @nodes masquerade" if masquerade else ""}
+  }}
+{untracked}  chain forward {{
     type filter hook forward priority filter - 1; policy accept;
     {f} saddr {cidr} accept
     {f} daddr {cidr} accept

@@ -115,7 +115,8 @@ def _dispatch(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     elif args.lab_command == "remove-node":
         lab.remove_node(args.node)
     elif args.lab_command == "add-pod":
-        print(lab.add_pod(args.node).name)
+        print(lab.add_pod(args.node, args.namespace, args.pod_name,
+                          _labels(args.labels)).name)
     elif args.lab_command == "restart-agent":
         lab.restart_agent(args.node)
     elif args.lab_command == "exec":
@@ -129,6 +130,18 @@ def _dispatch(args: argparse.Namespace, say: Callable[[str], None]) -> int:
 
         print(draw(lab, _output_path(args.output)))
     return 0
+
+
+def _labels(text: str) -> dict[str, str]:
+    """--labels k=v,k2=v2 (validated with the pod)."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"--labels item {item[:80]!r} is not KEY=VALUE",
+                            "give k=v,k2=v2")
+        out[key] = value
+    return out
 
 
 def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -187,6 +200,11 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     q.add_argument("node", help="the node's name, e.g. node2")
     q = named("add-pod", "add a pod to a node")
     q.add_argument("node", help="the node's name, e.g. node1")
+    q.add_argument("--namespace", default="default", help="its Kubernetes namespace")
+    q.add_argument("--pod-name", default="", help="its name in the namespace (default: the "
+                                                  "lab's, e.g. node1-p3)")
+    q.add_argument("--labels", default="", help="k=v,k2=v2: its labels, stored before it is "
+                                                "wired")
     q = named("restart-agent", "restart a node's agent")
     q.add_argument("node", help="the node's name, e.g. node1")
     q = named("exec", "run a command in a node's, pod's or cp/sw/rt namespace")

@@ -37,7 +37,6 @@ from podnet.netlink import links, netns
 
 LABS_DIR = "/run/podnet/labs"
 REFERENCE_PLUGINS = "/usr/lib/cni"
-POD_NAMESPACE = "default"  # the Kubernetes namespace the lab's pods are in
 Progress = Callable[[str], None]
 if TYPE_CHECKING:
     from podnet.datastore.etcd import EtcdStore
@@ -680,8 +679,8 @@ class Lab:
         self.new_ns(ns)
         runtime = self.runtime(node)
         # As kubelet names a pod to its plugins (and so to the records verify reads).
-        runtime.extra_env["CNI_ARGS"] = (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};"
-                                         f"K8S_POD_NAME={pod.name}")
+        runtime.extra_env["CNI_ARGS"] = (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.namespace};"
+                                         f"K8S_POD_NAME={pod.k8s_name}")
         result = runtime.add_list(self.conflist(node), pod.name, ns_path(ns))
         pod.ips = [ipc["address"].split("/")[0] for ipc in result["ips"]]
         pod.ip = next((ip for ip in pod.ips if ":" not in ip), pod.ips[0] if pod.ips else "")
@@ -701,11 +700,33 @@ class Lab:
         self.save()
         return node
 
-    def add_pod(self, node_name: str) -> PodSpec:
-        pod = self.topo.new_pod(node_name)
-        self._pod(pod)
+    def add_pod(self, node_name: str, namespace: str = "default", pod_name: str = "",
+                labels: dict[str, str] | None = None) -> PodSpec:
+        """A pod on the node; its labels stored before it is wired, so that NetworkPolicy
+        judges it by them from its first packet."""
+        pod = self.topo.new_pod(node_name, namespace, pod_name, labels)
+        try:
+            if pod.labels:
+                self.set_pod_labels(pod, pod.labels)
+            self._pod(pod)
+        except BaseException:
+            self.topo.pods.remove(pod)
+            raise
         self.save()
         return pod
+
+    def set_pod_labels(self, pod: PodSpec, labels: dict[str, str]) -> None:
+        """The pod's labels in the lab's etcd (`podnet label pod` does the same)."""
+        from podnet.policy import store
+
+        with netns.entered(ns_path(self.prefix + "cp")):
+            kv = self.etcd_store()
+            try:
+                _, ports = store.pod_meta(kv, pod.k8s_key)
+                store.set_pod_meta(kv, pod.k8s_key, labels, ports)
+            finally:
+                kv.close()
+        pod.labels = dict(labels)
 
     def remove_pod(self, pod: PodSpec) -> None:
         node = self.topo.node(pod.node)
@@ -855,5 +876,6 @@ def status(lab: Lab) -> dict[str, Any]:
                    "pod_subnets": subnets.get(n.name, []), "agent_pid": n.agent_pid}
                   for n in t.nodes],
         "pods": [{"name": p.name, "netns": p.netns(t.name), "ip": p.ip,
-                  "ips": p.ips or [p.ip], "node": p.node} for p in t.pods],
+                  "ips": p.ips or [p.ip], "node": p.node, "namespace": p.namespace,
+                  "pod_name": p.k8s_name, "labels": p.labels} for p in t.pods],
     }

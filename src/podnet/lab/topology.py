@@ -57,10 +57,23 @@ class _InLab:
 
 @dataclass
 class PodSpec(_InLab):
-    name: str
+    name: str  # the lab's (its namespace's, `lab exec`'s)
     node: str
     ip: str = ""  # its IPv4 address
     ips: list[str] = field(default_factory=list)  # every address, one per family
+    # Who Kubernetes would say it is (NetworkPolicy selects by these): its namespace, its
+    # name there (empty: the lab's) and its labels.
+    namespace: str = "default"
+    pod_name: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def k8s_name(self) -> str:
+        return self.pod_name or self.name
+
+    @property
+    def k8s_key(self) -> str:
+        return f"{self.namespace}/{self.k8s_name}"
 
 
 @dataclass
@@ -171,15 +184,32 @@ class Topology:
         self.nodes.append(node)
         return node
 
-    def new_pod(self, node: str) -> PodSpec:
+    def new_pod(self, node: str, namespace: str = "default", pod_name: str = "",
+                labels: dict[str, str] | None = None) -> PodSpec:
+        """A pod on `node`; as Kubernetes would name it: `namespace`/`pod_name` (default: the
+        lab's name) with `labels`, all validated as the API server would."""
+        from podnet.policy import k8s
+
         if not any(n.name == node for n in self.nodes):
             raise UserError(f"no node {node!r} in lab {self.name}",
                         f"nodes: {', '.join(n.name for n in self.nodes) or 'none'}")
+        try:
+            k8s.check_dns_label(namespace, "--namespace")
+            if pod_name:
+                k8s.check_name(pod_name, "--pod-name")
+            labels = k8s.labels(labels or {}, "--labels")
+        except k8s.Invalid as exc:
+            raise UserError(str(exc), "give a DNS label for the namespace, a DNS subdomain "
+                            "for the name and KEY=VALUE labels") from None
         taken = {p.name for p in self.pods} | set(self.retired_pods)
         j = 1
         while f"{node}-p{j}" in taken:
             j += 1
-        pod = PodSpec(f"{node}-p{j}", node)
+        pod = PodSpec(f"{node}-p{j}", node, namespace=namespace, pod_name=pod_name,
+                      labels=dict(labels))
+        if any(p.k8s_key == pod.k8s_key for p in self.pods):
+            raise UserError(f"lab {self.name} has a pod {pod.k8s_key} already",
+                            "give another --pod-name or --namespace")
         self.pods.append(pod)
         return pod
 

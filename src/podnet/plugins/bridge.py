@@ -34,7 +34,8 @@ from podnet.plugins.context import HostContext
 DEFAULT_BRIDGE = "kube-bridge"
 _BOOL_KEYS = {"isGateway": "is_gateway", "isDefaultGateway": "is_default_gateway",
               "forceAddress": "force_address", "hairpinMode": "hairpin",
-              "promiscMode": "promisc", "ipMasq": "ip_masq", "antiSpoof": "anti_spoof"}
+              "promiscMode": "promisc", "ipMasq": "ip_masq", "antiSpoof": "anti_spoof",
+              "policy": "policy"}
 
 
 @dataclass
@@ -47,6 +48,9 @@ class BridgeConf:
     promisc: bool = False
     ip_masq: bool = False
     anti_spoof: bool = False  # podnet's: the pod's port admits only its own MAC and addresses
+    # podnet's: the agent enforces NetworkPolicy; a new pod takes the normal path, where the
+    # node's rules judge it, until the agent has found it unisolated
+    policy: bool = False
     mtu: int | None = None
     fast_path_uplink: str | None = None  # podnet's: where the agent's eBPF fast path sits
     pod_records: str | None = None  # podnet's: the agent's directory of pod records
@@ -235,7 +239,8 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
 
             uplink, index = conf.fast_path_uplink, host_link.index
             undo.append(lambda: podmap.remove_pod(ctx.fast, uplink, index))
-            podmap.add_pod(ctx.fast, uplink, index, host_link.mac, pod_link.mac, addresses)
+            podmap.add_pod(ctx.fast, uplink, index, host_link.mac, pod_link.mac, addresses,
+                           policed=conf.policy)
         if conf.pod_records:
             records = conf.pod_records
             undo.append(lambda: podrecords.remove(records, host_name))

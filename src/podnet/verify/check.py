@@ -1,10 +1,14 @@
 """The checks: every ordered pair of pod->pod, node->pod and pod->node, by ICMP and TCP, with
 the source the receiver saw; each pod's own address; full-MTU packets with DF between nodes.
-A failure is traced to what is missing on the path (diagnose.py)."""
+A failure is traced to what is missing on the path (diagnose.py).
+
+Where NetworkPolicies hold, each pair is held to its expected verdict (an `Expect`: ICMP, TCP
+on the echo port and on each TCP port a policy names): an allowed pair must connect, a denied
+one must not, and a disagreement names the policies that decided."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,6 +27,11 @@ class Endpoint:
     node: str
 
 
+# What policy says of a new connection from one endpoint to another (protocol, port): allowed,
+# and the policies that decided (allowed it, or isolated the end that denies it).
+Expect = Callable[[Endpoint, Endpoint, str, int], tuple[bool, tuple[str, ...]]]
+
+
 @dataclass
 class PairResult:
     src: str
@@ -33,10 +42,23 @@ class PairResult:
     seen_source: str = ""
     nat: bool = False
     why: list[str] = field(default_factory=list)
+    # Where policies hold: what they allow (ICMP, TCP on the echo port), the policies that
+    # decided, and the TCP ports policies name: observed and expected.
+    expect_icmp: bool = True
+    expect_tcp: bool = True
+    policies: list[str] = field(default_factory=list)
+    ports: dict[str, bool] = field(default_factory=dict)
+    expect_ports: dict[str, bool] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.icmp and self.tcp and not self.nat
+        return (self.icmp == self.expect_icmp and self.tcp == self.expect_tcp
+                and self.ports == self.expect_ports and not self.nat)
+
+    @property
+    def expected(self) -> bool:
+        """Whether policy lets this pair connect at all (on the echo port)."""
+        return self.expect_icmp or self.expect_tcp
 
 
 @dataclass
@@ -57,7 +79,8 @@ class Report:
         """Each failure's why, from what the nodes on its path lack."""
         by_name = {e.name: e for e in endpoints}
         for r in self.pairs:
-            if not r.ok:
+            # What a path lacks explains what should have connected and did not.
+            if (r.expect_icmp and not r.icmp) or (r.expect_tcp and not r.tcp):
                 r.why += explain(by_name[r.src], by_name[r.dst], lacks)
         for m in self.mtu:
             if not m["ok"]:
@@ -77,12 +100,27 @@ def own_addresses(ns_path: str) -> set[str]:
         ipr.close()
 
 
-def _pair(src: Endpoint, dst: Endpoint, src_addrs: set[str]) -> PairResult:
+def _pair(src: Endpoint, dst: Endpoint, src_addrs: set[str], expect: Expect | None = None,
+          ports: Sequence[int] = ()) -> PairResult:
     kind = f"{src.kind}->{dst.kind}"
     result = PairResult(src.name, dst.name, kind, icmp=probes.ping(src.netns, dst.ip),
                         tcp=False)
+    # A denied connection's SYN is dropped: wait for it less long than for an allowed one.
+    timeout = 2.0
+    if expect is not None:
+        result.expect_icmp, icmp_by = expect(src, dst, "ICMP", 0)
+        result.expect_tcp, tcp_by = expect(src, dst, "TCP", probes.ECHO_PORT)
+        result.policies = list(dict.fromkeys(icmp_by + tcp_by))
+        timeout = 2.0 if result.expect_tcp else 1.0
+        for port in ports:
+            result.expect_ports[str(port)] = expect(src, dst, "TCP", port)[0]
+            try:
+                probes.tcp_seen_source(src.netns, dst.ip, port, timeout=1.0)
+                result.ports[str(port)] = True
+            except OSError:
+                result.ports[str(port)] = False
     try:
-        result.seen_source = probes.tcp_seen_source(src.netns, dst.ip)
+        result.seen_source = probes.tcp_seen_source(src.netns, dst.ip, timeout=timeout)
         result.tcp = True
         # No NAT: the receiver saw one of the sender's own addresses (a pod has exactly one).
         result.nat = (result.seen_source != src.ip if src.kind == "pod"
@@ -91,7 +129,18 @@ def _pair(src: Endpoint, dst: Endpoint, src_addrs: set[str]) -> PairResult:
             result.why.append(f"receiver saw {result.seen_source}, not the sender's own "
                               "address")
     except OSError as exc:
-        result.why.append(f"TCP: {exc.strerror or exc}")
+        if result.expect_tcp:
+            result.why.append(f"TCP: {exc.strerror or exc}")
+    checks = [("ICMP", result.icmp, result.expect_icmp), ("TCP", result.tcp, result.expect_tcp),
+              *((f"TCP {p}", got, result.expect_ports[p]) for p, got in result.ports.items())]
+    wrong = [(what, want) for what, got, want in checks if got != want]
+    if wrong and result.policies:
+        by = ", ".join(result.policies)
+        if denied := [what for what, want in wrong if not want]:
+            result.why.append(f"{'/'.join(denied)} connected: policy {by} should deny it")
+        if allowed := [what for what, want in wrong if want]:
+            result.why.append(f"{'/'.join(allowed)} did not connect: policy {by} should "
+                              "allow it")
     return result
 
 
@@ -121,23 +170,28 @@ def mtu_plan(sources: list[Endpoint], targets: list[Endpoint]) -> list[tuple[End
 
 
 def probe(pairs: list[tuple[Endpoint, Endpoint]], mtu_pairs: list[tuple[Endpoint, Endpoint]],
-          pod_mtu: int | None, addrs: dict[str, set[str]], workers: int = 32
+          pod_mtu: int | None, addrs: dict[str, set[str]], workers: int = 32,
+          expect: Expect | None = None, ports: Sequence[int] = ()
           ) -> tuple[list[PairResult], list[dict[str, Any]]]:
     """Each pair's result and each MTU pair's; the receivers' echo servers must be up."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda sd: _pair(sd[0], sd[1], addrs[sd[0].name]), pairs))
-        mtu = list(pool.map(lambda sd: _mtu(sd[0], sd[1], pod_mtu), mtu_pairs))
+        results = list(pool.map(
+            lambda sd: _pair(sd[0], sd[1], addrs[sd[0].name], expect,
+                             ports if sd[1].kind == "pod" else ()), pairs))
+        mtu = list(pool.map(lambda sd: _mtu(sd[0], sd[1], pod_mtu, expect), mtu_pairs))
     return results, mtu
 
 
 def run(endpoints: list[Endpoint], status: dict[str, Any], pod_mtu: int | None,
-        family: int = 4) -> Report:
+        family: int = 4, expect: Expect | None = None, ports: Sequence[int] = ()) -> Report:
     addrs = {e.name: own_addresses(e.netns) for e in endpoints}
     own = {p.name: p.ip in addrs[p.name] for p in endpoints if p.kind == "pod"}
     servers = [probes.EchoServer(e.netns) for e in endpoints]
+    servers += [probes.EchoServer(e.netns, port) for e in endpoints if e.kind == "pod"
+                for port in ports]
     try:
         results, mtu = probe(plan(endpoints, endpoints), mtu_plan(endpoints, endpoints),
-                             pod_mtu, addrs)
+                             pod_mtu, addrs, expect=expect, ports=ports)
     finally:
         for server in servers:
             server.close()
@@ -146,11 +200,16 @@ def run(endpoints: list[Endpoint], status: dict[str, Any], pod_mtu: int | None,
     return report
 
 
-def _mtu(src: Endpoint, dst: Endpoint, pod_mtu: int | None) -> dict[str, Any]:
+def _mtu(src: Endpoint, dst: Endpoint, pod_mtu: int | None,
+         expect: Expect | None = None) -> dict[str, Any]:
+    """Full-size pings with DF between two nodes' pods; where policy denies ICMP between
+    them, the check is whether none crosses."""
     mtu = pod_mtu or 1500
     headers = 48 if ":" in dst.ip else 28  # IPv6 or IPv4, and ICMP's 8 bytes
-    ok = probes.ping(src.netns, dst.ip, size=mtu - headers, dont_fragment=True)
-    return {"src": src.name, "dst": dst.name, "size": mtu, "ok": ok}
+    allowed = expect is None or expect(src, dst, "ICMP", 0)[0]
+    crossed = probes.ping(src.netns, dst.ip, size=mtu - headers, dont_fragment=True,
+                          timeout=2.0 if allowed else 1.0)
+    return {"src": src.name, "dst": dst.name, "size": mtu, "ok": crossed == allowed}
 
 
 def endpoints_of(status: dict[str, Any], family: int = 4) -> list[Endpoint]:
@@ -186,19 +245,29 @@ def families(status: dict[str, Any]) -> list[int]:
     return FAMILIES.get(str(status.get("ip_family")), [4])
 
 
-def render(report: Report, endpoints: list[Endpoint]) -> str:
-    senders = endpoints
+def _matrix(report: Report, endpoints: list[Endpoint], title: str,
+            cell: Callable[[PairResult], str]) -> list[str]:
     receivers = [e for e in endpoints if e.kind == "pod"] + [e for e in endpoints
                                                               if e.kind == "node"]
-    cell = {(r.src, r.dst): r for r in report.pairs}
+    by_pair = {(r.src, r.dst): r for r in report.pairs}
     width = max(len(e.name) for e in endpoints) + 1
-    lines = ["from \\ to".ljust(width) + " ".join(e.name[:width].rjust(width) for e in receivers)]
-    for s in senders:
+    lines = [title.ljust(width) + " ".join(e.name[:width].rjust(width) for e in receivers)]
+    for s in endpoints:
         row = []
         for d in receivers:
-            r = cell.get((s.name, d.name))
-            row.append(("-" if r is None else "ok" if r.ok else "FAIL").rjust(width))
+            r = by_pair.get((s.name, d.name))
+            row.append(("-" if r is None else cell(r)).rjust(width))
         lines.append(s.name.ljust(width) + " ".join(row))
+    return lines
+
+
+def render(report: Report, endpoints: list[Endpoint]) -> str:
+    lines = []
+    if any(r.policies for r in report.pairs):  # policy decides: what it says, what happened
+        lines += _matrix(report, endpoints, "expected", lambda r: "yes" if r.expected else "no")
+        lines += ["", *_matrix(report, endpoints, "observed",
+                               lambda r: "yes" if r.icmp or r.tcp else "no"), ""]
+    lines += _matrix(report, endpoints, "from \\ to", lambda r: "ok" if r.ok else "FAIL")
     lines.append("")
     for r in report.pairs:
         if not r.ok:
@@ -216,8 +285,10 @@ def render(report: Report, endpoints: list[Endpoint]) -> str:
     n = len(report.pairs)
     bad = sum(1 for r in report.pairs if not r.ok)
     mtu_ok = sum(1 for m in report.mtu if m["ok"])
-    lines.append(f"{n - bad}/{n} pairs connect without NAT (ICMP and TCP), "
-                 f"{mtu_ok}/{len(report.mtu)} node pairs pass full-MTU DF packets: "
-                 + ("PASS" if report.ok else "FAIL"))
+    denied = sum(1 for r in report.pairs if not r.expected)
+    what = (f"connect or not as policy expects ({denied} denied), without NAT"
+            if any(r.policies for r in report.pairs) else "connect without NAT (ICMP and TCP)")
+    lines.append(f"{n - bad}/{n} pairs {what}, {mtu_ok}/{len(report.mtu)} node pairs pass "
+                 "full-MTU DF packets: " + ("PASS" if report.ok else "FAIL"))
     return "\n".join(lines)
 

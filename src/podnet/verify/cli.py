@@ -15,6 +15,27 @@ from podnet.verify.check import Endpoint, Report, endpoints_of, families, render
 
 if TYPE_CHECKING:
     from podnet.cli import Parser
+    from podnet.lab.lab import Lab
+
+
+def lab_report(lab: Lab, family: int = 4) -> tuple[Report, list[Endpoint]]:
+    """One family's checks of a lab, held to what its policies (in its etcd) expect."""
+    from podnet.lab.lab import ns_path, status
+    from podnet.netlink import netns
+    from podnet.policy.store import Objects
+    from podnet.verify.policy import expectation
+
+    st = status(lab)
+    mtu = lab.conflist(lab.topo.nodes[0])["plugins"][0].get("mtu") if lab.topo.nodes else None
+    with netns.entered(ns_path(st["etcd"]["netns"])):  # the store's sockets open there
+        kv = lab.etcd_store()
+        try:
+            objects = Objects.read(kv)
+        finally:
+            kv.close()
+    endpoints = endpoints_of(st, family)
+    expect, ports = expectation(objects, st["pods"], family)
+    return run(endpoints, st, mtu, family, expect, ports), endpoints
 
 
 def _lab(name: str) -> list[tuple[str, Report, list[Endpoint]]]:
@@ -27,13 +48,7 @@ def _lab(name: str) -> list[tuple[str, Report, list[Endpoint]]]:
     if missing := lab.missing():
         raise UserError(f"lab {name} is damaged: {', '.join(missing)} no longer exist",
                         f"`podnet lab down --name {name}`, then up again")
-    st = status(lab)
-    mtu = lab.conflist(lab.topo.nodes[0])["plugins"][0].get("mtu")
-    out = []
-    for family in families(st):
-        endpoints = endpoints_of(st, family)
-        out.append((f"ipv{family}", run(endpoints, st, mtu, family), endpoints))
-    return out
+    return [(f"ipv{family}", *lab_report(lab, family)) for family in families(status(lab))]
 
 
 def _cluster(args: argparse.Namespace) -> list[tuple[str, Report, list[Endpoint]]]:

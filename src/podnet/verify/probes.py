@@ -100,7 +100,9 @@ def ping(src_ns: str, dst_ip: str, size: int = 56, dont_fragment: bool = False,
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
         elif dont_fragment:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_DONTFRAG, 1)
-        ident = (os.getpid() ^ threading.get_ident()) & 0xFFFF
+        # A new identifier per probe: each is a new flow to connection tracking, which a
+        # policy judges afresh (a reused one would ride an earlier probe's entry).
+        ident = int.from_bytes(os.urandom(2), "big")
         payload = (b"podnet-verify" * (size // 13 + 1))[:size]
         for seq in range(1, tries + 1):
             header = struct.pack("!BBHHH", request, 0, 0, ident, seq)

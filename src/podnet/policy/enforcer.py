@@ -1,0 +1,141 @@
+"""The agent's NetworkPolicy enforcement on its node: policies, labels and every node's pods
+from the datastore (watched), this node's pods from its own records (at once: the CNI server
+calls `local_changed` before it answers an ADD), compiled into the node's table and the fast
+path's holds.
+
+Fail closed: the table stays in the kernel when the agent stops, and a new agent replaces it
+only once it has read the whole datastore; while etcd is away the last table stays; a new pod
+is unknown to the table, so dropped, until it is judged, and starts held off the fast path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from podnet import podrecords
+from podnet.datastore.base import DatastoreError
+from podnet.datastore.etcd import PREFIX, EtcdStore
+from podnet.firewall import libnft
+from podnet.policy import compile as compiler
+from podnet.policy.model import IP, Cluster, Network
+from podnet.policy.store import NAMESPACES, POD_META, Objects, pod_identity
+
+log = logging.getLogger("podnet.policy")
+DEBOUNCE = 0.02  # seconds a burst of datastore changes is gathered into one table
+
+
+class Enforcer:
+    def __init__(self, store: EtcdStore, node: str, networks: Sequence[Network],
+                 records_dir: str, hold: Callable[[set[IP]], int]) -> None:
+        """`hold`: the fast path's (FastPath.hold), or a no-op without one."""
+        self.store = store
+        self.node = node
+        self.networks = list(networks)
+        self.records_dir = records_dir
+        self.hold = hold
+        self.own: list[Network] = []
+        self.objects = Objects()
+        self._lock = threading.Lock()  # one compile and apply at a time
+        self._dirty = threading.Event()
+        self._applied = ""
+        self.applied_total = 0
+        self.last_apply_s = 0.0
+        self.rules = 0
+        self._fetched: set[str] = set()  # local pods whose metadata was read at their ADD
+
+    def start(self, own: Sequence[Network], stopping: threading.Event) -> None:
+        """Read everything, write the table, then follow the datastore in threads of its
+        own. Raises DatastoreError where the first read fails (the caller retries)."""
+        self.own = list(own)
+        revision = self.store.revision(PREFIX)
+        self.objects = Objects.read(self.store)
+        self.refresh()
+        threading.Thread(target=self._watch, args=(revision, stopping), name="policy-watch",
+                         daemon=True).start()
+        threading.Thread(target=self._worker, args=(stopping,), name="policy",
+                         daemon=True).start()
+
+    def local_changed(self) -> None:
+        """A pod of this node came or went: judged before the caller goes on, by its labels
+        and its namespace's as etcd has them now (the watch may not have brought a change
+        made just before the pod's ADD yet); from what is known where etcd does not answer."""
+        records = podrecords.read_all(self.records_dir).values()
+        self._fetched &= {"/".join(pod_identity(r)) for r in records}
+        for record in records:
+            namespace, name = pod_identity(record)
+            if f"{namespace}/{name}" in self._fetched:
+                continue
+            try:
+                for key in (f"{POD_META}{namespace}/{name}", NAMESPACES + namespace):
+                    self.objects.update(key, self.store.get(key))
+                self._fetched.add(f"{namespace}/{name}")
+            except DatastoreError as exc:
+                log.warning("policy: judging pod %s/%s by what is known: %s", namespace, name,
+                            exc)
+        self.refresh()
+
+    def cluster(self) -> Cluster:
+        """The datastore's view, this node's pods taken from its own records (current; the
+        published ones may lag)."""
+        cluster = self.objects.cluster()
+        local = [self.objects.pod(self.node, r)
+                 for r in podrecords.read_all(self.records_dir).values()]
+        cluster.pods = [p for p in cluster.pods if p.node != self.node] + local
+        return cluster
+
+    def refresh(self) -> None:
+        with self._lock:
+            t0 = time.perf_counter()
+            cluster = self.cluster()
+            local = [p for p in cluster.pods if p.node == self.node]
+            compiled = compiler.compile_node(cluster, local, self.networks, self.own)
+            if compiled.script != self._applied:
+                libnft.run(compiler.script(compiled))
+                self._applied = compiled.script
+                self.applied_total += 1
+            changed = self.hold(compiled.policed)
+            self.rules = compiled.rules
+            self.last_apply_s = time.perf_counter() - t0
+            if changed:
+                log.info("policy: %d pods held on the normal path, %d changed",
+                         len(compiled.policed), changed)
+
+    def _worker(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            if not self._dirty.wait(0.5):
+                continue
+            time.sleep(DEBOUNCE)
+            self._dirty.clear()
+            try:
+                self.refresh()
+            except (libnft.NftError, OSError) as exc:
+                log.error("policy: cannot apply the rules: %s", exc)
+                self._dirty.set()
+                stopping.wait(1.0)
+
+    def _on_change(self, key: str, value: str | None, _revision: int) -> None:
+        if self.objects.update(key, value):
+            self._dirty.set()
+
+    def _watch(self, revision: int, stopping: threading.Event) -> None:
+        delay = 0.5
+        while not stopping.is_set():
+            try:
+                revision = self.store.watch_prefix(PREFIX, revision, self._on_change,
+                                                   stopping.is_set)
+                delay = 0.5
+            except DatastoreError as exc:
+                # The last table stays; once etcd answers, everything is read again.
+                log.warning("policy: %s; keeping the rules in place", exc)
+                if stopping.wait(delay):
+                    return
+                delay = min(delay * 2, 5.0)
+                try:
+                    revision = self.store.revision(PREFIX)
+                    self.objects = Objects.read(self.store)
+                    self._dirty.set()
+                except DatastoreError:
+                    continue

@@ -1,0 +1,71 @@
+"""What NetworkPolicy expects of each pair verify probes: the cluster's policies, namespaces'
+labels and pods' metadata (from etcd) with the endpoints' addresses, evaluated by the one
+evaluator (podnet.policy.model) that enforcement answers to as well."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from podnet.netlink import netns
+from podnet.policy.model import IP, Cluster, Pod
+from podnet.policy.store import Objects
+from podnet.verify import probes
+from podnet.verify.check import Endpoint, Expect
+
+MAX_PORTS = 8  # TCP ports a policy names that verify probes besides its echo port
+
+
+def expectation(objects: Objects, pods: list[Mapping[str, Any]], family: int
+                ) -> tuple[Expect | None, list[int]]:
+    """The Expect for these pods (status entries: name, ips, node, namespace, pod_name) and
+    the TCP ports policies name; (None, []) where there is no policy (everything connects)."""
+    cluster = objects.cluster()
+    if not cluster.policies:
+        return None, []
+    by_ip: dict[str, Pod] = {}
+    for p in pods:
+        labels, ports = objects.meta.get(f"{p['namespace']}/{p['pod_name']}", ({}, {}))
+        pod = Pod(p["namespace"], p["pod_name"],
+                  tuple(ipaddress.ip_address(ip) for ip in p["ips"]), labels, ports, p["node"])
+        for ip in p["ips"]:
+            by_ip[ip] = pod
+    cluster = Cluster(cluster.policies, cluster.namespaces, list({id(p): p for p in
+                                                                  by_ip.values()}.values()))
+
+    sources: dict[tuple[str, str], str] = {}
+
+    def expect(src: Endpoint, dst: Endpoint, protocol: str,
+               port: int) -> tuple[bool, tuple[str, ...]]:
+        if src.node == dst.node and "node" in (src.kind, dst.kind):
+            return True, ()  # a pod and its own node: never judged (kubelet's probes)
+        if src.kind == "node":  # it sends from the address its route to dst prefers
+            key = (src.netns, dst.ip)
+            if key not in sources:
+                sources[key] = source_address(src.netns, dst.ip) or src.ip
+            s: Pod | IP = ipaddress.ip_address(sources[key])
+        else:
+            s = by_ip.get(src.ip) or ipaddress.ip_address(src.ip)
+        d = by_ip.get(dst.ip) or ipaddress.ip_address(dst.ip)
+        verdict = cluster.allowed(s, d, protocol, port, family)
+        return verdict.allowed, verdict.policies
+
+    named = sorted({n for policy in cluster.policies for rule in policy.ingress + policy.egress
+                    for x in rule.ports if x.protocol == "TCP" and isinstance(x.port, int)
+                    for n in (x.port, x.end_port or x.port) if n != probes.ECHO_PORT})
+    return expect, named[:MAX_PORTS]
+
+
+def source_address(ns_path: str, dst: str) -> str | None:
+    """The source address the namespace's kernel picks to reach `dst` (its route's preferred
+    source): a node reaches another node's pods from its tunnel address over vxlan."""
+    ipr = netns.iproute_in(ns_path)
+    try:
+        routes = ipr.route("get", dst=dst)
+        src = routes[0].get_attr("RTA_PREFSRC") if routes else None
+        return str(src) if src else None
+    except OSError:
+        return None
+    finally:
+        ipr.close()
