@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from podnet.policy import k8s
+from podnet.policy.compile import compile_node, table, update
 from podnet.policy.model import Cluster, Pod, Policy
 
 IP = ipaddress.ip_address
@@ -250,33 +251,29 @@ def test_label_changes_take_effect(cluster: Cluster) -> None:
 
 # -- the compiler: one node's table ------------------------------------------------------------
 NETS = [ipaddress.ip_network("10.244.0.0/16")]
-OWN = [ipaddress.ip_network("10.244.0.0/24")]
 
 
 def test_the_table_grows_with_policies_and_peers_not_with_pods() -> None:
     """Pods the same policies select share a chain: a hundred selected pods cost the rules of
     one, and each distinct peer is one set."""
-    from podnet.policy.compile import compile_node
-
-    def table(n: int) -> tuple[int, int, str]:
+    def build(n: int) -> tuple[int, int, str]:
         pods = [Pod("x", f"p{i}", (IP(f"10.244.0.{i + 2}"),), {"app": "web"}) for i in range(n)]
         pods.append(Pod("y", "client", (IP("10.244.1.2"),), {"role": "client"}))
         policies = [np({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [
             {"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}},
                        "podSelector": {"matchLabels": {"role": "client"}}}],
              "ports": [{"port": 8000 + k}]}]}, name=f"p{k}") for k in range(10)]
-        out = compile_node(Cluster(policies, {"y": {"ns": "y"}}, pods), pods[:n], NETS, OWN)
-        return out.rules, out.script.count("\n  chain "), out.script
-    rules10, chains10, _ = table(10)
-    rules100, chains100, text = table(100)
+        out = compile_node(Cluster(policies, {"y": {"ns": "y"}}, pods), pods[:n], NETS)
+        text = table(out)
+        return out.rules, text.count("\n  chain "), text
+    rules10, chains10, _ = build(10)
+    rules100, chains100, text = build(100)
     assert rules10 == rules100 == 10 and chains10 == chains100 == 1 + 4  # in0 + base chains
     assert text.count("  set s") == 1  # the client's one set, shared by all ten rules
     assert "10.244.0.101 : jump in0" in text
 
 
 def test_the_table_resolves_blocks_and_named_ports() -> None:
-    from podnet.policy.compile import compile_node
-
     web = Pod("x", "web", (IP("10.244.0.2"),), {"app": "web"}, {"http": ("TCP", 8080)})
     api = Pod("x", "api", (IP("10.244.1.2"),), {"app": "api"}, {"http": ("TCP", 9090)})
     cluster = Cluster([np({"podSelector": {"matchLabels": {"app": "web"}},
@@ -285,10 +282,32 @@ def test_the_table_resolves_blocks_and_named_ports() -> None:
                                                               "except": ["10.244.0.0/16"]}}],
                                         "ports": [{"port": "http"}, {"port": "none"}]}],
                            "egress": [{"ports": [{"port": "http"}]}]})], {}, [web, api])
-    text = compile_node(cluster, [web], NETS, OWN).script
+    text = table(compile_node(cluster, [web], NETS))
     # The block less its exception, as disjoint networks; the pod's own http port (8080).
     assert "10.0.0.0/9" in text and "10.244.0.0/16" not in text.split("chain")[0]
     assert "meta l4proto tcp th dport 8080 accept" in text and "none" not in text
     # Egress to "http": each destination pod's own number.
     assert "ip daddr @" in text and "th dport 9090 accept" in text
     assert "10.244.0.2 : jump in" in text and "10.244.0.2 : jump out" in text
+
+
+def test_a_pod_that_comes_changes_elements_only() -> None:
+    """A new pod (or a label change) that makes no new group updates the table's elements in
+    place; a new group rewrites it whole."""
+    pods = [Pod("x", f"p{i}", (IP(f"10.244.0.{i + 2}"),), {"app": "web"}) for i in range(3)]
+    client = Pod("y", "c", (IP("10.244.1.2"),), {"role": "client"})
+    clients = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "client"}}}
+    policies = [np({"podSelector": {"matchLabels": {"app": "web"}},
+                    "ingress": [{"from": [clients]}]})]
+    before = compile_node(Cluster(policies, {}, [*pods[:2], client]), pods[:2], NETS)
+    client2 = Pod("y", "c2", (IP("10.244.1.3"),), {"role": "client"})
+    after = compile_node(Cluster(policies, {}, [*pods, client, client2]), pods, NETS)
+    change = update(before, after)
+    assert not change.startswith("table")
+    assert "add element inet podnet_policy policed4 { 10.244.0.4 }" in change
+    assert "add element inet podnet_policy in4 { 10.244.0.4 : jump in0 }" in change
+    assert "add element inet podnet_policy s0 { 10.244.1.3 }" in change
+    assert update(after, after) == ""
+    other = [np({"podSelector": {}, "policyTypes": ["Egress"]}, name="q")]
+    rewritten = update(after, compile_node(Cluster(policies + other, {}, pods), pods, NETS))
+    assert rewritten.startswith("table")

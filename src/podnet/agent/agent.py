@@ -44,6 +44,7 @@ from podnet.firewall import nft
 from podnet.firewall.libnft import NftError
 from podnet.netlink import links, netns
 from podnet.policy import compile as policy_compile
+from podnet.policy import pending
 from podnet.policy.enforcer import Enforcer
 
 log = logging.getLogger("podnet.agent")
@@ -128,7 +129,8 @@ class Agent:
         plugin = self.backend.cni_plugin_options()
         self.fast = self._start_fast_path(config, plugin["bridge"])
         self.enforcer = self._start_policy(config, own)
-        self._firewall(own.underlay_ips)
+        # The firewall is written by the resync below, with every peer: written here with
+        # this node alone, it would drop the peers' tunnel packets until then.
         if self.fast is not None:
             plugin["fastPathUplink"] = self.fast.uplink
         plugin["podRecords"] = self.opts.pod_records
@@ -233,7 +235,7 @@ class Agent:
         fast = self.fast
         enforcer = Enforcer(self.store, own.node, config.networks, self.opts.pod_records,
                             fast.hold if fast is not None else lambda _held: 0)
-        self._retry(lambda: enforcer.start(own.subnets, self.stopping), "reading policies")
+        self._retry(lambda: enforcer.start(self.stopping), "reading policies")
         return enforcer
 
     def _local_pods_changed(self) -> None:
@@ -564,6 +566,7 @@ def leave(opts: AgentOptions, store: Datastore) -> list[str]:
         firewall.remove()
         nft.remove_tables()
         policy_compile.remove()
+        pending.remove()
         for path in (opts.cni_socket, os.path.join(opts.cni_conf_dir, conflist.FILENAME),
                      state.path):
             with contextlib.suppress(FileNotFoundError):

@@ -127,6 +127,12 @@ def map_name(fd: int) -> str:
     return str(raw.rstrip(b"\0").decode())
 
 
+def map_sizes(fd: int) -> tuple[int, int]:
+    """A map's key and value sizes (struct bpf_map_info's)."""
+    key_size, value_size = struct.unpack_from("=II", _info(fd, 64), 8)
+    return int(key_size), int(value_size)
+
+
 def map_update(fd: int, key: bytes, value: bytes) -> None:
     k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value,
                                                                                    len(value))

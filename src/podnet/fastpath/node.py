@@ -79,17 +79,24 @@ class FastPath:
 
     def _load(self, rtnl: Rtnl, uplinks: list[int], bridge: int, bridge_mac: str | None,
               ports: list[int], existing: podmap.Attached | None) -> None:
-        # The maps of a program already attached (an earlier agent's) keep their entries.
-        def kept(fd: int | None, wanted: object) -> int | None:
-            return os.dup(fd) if fd is not None and wanted is not None else None
+        # The maps of a program already attached (an earlier agent's) keep their entries,
+        # where this program reads them as it wrote them (an older release's tunnel map held
+        # its peers in another layout: read as this one's, it would send pods' packets astray).
+        def kept(fd: int | None, wanted: object, sizes: tuple[int, int]) -> int | None:
+            if fd is None or wanted is None or bpf.map_sizes(fd) != sizes:
+                return None
+            return os.dup(fd)
 
         map_fd = map6_fd = None
         tunnel_fds: dict[int, int] = {}
         if existing is not None:
-            map_fd = kept(existing.map_fd, self.cluster)
-            map6_fd = kept(existing.map6_fd, self.cluster6)
-            tunnel_fds = {family: os.dup(fd) for family, fd in existing.tunnels.items()
-                          if self._max_tunnels(family)}
+            map_fd = kept(existing.map_fd, self.cluster, (podmap.KEY_SIZES[4], podmap.VALUE_SIZE))
+            map6_fd = kept(existing.map6_fd, self.cluster6,
+                           (podmap.KEY_SIZES[6], podmap.VALUE_SIZE))
+            for family, fd in existing.tunnels.items():
+                sizes = (podmap.KEY_SIZES[family], podmap.TUNNEL_VALUE.size)
+                if (dup := kept(fd, self._max_tunnels(family) or None, sizes)) is not None:
+                    tunnel_fds[family] = dup
         try:
             if self.cluster is not None and map_fd is None:
                 map_fd = bpf.create_hash_map(podmap.NAME, podmap.KEY_SIZE, podmap.VALUE_SIZE,

@@ -30,6 +30,7 @@ from podnet.firewall import nft
 from podnet.firewall.libnft import NftError
 from podnet.netlink.fastlink import Link, Rtnl
 from podnet.plugins.context import HostContext
+from podnet.policy import pending
 
 DEFAULT_BRIDGE = "kube-bridge"
 _BOOL_KEYS = {"isGateway": "is_gateway", "isDefaultGateway": "is_default_gateway",
@@ -218,6 +219,12 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
             undo.append(lambda: delegate.call(req, ipam, "DEL"))
             if not ipam_result or not ipam_result.get("ips"):
                 raise CNIError(INVALID_NETWORK_CONFIG, "IPAM plugin returned missing IP config")
+            if conf.policy:
+                # Pending: nothing forwarded from or to the pod until the agent has judged it
+                # (before this ADD returns).
+                held = [i["address"] for i in ipam_result["ips"]]
+                undo.append(lambda: _in_host(ctx, pending.release, held))
+                _in_host(ctx, pending.hold, held)
             _gateways(ipam_result, conf)
             base = len(prev.get("interfaces", [])) if prev else 0
             _configure_pod_iface(pod, pod_link.index, ipam_result, base + 2)

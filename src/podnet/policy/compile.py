@@ -12,16 +12,15 @@ Cost grows with policies and selected peers, not with policies x pods:
 
 Replies of allowed connections pass (`ct state established,related`): connection tracking is
 on for the policed pods' traffic and off (`notrack`) for pod-to-pod traffic of pods no policy
-selects, whose packets are never judged. An address in the node's pod subnets that the table
-does not know (a pod not yet judged; not the node's own gateway address) is dropped: nothing
-reaches or leaves a pod before its policy is in place. Traffic between a pod and its own node
-never crosses the forward hook (kubelet's probes stay allowed, as Kubernetes requires).
+selects, whose packets are never judged. A pod not yet judged is held by podnet.policy.pending.
+Traffic between a pod and its own node never crosses the forward hook (kubelet's probes stay
+allowed, as Kubernetes requires).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from podnet.firewall import libnft
@@ -47,9 +46,25 @@ NFT_PROTO = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 EGRESS_PRIORITY, INGRESS_PRIORITY = "filter - 3", "filter - 2"
 
 
+@dataclass(frozen=True)
+class Elements:
+    """A set's family, whether it holds networks (intervals), and its elements."""
+    family: int
+    interval: bool
+    items: tuple[str, ...]
+
+    @property
+    def kind(self) -> tuple[int, bool]:
+        return self.family, self.interval
+
+
 @dataclass
 class Compiled:
-    script: str
+    """One node's table, as data: `table` writes it whole, `update` the difference."""
+    sets: dict[str, Elements]
+    maps: dict[str, dict[str, str]]  # in4, out4, in6, out6: pod address -> its group's chain
+    chains: dict[str, list[str]]  # each group's rules
+    base: list[str]  # the hooked chains, as written
     policed: set[IP] = field(default_factory=set)  # this node's pods some policy isolates
     rules: int = 0  # accept rules written, for the metrics
 
@@ -57,9 +72,11 @@ class Compiled:
 class _Builder:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
+        self.index = cluster.index()
         self.sets: dict[tuple[int, bool, tuple[str, ...]], str] = {}  # content -> name
         self.chains: dict[str, list[str]] = {}
         self.rules = 0
+        self._peer_sets: dict[tuple[str | None, Peer, int], str | None] = {}
 
     def address_set(self, family: int, items: Sequence[str], interval: bool) -> str | None:
         """The name of the set holding these addresses (or networks), made once per content;
@@ -74,14 +91,23 @@ class _Builder:
     def pods_of(self, policy: Policy, peer: Peer | None) -> list[Pod]:
         if peer is None:
             return self.cluster.pods
-        return [p for p in self.cluster.pods
-                if any(self.cluster.peer_matches(policy, peer, p, ip) for ip in p.ips)]
+        if peer.ip_block is not None:
+            block = peer.ip_block
+            return [p for p in self.cluster.pods if any(block.contains(ip) for ip in p.ips)]
+        return self.index.pods_of(policy, peer)
 
     def peer_sets(self, policy: Policy, peer: Peer, family: int) -> str | None:
-        if peer.ip_block is not None:
-            return self.address_set(family, _block(peer.ip_block, family), interval=True)
-        return self.address_set(family, [str(ip) for p in self.pods_of(policy, peer)
-                                         for ip in p.ips if ip.version == family], False)
+        """The set of a peer's addresses of `family` (once per distinct peer)."""
+        key = (policy.namespace if peer.namespace_selector is None else None, peer, family)
+        if key not in self._peer_sets:
+            if peer.ip_block is not None:
+                name = self.address_set(family, _block(peer.ip_block, family), interval=True)
+            else:
+                name = self.address_set(family, [str(ip) for p in self.pods_of(policy, peer)
+                                                 for ip in p.ips if ip.version == family],
+                                        False)
+            self._peer_sets[key] = name
+        return self._peer_sets[key]
 
     def chain(self, name: str, lines: list[str]) -> str:
         self.chains[name] = lines
@@ -189,18 +215,15 @@ def _port_clauses(ports: tuple[Port, ...], named: Mapping[str, tuple[str, int]]
     return out or None
 
 
-def compile_node(cluster: Cluster, local: list[Pod], networks: Sequence[Network],
-                 own: Sequence[Network]) -> Compiled:
-    """The table for a node whose pods are `local`, in a cluster of pod `networks`, holding
-    the node's own pod subnets `own`."""
+def compile_node(cluster: Cluster, local: list[Pod], networks: Sequence[Network]) -> Compiled:
+    """The table for a node whose pods are `local`, in a cluster of pod `networks`."""
     b = _Builder(cluster)
-    maps: dict[tuple[str, int], dict[str, str]] = {(d, f): {} for d in ("in", "out")
-                                                   for f in (4, 6)}
+    maps: dict[str, dict[str, str]] = {f"{d}{f}": {} for d in ("in", "out") for f in (4, 6)}
     groups: dict[tuple[str, tuple[object, ...]], str] = {}
     policed: set[IP] = set()
     for pod in local:
         for direction, tag in ((INGRESS, "in"), (EGRESS, "out")):
-            policies = cluster.selecting(pod, direction)
+            policies = b.index.selecting(pod, direction)
             if not policies:
                 continue
             key = (tag, (tuple(p.key for p in policies),
@@ -210,36 +233,20 @@ def compile_node(cluster: Cluster, local: list[Pod], networks: Sequence[Network]
                 groups[key] = (b.ingress_chain(name, policies, pod.ports) if tag == "in"
                                else b.egress_chain(name, policies))
             for ip in pod.ips:
-                maps[(tag, ip.version)][str(ip)] = groups[key]
+                maps[f"{tag}{ip.version}"][str(ip)] = groups[key]
                 policed.add(ip)
-    lines = [f"table inet {TABLE} {{"]
-    for (family, interval, content), name in b.sets.items():
-        flags = " flags interval;" if interval else ""
-        lines.append(f"  set {name} {{ type {ADDR_TYPE[family]};{flags} "
-                     f"elements = {{ {', '.join(content)} }} }}")
+    sets = {name: Elements(family, interval, content)
+            for (family, interval, content), name in b.sets.items()}
     for family in (4, 6):
-        known = sorted({str(ip) for p in local for ip in p.ips if ip.version == family})
-        held = sorted(str(ip) for ip in policed if ip.version == family)
-        for name, items in ((f"known{family}", known), (f"policed{family}", held)):
-            elements = f" elements = {{ {', '.join(items)} }}" if items else ""
-            lines.append(f"  set {name} {{ type {ADDR_TYPE[family]};{elements} }}")
-        for tag in ("in", "out"):
-            entries = sorted(maps[(tag, family)].items())
-            elements = (f" elements = {{ {', '.join(f'{ip} : jump {c}' for ip, c in entries)} }}"
-                        if entries else "")
-            lines.append(f"  map {tag}{family} {{ type {ADDR_TYPE[family]} : verdict;{elements} }}")
-    for name, body in b.chains.items():
-        lines += [f"  chain {name} {{", *(f"    {line}" for line in body), "  }"]
+        sets[f"policed{family}"] = Elements(family, False, tuple(sorted(
+            str(ip) for ip in policed if ip.version == family)))
+    base: list[str] = []
     for hook, priority, end, tag in (("egress", EGRESS_PRIORITY, "saddr", "out"),
                                      ("ingress", INGRESS_PRIORITY, "daddr", "in")):
-        body = [f"type filter hook forward priority {priority}; policy accept;"]
-        for net in own:  # (the node's own addresses in it, its gateways, are not pods)
-            kw = KEYWORD[net.version]
-            body.append(f"{kw} {end} {net} {kw} {end} != @known{net.version} "
-                        f"fib {end} type != local counter drop")
-        body.append("ct state established,related accept")
+        body = [f"type filter hook forward priority {priority}; policy accept;",
+                "ct state established,related accept"]
         body += [f"{KEYWORD[f]} {end} vmap @{tag}{f}" for f in (4, 6)]
-        lines += [f"  chain {hook} {{", *(f"    {line}" for line in body), "  }"]
+        base += [f"  chain {hook} {{", *(f"    {line}" for line in body), "  }"]
     # Pod-to-pod traffic no policy judges skips connection tracking (it is never translated:
     # docs/benchmarks.md); a policed pod's is tracked, so that replies are known.
     for chain, hook in (("notrack_in", "prerouting"), ("notrack_out", "output")):
@@ -248,15 +255,57 @@ def compile_node(cluster: Cluster, local: list[Pod], networks: Sequence[Network]
             kw, f = KEYWORD[net.version], net.version
             body.append(f"{kw} saddr {net} {kw} daddr {net} {kw} saddr != @policed{f} "
                         f"{kw} daddr != @policed{f} notrack")
-        lines += [f"  chain {chain} {{", *(f"    {line}" for line in body), "  }"]
-    lines.append("}")
-    return Compiled("\n".join(lines) + "\n", policed, b.rules)
+        base += [f"  chain {chain} {{", *(f"    {line}" for line in body), "  }"]
+    return Compiled(sets, maps, b.chains, base, policed, b.rules)
 
 
-def script(compiled: Compiled) -> str:
-    """What replaces the table at once (created first, so that deleting it cannot fail)."""
-    return f"table inet {TABLE}\ndelete table inet {TABLE}\n{compiled.script}"
+def _items(items: Iterable[str]) -> str:
+    return f"{{ {', '.join(items)} }}"
 
+
+def table(compiled: Compiled) -> str:
+    """The whole table, replacing what is there at once (created first, so that deleting
+    it cannot fail)."""
+    lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
+    for name, e in compiled.sets.items():
+        flags = " flags interval;" if e.interval else ""
+        elements = f" elements = {_items(e.items)}" if e.items else ""
+        lines.append(f"  set {name} {{ type {ADDR_TYPE[e.family]};{flags}{elements} }}")
+    for name, entries in compiled.maps.items():
+        elements = (f" elements = {_items(f'{ip} : jump {c}' for ip, c in sorted(entries.items()))}"
+                    if entries else "")
+        lines.append(f"  map {name} {{ type {ADDR_TYPE[int(name[-1])]} : verdict;{elements} }}")
+    for name, body in compiled.chains.items():
+        lines += [f"  chain {name} {{", *(f"    {line}" for line in body), "  }"]
+    lines += [*compiled.base, "}"]
+    return "\n".join(lines) + "\n"
+
+
+def update(old: Compiled | None, new: Compiled) -> str:
+    """What turns the table `old` was written from into `new`'s: where they differ in
+    elements only (a pod came, went or changed its labels), those elements, added and
+    deleted in one transaction; else the whole table anew. Empty: nothing to do."""
+    def kinds(c: Compiled) -> dict[str, tuple[int, bool]]:
+        return {n: e.kind for n, e in c.sets.items()}
+
+    if old is None or old.chains != new.chains or old.base != new.base or kinds(old) != kinds(new):
+        return table(new)
+    t = f"inet {TABLE}"
+    lines = []
+    for name, e in new.sets.items():
+        have, want = set(old.sets[name].items), set(e.items)
+        if gone := sorted(have - want):
+            lines.append(f"delete element {t} {name} {_items(gone)}")
+        if came := sorted(want - have):
+            lines.append(f"add element {t} {name} {_items(came)}")
+    for name, entries in new.maps.items():
+        had = old.maps[name]
+        if gone := sorted(ip for ip, c in had.items() if entries.get(ip) != c):
+            lines.append(f"delete element {t} {name} {_items(gone)}")
+        if came := sorted(ip for ip, c in entries.items() if had.get(ip) != c):
+            lines.append(f"add element {t} {name} "
+                         f"{_items(f'{ip} : jump {entries[ip]}' for ip in came)}")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def remove() -> None:

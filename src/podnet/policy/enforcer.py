@@ -5,7 +5,8 @@ path's holds.
 
 Fail closed: the table stays in the kernel when the agent stops, and a new agent replaces it
 only once it has read the whole datastore; while etcd is away the last table stays; a new pod
-is unknown to the table, so dropped, until it is judged, and starts held off the fast path.
+is pending (podnet.policy.pending: nothing forwarded) until it is judged, and starts held off
+the fast path.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from podnet.datastore.base import DatastoreError
 from podnet.datastore.etcd import PREFIX, EtcdStore
 from podnet.firewall import libnft
 from podnet.policy import compile as compiler
+from podnet.policy import pending
 from podnet.policy.model import IP, Cluster, Network
 from podnet.policy.store import NAMESPACES, POD_META, Objects, pod_identity
 
@@ -36,20 +38,20 @@ class Enforcer:
         self.networks = list(networks)
         self.records_dir = records_dir
         self.hold = hold
-        self.own: list[Network] = []
         self.objects = Objects()
         self._lock = threading.Lock()  # one compile and apply at a time
         self._dirty = threading.Event()
-        self._applied = ""
+        self._applied: compiler.Compiled | None = None
         self.applied_total = 0
         self.last_apply_s = 0.0
         self.rules = 0
         self._fetched: set[str] = set()  # local pods whose metadata was read at their ADD
+        self._released: set[str] = set()  # local pods' addresses out of the pending set
 
-    def start(self, own: Sequence[Network], stopping: threading.Event) -> None:
+    def start(self, stopping: threading.Event) -> None:
         """Read everything, write the table, then follow the datastore in threads of its
         own. Raises DatastoreError where the first read fails (the caller retries)."""
-        self.own = list(own)
+        pending.ensure()
         revision = self.store.revision(PREFIX)
         self.objects = Objects.read(self.store)
         self.refresh()
@@ -91,12 +93,21 @@ class Enforcer:
             t0 = time.perf_counter()
             cluster = self.cluster()
             local = [p for p in cluster.pods if p.node == self.node]
-            compiled = compiler.compile_node(cluster, local, self.networks, self.own)
-            if compiled.script != self._applied:
-                libnft.run(compiler.script(compiled))
-                self._applied = compiled.script
+            compiled = compiler.compile_node(cluster, local, self.networks)
+            if change := compiler.update(self._applied, compiled):
+                try:
+                    libnft.run(change)
+                except libnft.NftError:
+                    self._applied = None  # what is there is unknown now: write it whole
+                    raise
+                self._applied = compiled
                 self.applied_total += 1
             changed = self.hold(compiled.policed)
+            # The node's rules hold them now: no longer pending.
+            judged = {str(ip) for p in local for ip in p.ips}
+            if new := judged - self._released:
+                pending.release(new)
+            self._released = judged
             self.rules = compiled.rules
             self.last_apply_s = time.perf_counter() - t0
             if changed:

@@ -134,6 +134,11 @@ class Cluster:
     namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)
     pods: list[Pod] = field(default_factory=list)
 
+    def index(self) -> Index:
+        """Pods by namespace and label, policies by namespace: a compiler's lookups cost
+        what they find, not the cluster's size (build anew after a change)."""
+        return Index(self)
+
     def namespace_labels(self, namespace: str) -> Mapping[str, str]:
         # As the API server labels every namespace with its own name.
         return {**self.namespaces.get(namespace, {}),
@@ -196,6 +201,51 @@ class Cluster:
                 return inner
             out = Verdict(True, out.policies + inner.policies)
         return out
+
+
+class Index:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.by_namespace: dict[str, list[Pod]] = {}
+        self.by_label: dict[tuple[str, str], set[int]] = {}
+        self.policies: dict[str, list[Policy]] = {}
+        for i, pod in enumerate(cluster.pods):
+            self.by_namespace.setdefault(pod.namespace, []).append(pod)
+            for item in pod.labels.items():
+                self.by_label.setdefault(item, set()).add(i)
+        for policy in cluster.policies:
+            self.policies.setdefault(policy.namespace, []).append(policy)
+        self._peers: dict[tuple[str | None, Peer], list[Pod]] = {}
+
+    def selecting(self, pod: Pod, direction: str) -> list[Policy]:
+        """Cluster.selecting, by the pod's namespace's policies only."""
+        return [p for p in self.policies.get(pod.namespace, ()) if direction in p.types
+                and p.pod_selector.matches(pod.labels)]
+
+    def pods_of(self, policy: Policy, peer: Peer) -> list[Pod]:
+        """The pods a selector peer of `policy` matches (once per distinct peer)."""
+        key = (policy.namespace if peer.namespace_selector is None else None, peer)
+        if key not in self._peers:
+            if peer.namespace_selector is None:
+                namespaces = [policy.namespace]
+            else:
+                selector = peer.namespace_selector
+                known = set(self.cluster.namespaces) | set(self.by_namespace)
+                namespaces = [n for n in sorted(known)
+                              if selector.matches(self.cluster.namespace_labels(n))]
+            allowed = set(namespaces)
+            pods = self.cluster.pods
+            sel = peer.pod_selector
+            if sel is not None and sel.match_labels:
+                hits = set.intersection(*(self.by_label.get(item, set())
+                                          for item in sel.match_labels))
+                found = [pods[i] for i in sorted(hits) if pods[i].namespace in allowed]
+            else:
+                found = [p for n in namespaces for p in self.by_namespace.get(n, ())]
+            if sel is not None:
+                found = [p for p in found if sel.matches(p.labels)]
+            self._peers[key] = found
+        return self._peers[key]
 
 
 @dataclass(frozen=True)
