@@ -68,7 +68,9 @@ def test_status_json_keys(make_lab: MakeLab) -> None:
     assert set(st) >= {"name", "backend", "nodes", "pods"}
     assert set(st["nodes"][0]) >= {"name", "netns", "node_ip", "pod_subnet", "pod_subnets",
                                    "agent_pid"}
-    assert set(st["pods"][0]) == {"name", "netns", "ip", "ips", "node"}
+    assert set(st["pods"][0]) == {"name", "netns", "ip", "ips", "node", "namespace", "pod_name",
+                                  "labels"}
+    assert (st["pods"][0]["namespace"], st["pods"][0]["labels"]) == ("default", {})
     assert st["pods"][0]["ips"] == [st["pods"][0]["ip"]] and st["ip_family"] == "ipv4"
     assert st["nodes"][0]["pod_subnets"] == [st["nodes"][0]["pod_subnet"]]
     assert all(os.path.exists(f"/proc/{n['agent_pid']}") for n in st["nodes"])

@@ -311,3 +311,15 @@ def test_a_pod_that_comes_changes_elements_only() -> None:
     other = [np({"podSelector": {}, "policyTypes": ["Egress"]}, name="q")]
     rewritten = update(after, compile_node(Cluster(policies + other, {}, pods), pods, NETS))
     assert rewritten.startswith("table")
+
+
+def test_a_hundred_thousand_namespaces_cost_only_those_with_pods() -> None:
+    """Hostile input: 100,000 namespaces; the table is what their pods make of it."""
+    namespaces = {f"n{i}": {"team": f"t{i % 1000}"} for i in range(100_000)}
+    pods = [Pod(f"n{i}", "p", (IP(f"10.244.{i // 250}.{i % 250 + 2}"),), {"app": "web"})
+            for i in range(100)]
+    policy = np({"podSelector": {}, "ingress": [{"from": [
+        {"namespaceSelector": {"matchLabels": {"team": "t7"}}}]}]}, namespace="n0")
+    cluster = Cluster([policy], namespaces, pods)
+    text = table(compile_node(cluster, pods[:1], NETS))
+    assert "set s0 { type ipv4_addr; elements = { 10.244.0.9 } }" in text  # n7's pod alone

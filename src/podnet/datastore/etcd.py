@@ -183,6 +183,10 @@ class EtcdStore:
     def delete(self, key: str) -> None:
         self._post("/kv/deleterange", {"key": _b64(key)})
 
+    def delete_prefix(self, prefix: str) -> None:
+        self._post("/kv/deleterange", {"key": _b64(prefix),
+                                       "range_end": _b64(prefix_end(prefix))})
+
     def put_all(self, items: Mapping[str, str]) -> None:
         """Write the keys in transactions of at most TXN_OPS (etcd's own bound, 128 by
         default): atomically where they fit one."""
