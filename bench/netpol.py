@@ -104,7 +104,7 @@ def enforcement(lab: Lab, trials: int) -> list[float]:
         def watch(node: str, port: int = port, done: dict[str, float] = done,
                   start: float = start) -> None:
             while time.monotonic() - start < 30:
-                if table_has(lab, node, f"th dport {port} "):
+                if table_has(lab, node, f"dport {port} accept"):
                     done[node] = time.monotonic() - start
                     return
                 time.sleep(0.005)
