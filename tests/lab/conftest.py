@@ -87,7 +87,7 @@ def published(lab: Lab) -> set[str]:
 
 
 def wait_published(lab: Lab) -> None:
-    want = {p.name for p in lab.topo.pods}
+    want = {p.k8s_name for p in lab.topo.pods}  # as kubelet named them to the plugin
     deadline = time.monotonic() + 10
     while published(lab) != want:
         assert time.monotonic() < deadline, f"published {published(lab)}, not {want}"

@@ -18,8 +18,8 @@ import pytest
 from podnet.lab.lab import Lab, ns_path
 from podnet.lab.topology import PodSpec
 from podnet.verify.check import PairResult, Report
-from podnet.verify.policy import source_address
-from tests.lab.conftest import PODNET, MakeLab, failures, verify
+from podnet.verify.probes import source_address
+from tests.lab.conftest import PODNET, MakeLab, failures, verify, verify_etcd, wait_published
 
 
 def policy(lab: Lab, tmp: Path, text: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -100,6 +100,13 @@ def test_ingress_isolation_pair_by_pair(make_lab: MakeLab, tmp_path: Path, backe
     if fast_path:
         entries = _pod_map(lab, "node1")
         assert entries[p["a"].ip] is True and entries[p["d"].ip] is False
+    if backend == "vxlan":  # as a cluster no lab built: the agents probe, policy judges
+        wait_published(lab)
+        code, remote, err = verify_etcd(lab)
+        assert code == 0 and remote is not None and remote["ok"], (err, remote)
+        denied = next(r for r in remote["pairs"] if (r["src"], r["dst"]) == ("y/c", "x/a"))
+        assert not denied["tcp"] and not denied["expect_tcp"] and denied["ok"]
+        assert denied["policies"] == ["x/only-b"]
 
 
 def _pod_map(lab: Lab, node: str) -> dict[str, bool]:

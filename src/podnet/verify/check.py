@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from podnet.netlink import netns
@@ -49,6 +49,7 @@ class PairResult:
     policies: list[str] = field(default_factory=list)
     ports: dict[str, bool] = field(default_factory=dict)
     expect_ports: dict[str, bool] = field(default_factory=dict)
+    source: str = ""  # a node's: the address its route to the target sends from
 
     @property
     def ok(self) -> bool:
@@ -105,15 +106,13 @@ def _pair(src: Endpoint, dst: Endpoint, src_addrs: set[str], expect: Expect | No
     kind = f"{src.kind}->{dst.kind}"
     result = PairResult(src.name, dst.name, kind, icmp=probes.ping(src.netns, dst.ip),
                         tcp=False)
+    if src.kind == "node":  # where a node sends from depends on the route (vxlan: its tunnel)
+        result.source = probes.source_address(src.netns or None, dst.ip) or src.ip
     # A denied connection's SYN is dropped: wait for it less long than for an allowed one.
     timeout = 2.0
     if expect is not None:
-        result.expect_icmp, icmp_by = expect(src, dst, "ICMP", 0)
-        result.expect_tcp, tcp_by = expect(src, dst, "TCP", probes.ECHO_PORT)
-        result.policies = list(dict.fromkeys(icmp_by + tcp_by))
-        timeout = 2.0 if result.expect_tcp else 1.0
+        timeout = 2.0 if expect(as_sent(src, result), dst, "TCP", probes.ECHO_PORT)[0] else 1.0
         for port in ports:
-            result.expect_ports[str(port)] = expect(src, dst, "TCP", port)[0]
             try:
                 probes.tcp_seen_source(src.netns, dst.ip, port, timeout=1.0)
                 result.ports[str(port)] = True
@@ -129,11 +128,32 @@ def _pair(src: Endpoint, dst: Endpoint, src_addrs: set[str], expect: Expect | No
             result.why.append(f"receiver saw {result.seen_source}, not the sender's own "
                               "address")
     except OSError as exc:
-        if result.expect_tcp:
-            result.why.append(f"TCP: {exc.strerror or exc}")
+        result.why.append(f"TCP: {exc.strerror or exc}")
+    if expect is not None:
+        judge(result, src, dst, expect)
+    return result
+
+
+def as_sent(src: Endpoint, result: PairResult) -> Endpoint:
+    """The sender with the address it sent from (a node's route may pick another)."""
+    return replace(src, ip=result.source) if result.source else src
+
+
+def judge(result: PairResult, src: Endpoint, dst: Endpoint, expect: Expect) -> None:
+    """Hold a probed pair to what policy expects of it: ICMP, TCP on the echo port, and the
+    ports probed; a disagreement names the policies that decided."""
+    sender = as_sent(src, result)
+    result.expect_icmp, icmp_by = expect(sender, dst, "ICMP", 0)
+    result.expect_tcp, tcp_by = expect(sender, dst, "TCP", probes.ECHO_PORT)
+    result.expect_ports = {p: expect(sender, dst, "TCP", int(p))[0] for p in result.ports}
+    result.policies = list(dict.fromkeys(icmp_by + tcp_by))
+    if not result.expect_tcp:  # a timeout is what a denied connection should give
+        result.why = [w for w in result.why if not w.startswith("TCP: ")]
     checks = [("ICMP", result.icmp, result.expect_icmp), ("TCP", result.tcp, result.expect_tcp),
               *((f"TCP {p}", got, result.expect_ports[p]) for p, got in result.ports.items())]
     wrong = [(what, want) for what, got, want in checks if got != want]
+    if not wrong and not result.nat:
+        result.why = []  # as policy says: nothing to explain
     if wrong and result.policies:
         by = ", ".join(result.policies)
         if denied := [what for what, want in wrong if not want]:
@@ -141,7 +161,6 @@ def _pair(src: Endpoint, dst: Endpoint, src_addrs: set[str], expect: Expect | No
         if allowed := [what for what, want in wrong if want]:
             result.why.append(f"{'/'.join(allowed)} did not connect: policy {by} should "
                               "allow it")
-    return result
 
 
 def plan(sources: list[Endpoint], targets: list[Endpoint]) -> list[tuple[Endpoint, Endpoint]]:

@@ -7,7 +7,8 @@ import argparse
 import json
 import math
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from podnet.datastore.args import add_args, from_args
 from podnet.errors import UserError
@@ -16,6 +17,7 @@ from podnet.verify.check import Endpoint, Report, endpoints_of, families, render
 if TYPE_CHECKING:
     from podnet.cli import Parser
     from podnet.lab.lab import Lab
+    from podnet.policy.store import Objects
 
 
 def lab_report(lab: Lab, family: int = 4) -> tuple[Report, list[Endpoint]]:
@@ -53,6 +55,7 @@ def _lab(name: str) -> list[tuple[str, Report, list[Endpoint]]]:
 
 def _cluster(args: argparse.Namespace) -> list[tuple[str, Report, list[Endpoint]]]:
     from podnet.datastore.etcd import EtcdStore
+    from podnet.policy.store import Objects
     from podnet.verify import remote
 
     if not (math.isfinite(args.timeout) and 5 <= args.timeout <= 600):
@@ -62,10 +65,40 @@ def _cluster(args: argparse.Namespace) -> list[tuple[str, Report, list[Endpoint]
         raise UserError("verify through the datastore needs etcd: a file store has one node "
                         "and no agents to ask", "give --etcd http(s)://HOST:PORT")
     try:
-        return [(f"ipv{family}", *remote.run(store, args.timeout, family))
-                for family in remote.families(store)]
+        objects = Objects.read(store)
+        runs = []
+        for family in remote.families(store):
+            report, targets = remote.run(store, args.timeout, family)
+            _hold_to_policy(report, targets, objects, family)
+            runs.append((f"ipv{family}", report, targets))
+        return runs
     finally:
         store.close()
+
+
+def _hold_to_policy(report: Report, targets: list[Endpoint], objects: Objects,
+                    family: int) -> None:
+    """The agents probed; policy judges what they saw (their pairs carry the address each
+    node sent from)."""
+    from podnet.policy.store import pod_identity
+    from podnet.verify.check import judge
+    from podnet.verify.policy import expectation
+
+    pods: list[Mapping[str, Any]] = [
+        {"namespace": identity[0], "pod_name": identity[1], "ips": record.ips,
+         "node": key.partition("/")[0]}
+            for key, record in objects.pods.items() for identity in [pod_identity(record)]]
+    expect, _ = expectation(objects, pods, family)
+    if expect is None:
+        return
+    by_name = {e.name: e for e in targets}
+    for pair in report.pairs:
+        if pair.src in by_name and pair.dst in by_name:
+            judge(pair, by_name[pair.src], by_name[pair.dst], expect)
+    for m in report.mtu:  # full-size pings cross where policy lets ICMP through
+        if m["src"] in by_name and m["dst"] in by_name:
+            allowed = expect(by_name[m["src"]], by_name[m["dst"]], "ICMP", 0)[0]
+            m["ok"] = m["ok"] == allowed
 
 
 def cmd(args: argparse.Namespace) -> int:

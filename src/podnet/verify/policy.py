@@ -8,7 +8,6 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from podnet.netlink import netns
 from podnet.policy.model import IP, Cluster, Pod
 from podnet.policy.store import Objects
 from podnet.verify import probes
@@ -34,19 +33,13 @@ def expectation(objects: Objects, pods: list[Mapping[str, Any]], family: int
     cluster = Cluster(cluster.policies, cluster.namespaces, list({id(p): p for p in
                                                                   by_ip.values()}.values()))
 
-    sources: dict[tuple[str, str], str] = {}
-
     def expect(src: Endpoint, dst: Endpoint, protocol: str,
                port: int) -> tuple[bool, tuple[str, ...]]:
+        """`src` as it sent: a node with the address its route picked."""
         if src.node == dst.node and "node" in (src.kind, dst.kind):
             return True, ()  # a pod and its own node: never judged (kubelet's probes)
-        if src.kind == "node":  # it sends from the address its route to dst prefers
-            key = (src.netns, dst.ip)
-            if key not in sources:
-                sources[key] = source_address(src.netns, dst.ip) or src.ip
-            s: Pod | IP = ipaddress.ip_address(sources[key])
-        else:
-            s = by_ip.get(src.ip) or ipaddress.ip_address(src.ip)
+        s: Pod | IP = (ipaddress.ip_address(src.ip) if src.kind == "node"
+                       else by_ip.get(src.ip) or ipaddress.ip_address(src.ip))
         d = by_ip.get(dst.ip) or ipaddress.ip_address(dst.ip)
         verdict = cluster.allowed(s, d, protocol, port, family)
         return verdict.allowed, verdict.policies
@@ -56,16 +49,3 @@ def expectation(objects: Objects, pods: list[Mapping[str, Any]], family: int
                     for n in (x.port, x.end_port or x.port) if n != probes.ECHO_PORT})
     return expect, named[:MAX_PORTS]
 
-
-def source_address(ns_path: str, dst: str) -> str | None:
-    """The source address the namespace's kernel picks to reach `dst` (its route's preferred
-    source): a node reaches another node's pods from its tunnel address over vxlan."""
-    ipr = netns.iproute_in(ns_path)
-    try:
-        routes = ipr.route("get", dst=dst)
-        src = routes[0].get_attr("RTA_PREFSRC") if routes else None
-        return str(src) if src else None
-    except OSError:
-        return None
-    finally:
-        ipr.close()

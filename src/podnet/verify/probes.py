@@ -126,3 +126,22 @@ def ping(src_ns: str, dst_ip: str, size: int = 56, dont_fragment: bool = False,
                 if rtype == reply and rid == ident and rseq == seq and src[0] == dst_ip:
                     return True
         return False
+
+
+def source_address(ns_path: str | None, dst: str) -> str | None:
+    """The source address the namespace's kernel picks to reach `dst` (its route's preferred
+    source; None: the caller's namespace): a node reaches another node's pods from its tunnel
+    address over vxlan."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from podnet.netlink import netns
+
+    ipr = netns.iproute_in(ns_path)
+    try:
+        routes = ipr.route("get", dst=dst)
+        src = routes[0].get_attr("RTA_PREFSRC") if routes else None
+        return str(src) if src else None
+    except (OSError, NetlinkError):  # no route: the probe itself finds it unreachable
+        return None
+    finally:
+        ipr.close()
