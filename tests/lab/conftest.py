@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -12,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from podnet.fastpath import podmap
 from podnet.lab.lab import Lab, down, ns_path, status
 from podnet.lab.topology import Topology, netns_prefix
 from podnet.netlink import netns
+from podnet.netlink.fastlink import Rtnl
 from podnet.verify.check import Report
 from podnet.verify.cli import lab_report
 
@@ -61,6 +64,19 @@ def failures(report: Report) -> list[str]:
     out = [f"{p.src}->{p.dst}: {p.why}" for p in report.pairs if not p.ok]
     out += [f"MTU {m['src']}->{m['dst']}" for m in report.mtu if not m["ok"]]
     return out
+
+
+@contextlib.contextmanager
+def fast_path_at(lab: Lab, node: str) -> Iterator[tuple[Rtnl, int, podmap.Attached | None]]:
+    """The node's netlink socket, its uplink's index, and the fast path attached there."""
+    rtnl = netns.rtnl_in(lab.target_netns(node))
+    try:
+        uplink = rtnl.get_link("eth0")
+        assert uplink is not None
+        with podmap.attached(rtnl, uplink.index) as fast:
+            yield rtnl, uplink.index, fast
+    finally:
+        rtnl.close()
 
 
 def verify_etcd(lab: Lab, *extra: str) -> tuple[int, dict[str, Any] | None, str]:

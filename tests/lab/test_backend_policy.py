@@ -9,11 +9,10 @@ import time
 
 from pyroute2.ethtool import Ethtool
 
-from podnet.fastpath import podmap
 from podnet.lab.lab import Lab, ns_path
 from podnet.netlink import netns
 from podnet.verify import probes
-from tests.lab.conftest import MakeLab, failures, verify
+from tests.lab.conftest import MakeLab, failures, fast_path_at, verify
 from tests.lab.test_lab_ops import sh
 
 
@@ -58,14 +57,8 @@ def test_vxlan_tx_checksum_offload_follows_the_option(make_lab: MakeLab) -> None
     lab.restart_agent("node1")
     assert _offload(lab, "node1") is False
     # Nor does the fast path encapsulate: its packets would meet what the switch avoids.
-    rtnl = netns.rtnl_in(lab.target_netns("node1"))
-    try:
-        uplink = rtnl.get_link("eth0")
-        assert uplink is not None
-        with podmap.attached(rtnl, uplink.index) as fast:
-            assert fast is not None and fast.tunnels == {}
-    finally:
-        rtnl.close()
+    with fast_path_at(lab, "node1") as (_, _, fast):
+        assert fast is not None and fast.tunnels == {}
 
 
 def _reinit(lab: Lab, backend: str, *extra: str) -> None:

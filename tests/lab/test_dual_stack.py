@@ -229,6 +229,15 @@ def test_both_families_over_an_ipv6_underlay(make_lab: MakeLab, backend: str) ->
     for family in (4, 6):
         report = verify(lab, family)
         assert report.ok, (family, failures(report))
+    # The diagram shows both families: the pods' addresses, and the routes of each.
+    svg = subprocess.run([*PODNET, "lab", "diagram", "--name", lab.topo.name, "-o",
+                          os.path.join(lab.dir, "d.svg")], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    with open(svg) as fh:
+        text = fh.read()
+    assert all(ip in text for pod in lab.topo.pods for ip in pod.ips)
+    if backend == "host-gw":
+        assert f"{v4} via inet6 {node2_ip} dev eth0" in text and f"{v6} via {node2_ip}" in text
     # The fast path carries both families (IPv4 pods via the IPv6 next hop too): the stack
     # forwards none of their packets.
     dst = next(p for p in lab.topo.pods if p.node == "node2")

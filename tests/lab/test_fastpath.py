@@ -13,40 +13,28 @@ import pytest
 from podnet.fastpath import bpf, podmap
 from podnet.lab.lab import Lab, ns_path
 from podnet.netlink import netns, tc
-from tests.lab.conftest import MakeLab, failures, verify
+from tests.lab.conftest import MakeLab, failures, fast_path_at, verify
 from tests.lab.test_lab_ops import sh, wait_for
 
 
 def state(lab: Lab, node: str) -> tuple[int | None, dict[str, int | None],
                                         dict[str, int]]:
     """(the uplink's program id, each pod veth's program id, the pod map: address -> veth)."""
-    rtnl = netns.rtnl_in(lab.target_netns(node))
-    try:
-        uplink = rtnl.get_link("eth0")
-        assert uplink is not None
-        links = json.loads(sh(lab, node, "ip", "-j", "link", "show", "master", "kube-bridge"))
+    links = json.loads(sh(lab, node, "ip", "-j", "link", "show", "master", "kube-bridge"))
+    with fast_path_at(lab, node) as (rtnl, uplink, fast):
         veths = {link["ifname"]: tc.ingress_program(rtnl, link["ifindex"]) for link in links}
-        with podmap.attached(rtnl, uplink.index) as fast:
-            entries = {} if fast is None else {str(ip): e.ifindex
-                                               for ip, e in fast.entries().items()}
-        return tc.ingress_program(rtnl, uplink.index), veths, entries
-    finally:
-        rtnl.close()
+        entries = {} if fast is None else {str(ip): e.ifindex
+                                           for ip, e in fast.entries().items()}
+        return tc.ingress_program(rtnl, uplink), veths, entries
 
 
 def tunnels(lab: Lab, node: str) -> dict[str, str]:
     """The node's tunnel map: peer pod subnet (network address) -> the peer's node IP."""
-    rtnl = netns.rtnl_in(lab.target_netns(node))
-    try:
-        uplink = rtnl.get_link("eth0")
-        assert uplink is not None
-        with podmap.attached(rtnl, uplink.index) as fast:
-            assert fast is not None and 4 in fast.tunnels
-            items = bpf.map_items(fast.tunnels[4], 4, podmap.TUNNEL_VALUE.size, 64)
-        return {str(ipaddress.IPv4Address(k)): str(ipaddress.IPv4Address(v[8:12]))
-                for k, v in items}
-    finally:
-        rtnl.close()
+    with fast_path_at(lab, node) as (_, _, fast):
+        assert fast is not None and 4 in fast.tunnels
+        items = bpf.map_items(fast.tunnels[4], 4, podmap.TUNNEL_VALUE.size, 64)
+    return {str(ipaddress.IPv4Address(k)): str(ipaddress.IPv4Address(v[8:12]))
+            for k, v in items}
 
 
 def link_packets(lab: Lab, node: str, link: str, *directions: str) -> int:

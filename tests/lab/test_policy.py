@@ -19,7 +19,15 @@ from podnet.lab.lab import Lab, ns_path
 from podnet.lab.topology import PodSpec
 from podnet.verify.check import PairResult, Report
 from podnet.verify.probes import source_address
-from tests.lab.conftest import PODNET, MakeLab, failures, verify, verify_etcd, wait_published
+from tests.lab.conftest import (
+    PODNET,
+    MakeLab,
+    failures,
+    fast_path_at,
+    verify,
+    verify_etcd,
+    wait_published,
+)
 
 
 def policy(lab: Lab, tmp: Path, text: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -111,18 +119,9 @@ def test_ingress_isolation_pair_by_pair(make_lab: MakeLab, tmp_path: Path, backe
 
 def _pod_map(lab: Lab, node: str) -> dict[str, bool]:
     """The node's pod map: address -> whether policy holds it on the normal path."""
-    from podnet.fastpath import podmap
-    from podnet.netlink import netns
-
-    rtnl = netns.rtnl_in(lab.target_netns(node))
-    try:
-        uplink = rtnl.get_link("eth0")
-        assert uplink is not None
-        with podmap.attached(rtnl, uplink.index) as fast:
-            assert fast is not None
-            return {str(ip): e.policed for ip, e in fast.entries().items()}
-    finally:
-        rtnl.close()
+    with fast_path_at(lab, node) as (_, _, fast):
+        assert fast is not None
+        return {str(ip): e.policed for ip, e in fast.entries().items()}
 
 
 def test_selectors_ports_ip_blocks_and_egress(make_lab: MakeLab, tmp_path: Path) -> None:

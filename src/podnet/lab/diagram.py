@@ -35,13 +35,18 @@ def read(lab: Lab) -> list[NodeView]:
                 view.devices.append(f"{name} ({kind}) {' '.join(addrs)}".strip())
             veths = sum(1 for m in ipr.get_links() if links.kind_of(m) == "veth") - 1
             view.devices.append(f"{max(veths, 0)} pod veths on kube-bridge")
-            for r in ipr.get_routes(family=socket.AF_INET, table=254):
-                dst = f"{r.get_attr('RTA_DST') or 'default'}"
-                dst += f"/{r['dst_len']}" if r.get_attr("RTA_DST") else ""
-                gw = r.get_attr("RTA_GATEWAY")
-                dev = next((m.get_attr("IFLA_IFNAME") for m in ipr.get_links()
-                            if m["index"] == r.get_attr("RTA_OIF")), "?")
-                view.routes.append(f"{dst}{' via ' + gw if gw else ''} dev {dev}")
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+            for family in (socket.AF_INET, socket.AF_INET6):  # both, as the pods have
+                for r in ipr.get_routes(family=family, table=254):
+                    dst = str(r.get_attr("RTA_DST") or "default")
+                    if dst.startswith(("fe80:", "ff")):
+                        continue  # every link's own, not the pod network's
+                    dst += f"/{r['dst_len']}" if r.get_attr("RTA_DST") else ""
+                    via = r.get_attr("RTA_VIA")  # an IPv4 route via an IPv6 next hop
+                    gw = r.get_attr("RTA_GATEWAY") or (
+                        f"inet6 {via['addr']}" if via else None)
+                    dev = names.get(r.get_attr("RTA_OIF"), "?")
+                    view.routes.append(f"{dst}{' via ' + gw if gw else ''} dev {dev}")
         finally:
             ipr.close()
         view.pods = [f"{p.name} {' '.join(p.ips or [p.ip])}" for p in lab.topo.pods

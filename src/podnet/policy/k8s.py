@@ -68,21 +68,22 @@ def _string(obj: Any, path: str) -> str:
     return obj
 
 
-def check_dns_label(value: Any, path: str) -> str:
+def _matching(value: Any, path: str, pattern: re.Pattern[str], limit: int, what: str) -> str:
     text = _string(value, path)
-    if len(text) > 63 or not _DNS_LABEL.fullmatch(text):
-        raise Invalid(path, f"{text[:70]!r} is not a DNS label (at most 63 of a-z, 0-9 and "
-                      "'-', starting and ending with a letter or digit)")
+    if len(text) > limit or not pattern.fullmatch(text):
+        raise Invalid(path, f"{text[:70]!r} is not {what}")
     return text
+
+
+def check_dns_label(value: Any, path: str) -> str:
+    return _matching(value, path, _DNS_LABEL, 63, "a DNS label (at most 63 of a-z, 0-9 and "
+                     "'-', starting and ending with a letter or digit)")
 
 
 def check_name(value: Any, path: str) -> str:
     """A DNS subdomain, as object names are."""
-    text = _string(value, path)
-    if len(text) > 253 or not _DNS_SUBDOMAIN.fullmatch(text):
-        raise Invalid(path, f"{text[:70]!r} is not a valid name (lowercase DNS subdomain, "
-                      "at most 253 characters)")
-    return text
+    return _matching(value, path, _DNS_SUBDOMAIN, 253, "a valid name (lowercase DNS "
+                     "subdomain, at most 253 characters)")
 
 
 def check_label_key(value: Any, path: str) -> str:
