@@ -85,10 +85,12 @@ spec:
 
 
 @pytest.mark.parametrize(("backend", "fast_path"), [("host-gw", True), ("vxlan", True),
-                                                    ("l2", True), ("host-gw", False)])
+                                                    ("l2", True), ("gateway", True),
+                                                    ("host-gw", False)])
 def test_ingress_isolation_pair_by_pair(make_lab: MakeLab, tmp_path: Path, backend: str,
                                         fast_path: bool) -> None:
-    lab = make_lab(backend, nodes=2, pods=0, fast_path=fast_path)
+    lab = make_lab(backend, nodes=2, pods=0, fast_path=fast_path,
+                   underlay="routed" if backend == "gateway" else "switch")
     p = pods(lab)
     assert verify(lab).ok  # no policy: everything connects
     out = policy(lab, tmp_path, DENY_INGRESS_BUT_B)
