@@ -20,9 +20,10 @@ from podnet import podrecords
 from podnet.datastore.base import DatastoreError
 from podnet.datastore.etcd import PREFIX, EtcdStore
 from podnet.firewall import libnft
+from podnet.podrecords import PodRecord
 from podnet.policy import compile as compiler
 from podnet.policy import pending
-from podnet.policy.model import IP, Cluster, Network
+from podnet.policy.model import IP, Network
 from podnet.policy.store import NAMESPACES, POD_META, Objects, pod_identity
 
 log = logging.getLogger("podnet.policy")
@@ -64,7 +65,7 @@ class Enforcer:
         """A pod of this node came or went: judged before the caller goes on, by its labels
         and its namespace's as etcd has them now (the watch may not have brought a change
         made just before the pod's ADD yet); from what is known where etcd does not answer."""
-        records = podrecords.read_all(self.records_dir).values()
+        records = list(podrecords.read_all(self.records_dir).values())
         self._fetched &= {"/".join(pod_identity(r)) for r in records}
         for record in records:
             namespace, name = pod_identity(record)
@@ -77,22 +78,18 @@ class Enforcer:
             except DatastoreError as exc:
                 log.warning("policy: judging pod %s/%s by what is known: %s", namespace, name,
                             exc)
-        self.refresh()
+        self.refresh(records)
 
-    def cluster(self) -> Cluster:
-        """The datastore's view, this node's pods taken from its own records (current; the
+    def refresh(self, records: list[PodRecord] | None = None) -> None:
+        """Compile and apply; `records`: this node's pods' records, where the caller has
+        read them (else they are read here). This node's pods come from them (current; the
         published ones may lag)."""
-        cluster = self.objects.cluster()
-        local = [self.objects.pod(self.node, r)
-                 for r in podrecords.read_all(self.records_dir).values()]
-        cluster.pods = [p for p in cluster.pods if p.node != self.node] + local
-        return cluster
-
-    def refresh(self) -> None:
+        if records is None:
+            records = list(podrecords.read_all(self.records_dir).values())
         with self._lock:
             t0 = time.perf_counter()
-            cluster = self.cluster()
-            local = [p for p in cluster.pods if p.node == self.node]
+            local = [self.objects.pod(self.node, r) for r in records]
+            cluster = self.objects.cluster(self.objects.published(but=self.node) + local)
             compiled = compiler.compile_node(cluster, local, self.networks)
             if change := compiler.update(self._applied, compiled):
                 try:

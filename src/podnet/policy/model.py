@@ -9,7 +9,7 @@ policy layer in its way lets it through, and which policies decided.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -260,8 +260,3 @@ def _ip_of(end: Pod | IP, family: int) -> IP:
         return next(ip for ip in end.ips if ip.version == family)
     return end
 
-
-def isolated(cluster: Cluster, pods: Iterable[Pod]) -> dict[str, tuple[bool, bool]]:
-    """Each pod's isolation: (ingress, egress)."""
-    return {p.key: (bool(cluster.selecting(p, INGRESS)), bool(cluster.selecting(p, EGRESS)))
-            for p in pods}

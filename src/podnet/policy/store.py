@@ -86,10 +86,15 @@ class Objects:
         return Pod(namespace, name, tuple(ipaddress.ip_address(ip) for ip in record.ips),
                    labels, ports, node)
 
-    def cluster(self) -> Cluster:
-        pods = [self.pod(key.partition("/")[0], r) for key, r in sorted(self.pods.items())]
+    def published(self, but: str = "") -> list[Pod]:
+        """The pods the agents published, those of node `but` left out."""
+        return [self.pod(node, r) for key, r in sorted(self.pods.items())
+                if (node := key.partition("/")[0]) != but]
+
+    def cluster(self, pods: list[Pod] | None = None) -> Cluster:
+        """The policies and namespaces, with `pods` (default: every published one)."""
         return Cluster(sorted(self.policies.values(), key=lambda p: p.key),
-                       dict(self.namespaces), pods)
+                       dict(self.namespaces), self.published() if pods is None else pods)
 
 
 def _parse(prefix: str, name: str, value: str) -> Any:

@@ -20,21 +20,31 @@ if TYPE_CHECKING:
     from podnet.policy.store import Objects
 
 
-def lab_report(lab: Lab, family: int = 4) -> tuple[Report, list[Endpoint]]:
-    """One family's checks of a lab, held to what its policies (in its etcd) expect."""
-    from podnet.lab.lab import ns_path, status
+def lab_objects(lab: Lab) -> Objects:
+    """The lab's policies, labels and published pods, from its etcd."""
+    from podnet.lab.lab import ns_path
     from podnet.netlink import netns
     from podnet.policy.store import Objects
+
+    with netns.entered(ns_path(lab.prefix + "cp")):  # the store's sockets open there
+        kv = lab.etcd_store()
+        try:
+            return Objects.read(kv)
+        finally:
+            kv.close()
+
+
+def lab_report(lab: Lab, family: int = 4, objects: Objects | None = None
+               ) -> tuple[Report, list[Endpoint]]:
+    """One family's checks of a lab, held to what its policies (in its etcd, or `objects`
+    read from it) expect."""
+    from podnet.lab.lab import status
     from podnet.verify.policy import expectation
 
     st = status(lab)
     mtu = lab.conflist(lab.topo.nodes[0])["plugins"][0].get("mtu") if lab.topo.nodes else None
-    with netns.entered(ns_path(st["etcd"]["netns"])):  # the store's sockets open there
-        kv = lab.etcd_store()
-        try:
-            objects = Objects.read(kv)
-        finally:
-            kv.close()
+    if objects is None:
+        objects = lab_objects(lab)
     endpoints = endpoints_of(st, family)
     expect, ports = expectation(objects, st["pods"], family)
     return run(endpoints, st, mtu, family, expect, ports), endpoints
@@ -50,7 +60,9 @@ def _lab(name: str) -> list[tuple[str, Report, list[Endpoint]]]:
     if missing := lab.missing():
         raise UserError(f"lab {name} is damaged: {', '.join(missing)} no longer exist",
                         f"`podnet lab down --name {name}`, then up again")
-    return [(f"ipv{family}", *lab_report(lab, family)) for family in families(status(lab))]
+    objects = lab_objects(lab)
+    return [(f"ipv{family}", *lab_report(lab, family, objects))
+            for family in families(status(lab))]
 
 
 def _cluster(args: argparse.Namespace) -> list[tuple[str, Report, list[Endpoint]]]:

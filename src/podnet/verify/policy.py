@@ -8,7 +8,7 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from podnet.policy.model import IP, Cluster, Pod
+from podnet.policy.model import IP, Pod
 from podnet.policy.store import Objects
 from podnet.verify import probes
 from podnet.verify.check import Endpoint, Expect
@@ -20,18 +20,16 @@ def expectation(objects: Objects, pods: list[Mapping[str, Any]], family: int
                 ) -> tuple[Expect | None, list[int]]:
     """The Expect for these pods (status entries: name, ips, node, namespace, pod_name) and
     the TCP ports policies name; (None, []) where there is no policy (everything connects)."""
-    cluster = objects.cluster()
-    if not cluster.policies:
+    if not objects.policies:
         return None, []
-    by_ip: dict[str, Pod] = {}
+    members = []
     for p in pods:
         labels, ports = objects.meta.get(f"{p['namespace']}/{p['pod_name']}", ({}, {}))
-        pod = Pod(p["namespace"], p["pod_name"],
-                  tuple(ipaddress.ip_address(ip) for ip in p["ips"]), labels, ports, p["node"])
-        for ip in p["ips"]:
-            by_ip[ip] = pod
-    cluster = Cluster(cluster.policies, cluster.namespaces, list({id(p): p for p in
-                                                                  by_ip.values()}.values()))
+        members.append(Pod(p["namespace"], p["pod_name"],
+                           tuple(ipaddress.ip_address(ip) for ip in p["ips"]), labels, ports,
+                           p["node"]))
+    cluster = objects.cluster(members)
+    by_ip = {str(ip): pod for pod in members for ip in pod.ips}
 
     def expect(src: Endpoint, dst: Endpoint, protocol: str,
                port: int) -> tuple[bool, tuple[str, ...]]:
