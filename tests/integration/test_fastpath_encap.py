@@ -6,6 +6,7 @@ packet again."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -13,10 +14,12 @@ import struct
 from collections.abc import Callable, Iterator
 
 import pytest
+from pyroute2 import IPRoute
 
-from podnet.fastpath import bpf, podmap, program
+from podnet.fastpath import bpf, btf, podmap, program
 from podnet.fastpath.podmap import PodEntry
-from podnet.netlink import codec, netns
+from podnet.firewall import libnft
+from podnet.netlink import codec, links, netns
 
 TC_ACT_REDIRECT = 7
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -140,7 +143,8 @@ class Node:
         self.length = encap.length
         self.prog = bpf.load_program("podnet_test", program.build(
             self.pods[4], uplinks, UNUSED + 2, CLUSTER, None,
-            program.Overlay(encap, self.tunnels), program.Pods6(self.pods[6], CLUSTER6)))
+            program.Overlay(encap, self.tunnels), program.Pods6(self.pods[6], CLUSTER6),
+            btf.conntrack()))
 
     def pod(self, ip: IP, veth: int, policed: bool = False) -> None:
         bpf.map_update(self.pods[ip.version], ip.packed,
@@ -351,6 +355,86 @@ def test_a_pod_held_by_policy_sends_by_the_normal_path(nodes: tuple[Node, Node],
     assert verdict == program.TC_ACT_OK and out == sent
     node1.pod(pod1, LO)  # released: encapsulated again
     assert node1.run(sent)[0] == TC_ACT_REDIRECT
+
+
+def _established(src: IP, dst: IP) -> tuple[int, int]:
+    """In the namespace entered: a TCP connection from src to dst over lo, as conntrack
+    follows it (on, as a node's rules turn it on), with data both ways; its ports."""
+    libnft.run("table inet t {\n chain c {\n type filter hook output priority 0;\n"
+               " ct state established accept\n }\n}\n")
+    ipr = IPRoute()
+    try:
+        lo = links.index_of(ipr, "lo")
+        assert lo is not None
+        ipr.link("set", index=lo, state="up")
+        for ip in (src, dst):
+            links.add_address(ipr, lo, f"{ip}/{ip.max_prefixlen}")
+    finally:
+        ipr.close()
+    family = socket.AF_INET if src.version == 4 else socket.AF_INET6
+    with socket.socket(family) as server, socket.socket(family) as client:
+        client.settimeout(5)
+        server.bind((str(dst), 0))
+        server.listen()
+        client.bind((str(src), 0))
+        client.connect(server.getsockname()[:2])
+        conn, _ = server.accept()
+        with conn:
+            client.sendall(b"ping")
+            assert conn.recv(4) == b"ping"
+            conn.sendall(b"pong")
+            assert client.recv(4) == b"pong"
+            return client.getsockname()[1], server.getsockname()[1]
+
+
+def _half_open(src: IP, dst: IP) -> tuple[int, int]:
+    """In the namespace entered (after `_established`): a connection whose handshake never
+    completes (its SYN-ACK dropped after conntrack saw it): held, never established; its
+    ports."""
+    family = socket.AF_INET if src.version == 4 else socket.AF_INET6
+    with socket.socket(family) as server, socket.socket(family) as client:
+        server.bind((str(dst), 0))
+        server.listen()
+        port = server.getsockname()[1]
+        libnft.run(f"insert rule inet t c tcp sport {port} drop\n")
+        client.bind((str(src), 0))
+        client.setblocking(False)
+        assert client.connect_ex((str(dst), port)) == errno.EINPROGRESS
+        return client.getsockname()[1], port
+
+
+@pytest.mark.parametrize("inner", [4, 6], ids=["inner4", "inner6"])
+def test_a_policed_pods_established_connection_keeps_the_fast_path(
+        nodes: tuple[Node, Node], underlay: int, inner: int) -> None:
+    """Pods policy isolates: the segments of a connection the normal path let through
+    (conntrack holds it established) are tunnelled and delivered by the program; a SYN, a
+    FIN, a connection conntrack does not know or never saw established, and other protocols
+    are the normal path's."""
+    node1, node2 = nodes
+    pod1, pod2 = PODS[inner]
+    node1.pod(pod1, LO, policed=True)
+    node2.pod(pod2, 42, policed=True)
+    ports = _established(pod1, pod2)
+    half_open = _half_open(pod1, pod2)
+    segment = packet(pod1, pod2, proto="tcp", ports=ports)
+    verdict, wire = node1.run(frame(BRIDGE_MAC, POD_MAC, segment))
+    assert verdict == TC_ACT_REDIRECT and inner_of(wire, underlay)[20 if inner == 4 else 40:] \
+        == segment[20 if inner == 4 else 40:]
+    assert node2.run(arriving(wire, underlay))[0] == TC_ACT_REDIRECT  # into the pod
+    flags = 13 + (20 if inner == 4 else 40)
+    for other in (bytes([*segment[:flags], 0x02, *segment[flags + 1:]]),  # SYN
+                  bytes([*segment[:flags], 0x11, *segment[flags + 1:]]),  # FIN
+                  packet(pod1, pod2, proto="tcp", ports=(ports[0], ports[1] + 1)),
+                  packet(pod1, pod2, proto="tcp", ports=half_open),
+                  packet(pod1, pod2, proto="udp", ports=ports), packet(pod1, pod2)):
+        sent = frame(BRIDGE_MAC, POD_MAC, other)
+        assert node1.run(sent) == (program.TC_ACT_OK, sent)
+    # Arriving at node2 from a node (tunnelled by a released node1): judged there alike.
+    node1.pod(pod1, LO)
+    _, syn = node1.run(frame(BRIDGE_MAC, POD_MAC, bytes(
+        [*segment[:flags], 0x02, *segment[flags + 1:]])))
+    arrived = arriving(syn, underlay)
+    assert node2.run(arrived) == (program.TC_ACT_OK, arrived)
 
 
 @pytest.mark.parametrize("inner", [4, 6], ids=["inner4", "inner6"])

@@ -21,6 +21,7 @@ ALU_OPS = {"+": 0x00, "-": 0x10, "|": 0x40, "&": 0x50, "<<": 0x60, ">>": 0x70, "
 JMP_OPS = {"==": 0x10, ">": 0x20, ">=": 0x30, "!=": 0x50, "<": 0xA0, "<=": 0xB0}
 JA, CALL, EXIT = 0x00, 0x80, 0x90
 PSEUDO_MAP_FD = 1
+PSEUDO_KFUNC_CALL = 2  # a call's immediate is a kernel function's BTF id
 TO_BE = 0x08
 
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 = range(11)
@@ -112,6 +113,10 @@ class Program:
 
     def call(self, helper: int) -> None:
         self._emit(Insn(JMP | CALL, imm=helper))
+
+    def call_kfunc(self, btf_id: int) -> None:
+        """Call a kernel function exported to programs, named by its id in vmlinux's BTF."""
+        self._emit(Insn(JMP | CALL, src=PSEUDO_KFUNC_CALL, imm=btf_id))
 
     def exit(self) -> None:
         self._emit(Insn(JMP | EXIT))

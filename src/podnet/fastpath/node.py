@@ -13,8 +13,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from podnet.fastpath import bpf, podmap, program
-from podnet.netlink import links, tc
+from podnet.fastpath import bpf, btf, podmap, program
+from podnet.netlink import links, netns, tc
 from podnet.netlink.fastlink import Rtnl
 
 log = logging.getLogger("podnet.fastpath")
@@ -110,11 +110,14 @@ class FastPath:
                         name, podmap.KEY_SIZES[family], podmap.TUNNEL_VALUE.size, most,
                         prealloc=False)
             overlay = None if self.encap is None else program.Overlay(self.encap, tunnel_fds)
+            conntrack = btf.conntrack()
+            if conntrack is not None:
+                _liberal_tcp_tracking()
             pods6 = (None if self.cluster6 is None or map6_fd is None
                      else program.Pods6(map6_fd, self.cluster6))
             prog_fd = bpf.load_program(tc.FILTER_NAME,
                                        program.build(map_fd, uplinks, bridge, self.cluster,
-                                                     bridge_mac, overlay, pods6))
+                                                     bridge_mac, overlay, pods6, conntrack))
             try:
                 for index in uplinks + ports:
                     tc.attach_ingress(rtnl, index, prog_fd, pods6 is not None)
@@ -206,6 +209,20 @@ class FastPath:
                 return 0 if fast is None else len(fast.entries())
         finally:
             rtnl.close()
+
+
+def _liberal_tcp_tracking() -> None:
+    """Conntrack on this node takes a segment beyond the window it last saw as its
+    connection's, not as invalid: the program carries a policed pod's established
+    connections past conntrack, which sees their FIN again with sequence numbers far ahead,
+    and an invalid FIN is judged as a new connection (and dropped where policy isolates).
+    The kernel's own flow offload sets this per connection for the same reason; kube-proxy
+    sets it node-wide as this does (--conntrack-tcp-be-liberal). Out-of-window RSTs stay
+    invalid."""
+    try:
+        netns.ensure_sysctl("net/netfilter/nf_conntrack_tcp_be_liberal", "1")
+    except OSError as exc:
+        log.warning("fast path: cannot make TCP tracking liberal: %r", exc)
 
 
 def remove() -> None:

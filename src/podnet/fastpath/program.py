@@ -23,6 +23,12 @@ through the VXLAN device, the UDP socket or netfilter on either node. Segmentati
 super-packets and fragments keep going through the device, and so over IPv6 do packets whose
 outer UDP checksum cannot be had from their headers (`_checksummed`).
 
+A pod NetworkPolicy isolates (its pod map entry's POLICED bit) keeps the fast path only for
+packets of TCP connections the normal path has let through: the kernel's connection tracking
+holds them as established (`_established`, asking conntrack as a kfunc). Every connection's
+first packets, its SYN, FIN and RST, and all else of such a pod take the normal path, where the
+node's policy judges them.
+
 Everything else (ARP, pods of this node, the node itself, the world, a TTL about to expire,
 a route the program cannot use) passes to the normal path unchanged: the fast path only ever
 skips hops the normal path would take to the same place.
@@ -35,6 +41,7 @@ import socket
 from dataclasses import dataclass
 
 from podnet.fastpath.asm import R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, Program
+from podnet.fastpath.btf import Conntrack
 from podnet.netlink import codec
 from podnet.wire import VXLAN6_OVERHEAD, VXLAN_FLAG_VNI, VXLAN_OVERHEAD
 
@@ -77,6 +84,12 @@ TUNNEL_MAC, TUNNEL_IP = 0, 8
 # -144, which the 16-byte keys of IPv6 lookups share (a lookup is done before they are built)
 FIB, NH, KEY, HDR = -64, -88, -4, -144
 KEY6 = HDR
+# below them, a conntrack lookup's tuple (at most 36 bytes) and options (16), the pod entry
+# kept across the calls, and the status read before the entry is released
+CT_TUPLE, CT_OPTS, CT_ENTRY, CT_STATUS = -200, -160, -208, -216
+CT_CURRENT_NETNS = -1
+IPS_ASSURED = 1 << 2  # both directions seen, the handshake done (nf_conntrack_common.h)
+TCP_FIN_SYN_RST = 0x07  # the flags conntrack must see to follow a connection's life
 FIB_FAMILY, FIB_PROTO, FIB_IFINDEX, FIB_TOS, FIB_SRC, FIB_DST = 0, 1, 8, 12, 16, 32
 
 
@@ -169,11 +182,13 @@ def _raw16(value: int) -> int:
 
 def build(map_fd: int | None, uplinks: list[int], bridge: int,
           cluster: ipaddress.IPv4Network | None, switched_by: str | None = None,
-          overlay: Overlay | None = None, pods6: Pods6 | None = None) -> bytes:
+          overlay: Overlay | None = None, pods6: Pods6 | None = None,
+          conntrack: Conntrack | None = None) -> bytes:
     """The program for one node. `overlay`: the program encapsulates to the tunnel maps'
     peers and decapsulates what they send; uplinks[0] is then the underlay interface.
     `pods6`: IPv6 pods too (`_ipv6`); `cluster` (and the IPv4 pod map, `map_fd`) None: IPv6
-    pods only (an IPv6-only cluster).
+    pods only (an IPv6-only cluster). `conntrack`: the kernel's, for the established
+    connections of pods policy isolates; None: those pods take the normal path alone.
 
     Registers every generator below shares: r6 the skb, r7 and r8 its data and data end
     (reloaded by `_reload` after a helper moves them), r9 the device the packet arrived on,
@@ -196,12 +211,13 @@ def build(map_fd: int | None, uplinks: list[int], bridge: int,
         p.jump("pass")
     else:
         p.jump_if(R2, "!=", ETH_P_IP_RAW, "pass")
-        _ipv4(p, pods4, uplinks, bridge, switched_by, overlay)
+        _ipv4(p, pods4, uplinks, bridge, switched_by, overlay, conntrack)
     if pods6 is not None or outer == 6:
-        _ipv6(p, pods6, uplinks, bridge, switched_by, overlay)
+        _ipv6(p, pods6, uplinks, bridge, switched_by, overlay, conntrack)
     if overlay is not None:
         maps = {4: map_fd, 6: pods6.map_fd if pods6 is not None else None}
-        _decap_in(p, overlay, {f: fd for f, fd in maps.items() if fd is not None}, uplinks[0])
+        _decap_in(p, overlay, {f: fd for f, fd in maps.items() if fd is not None}, uplinks[0],
+                  conntrack)
 
     p.label("pass")
     p.mov_imm(R0, TC_ACT_OK)
@@ -214,7 +230,8 @@ def build(map_fd: int | None, uplinks: list[int], bridge: int,
 
 
 def _ipv4(p: Program, pods: tuple[int, ipaddress.IPv4Network] | None, uplinks: list[int],
-          bridge: int, switched_by: str | None, overlay: Overlay | None) -> None:
+          bridge: int, switched_by: str | None, overlay: Overlay | None,
+          ct: Conntrack | None) -> None:
     """IPv4 pods: from a pod's veth, routed, switched or encapsulated past the bridge; from
     another node, straight to the pod. Without IPv4 pods (an IPv6-only cluster over an IPv4
     underlay) only what arrives on the underlay, for `decap`. Defines `inbound`; jumps to
@@ -232,7 +249,7 @@ def _ipv4(p: Program, pods: tuple[int, ipaddress.IPv4Network] | None, uplinks: l
 
     # -- from a pod on this node's veth (r9 = that veth) --------------------------------------
     _lookup(p, map_fd, V4, IP_SRC)
-    _sent_by_its_pod(p)
+    _sent_by_its_pod(p, ct, V4)
     p.load(4, R2, R7, IP_DST)
     p.alu32("&", R2, _raw32(cluster.netmask))
     p.jump32_if(R2, "!=", _raw32(cluster.network_address), "pass")
@@ -250,19 +267,19 @@ def _ipv4(p: Program, pods: tuple[int, ipaddress.IPv4Network] | None, uplinks: l
     _lookup(p, map_fd, V4, IP_DST)
     if switched_by is not None:
         p.jump_if(R0, "==", 0, "pass")
-        _switch_in(p)
+        _switch_in(p, ct, V4)
     else:
         p.jump_if(R0, "==", 0, "decap" if decap else "pass")
-        _route_in(p)
+        _route_in(p, ct)
 
 
-def _sent_by_its_pod(p: Program) -> None:
+def _sent_by_its_pod(p: Program, ct: Conntrack | None, family: Family) -> None:
     """r0: the pod map's entry for the packet's source, or 0. On unless that pod sent it: from
     its veth (r9) and its MAC; otherwise to `pass`, where the normal path's anti-spoofing
-    judges it. A policed pod's entry never matches its veth (POLICED): its packets take the
-    normal path, where policy judges them."""
+    judges it. A pod policy isolates goes on as `_judged` says."""
     p.jump_if(R0, "==", 0, "pass")
     p.load(4, R2, R0, 0)
+    p.alu32("&", R2, POLICED - 1)  # its veth, whether policy isolates it or not
     p.jump_if_reg(R2, "!=", R9, "pass")  # that address belongs to another pod's port
     p.load(4, R2, R7, ETH_SRC)
     p.load(4, R3, R0, 4)
@@ -270,17 +287,74 @@ def _sent_by_its_pod(p: Program) -> None:
     p.load(2, R2, R7, ETH_SRC + 4)
     p.load(2, R3, R0, 8)
     p.jump_if_reg(R2, "!=", R3, "pass")
+    _judged(p, ct, family, 0, "out" + family.tag)
 
 
-def _unpoliced(p: Program) -> None:
-    """On if the pod of entry r0 takes the fast path; to `pass` while policy holds it on the
-    normal path (its entry's POLICED bit), where the node's rules judge its packets."""
+def _judged(p: Program, ct: Conntrack | None, family: Family, at: int, tag: str) -> None:
+    """On if the pod of entry r0 is free of policy, or its packet (whose IP header lies `at`
+    bytes further than a plain frame's) belongs to a connection the normal path let through;
+    to `pass` otherwise, where the node's rules judge it. Keeps r0. Defines `free_<tag>`."""
     p.load(4, R2, R0, 0)
-    p.jump32_if(R2, ">", POLICED - 1, "pass")
+    p.jump32_if(R2, "<", POLICED, f"free_{tag}")
+    if ct is None:
+        p.jump("pass")
+    else:
+        p.store(8, R10, CT_ENTRY, R0)
+        _established(p, ct, family, at)
+        p.load(8, R0, R10, CT_ENTRY)
+    p.label(f"free_{tag}")
+
+
+def _established(p: Program, ct: Conntrack, family: Family, at: int) -> None:
+    """On if the packet is a TCP segment, neither SYN, FIN nor RST, of a connection conntrack
+    holds as established (ASSURED: the handshake seen both ways, by the normal path, whose
+    policy let it be); to `pass` otherwise, as for every other protocol. What would hide
+    the ports (IPv4 options, fragments, IPv6 extension headers) also passes."""
+    l4 = ETH_LEN + family.header + at
+    p.mov(R2, R7)
+    p.alu("+", R2, l4 + 14)  # to the TCP flags
+    p.jump_if_reg(R2, ">", R8, "pass")
+    p.load(1, R2, R7, family.proto + at)
+    p.jump_if(R2, "!=", socket.IPPROTO_TCP, "pass")
+    if family is V4:
+        p.load(1, R2, R7, ETH_LEN + at)
+        p.jump_if(R2, "!=", 0x45, "pass")
+        p.load(2, R2, R7, IP_FRAG + at)
+        p.alu("&", R2, _le(b"\x3f\xff"))
+        p.jump_if(R2, "!=", 0, "pass")
+    p.load(1, R2, R7, l4 + 13)
+    p.alu("&", R2, TCP_FIN_SYN_RST)
+    p.jump_if(R2, "!=", 0, "pass")
+    # struct bpf_sock_tuple: the addresses and then the ports, as the packet has them
+    size = 2 * family.addr_len + 4
+    for off in range(0, size, 4):
+        p.load(4, R2, R7, family.src + at + off)
+        p.store(4, R10, CT_TUPLE + off, R2)
+    # struct bpf_ct_opts: the skb's namespace, TCP, the default zone
+    p.store_imm(4, R10, CT_OPTS, CT_CURRENT_NETNS)
+    for off in range(4, ct.opts_size, 4):
+        p.store_imm(4, R10, CT_OPTS + off, 0)
+    p.store_imm(1, R10, CT_OPTS + 8, socket.IPPROTO_TCP)
+    p.mov(R1, R6)
+    p.mov(R2, R10)
+    p.alu("+", R2, CT_TUPLE)
+    p.mov_imm(R3, size)
+    p.mov(R4, R10)
+    p.alu("+", R4, CT_OPTS)
+    p.mov_imm(R5, ct.opts_size)
+    p.call_kfunc(ct.lookup)
+    p.jump_if(R0, "==", 0, "pass")
+    p.load(8, R2, R0, ct.status)
+    p.store(8, R10, CT_STATUS, R2)
+    p.mov(R1, R0)
+    p.call_kfunc(ct.release)  # the verifier wants every reference the lookup took back
+    p.load(8, R2, R10, CT_STATUS)
+    p.alu("&", R2, IPS_ASSURED)
+    p.jump_if(R2, "==", 0, "pass")
 
 
 def _ipv6(p: Program, pods6: Pods6 | None, uplinks: list[int], bridge: int,
-          switched_by: str | None, overlay: Overlay | None) -> None:
+          switched_by: str | None, overlay: Overlay | None, ct: Conntrack | None) -> None:
     """IPv6 as IPv4: a pod's packet for another node's pod is routed, switched or
     encapsulated past the bridge; one from another node for a pod of this node goes straight
     to the pod. Neighbour and router discovery (ICMPv6 133-137) always takes the normal path.
@@ -308,7 +382,7 @@ def _ipv6(p: Program, pods6: Pods6 | None, uplinks: list[int], bridge: int,
         return
 
     _lookup(p, pods6.map_fd, V6, IP6_SRC)
-    _sent_by_its_pod(p)
+    _sent_by_its_pod(p, ct, V6)
     _in_prefix6(p, IP6_DST, pods6.cluster)
     _lookup(p, pods6.map_fd, V6, IP6_DST)
     p.jump_if(R0, "!=", 0, "pass")  # a pod of this node: the bridge's to switch
@@ -323,10 +397,10 @@ def _ipv6(p: Program, pods6: Pods6 | None, uplinks: list[int], bridge: int,
     _lookup(p, pods6.map_fd, V6, IP6_DST)
     if switched_by is not None:
         p.jump_if(R0, "==", 0, "pass")
-        _switch_in(p)
+        _switch_in(p, ct, V6)
         return
     p.jump_if(R0, "==", 0, "decap6" if decap else "pass")
-    _unpoliced(p)
+    _judged(p, ct, V6, 0, "in6")
     p.load(4, R2, R6, SKB_PKT_TYPE)
     p.jump_if(R2, "!=", PACKET_HOST, "pass")  # another host's: not ours to route
     p.load(1, R2, R7, IP6_HOPS)
@@ -644,7 +718,8 @@ def _fold(p: Program) -> None:
         p.alu_reg("+", R0, R2)
 
 
-def _decap_in(p: Program, overlay: Overlay, pod_maps: dict[int, int], underlay: int) -> None:
+def _decap_in(p: Program, overlay: Overlay, pod_maps: dict[int, int], underlay: int,
+              ct: Conntrack | None) -> None:
     """VXLAN from a peer, to this node, for one of its pods: take the outer headers off and
     deliver the inner packet as `_route_in` does. Defines `decap<outer tag>` (reached from
     `inbound`/`inbound6` when the outer destination is no pod) and `inner<outer tag>_<v>`;
@@ -698,7 +773,8 @@ def _decap_in(p: Program, overlay: Overlay, pod_maps: dict[int, int], underlay: 
             p.jump_if_reg(R2, "!=", R3, "pass")
         _lookup(p, pod_maps[inner.version], inner, inner.dst + length)
         p.jump_if(R0, "==", 0, "pass")
-        _unpoliced(p)  # before the headers come off: the device's way keeps its checks
+        # before the headers come off: the device's way keeps its checks
+        _judged(p, ct, inner, length, f"decap{outer.tag}_{inner.version}")
         p.mov(R9, R0)
         p.mov(R1, R6)
         p.mov_imm(R2, -length)
@@ -794,11 +870,11 @@ def _send_to_next_hop(p: Program) -> None:
     p.exit()
 
 
-def _route_in(p: Program) -> None:
+def _route_in(p: Program, ct: Conntrack | None) -> None:
     """From another node, for a pod of this one (r0: its pod map entry): rewrite the MACs to
     the pod's and the host veth's, TTL - 1, and hand it to the pod's side of the veth.
     Defines `deliver`, also the decapsulated packets' way in; jumps to `pass`."""
-    _unpoliced(p)
+    _judged(p, ct, V4, 0, "in")
     p.load(4, R2, R6, SKB_PKT_TYPE)
     p.jump_if(R2, "!=", PACKET_HOST, "pass")  # another host's: not ours to route
     p.load(1, R2, R7, IP_TTL)
@@ -814,11 +890,17 @@ def _to_pod(p: Program) -> None:
     for src, dst, size in ((4, 0, 4), (8, 4, 2), (10, 6, 2), (12, 8, 4)):  # MACs
         p.load(size, R2, R0, src)
         p.store(size, R7, dst, R2)
-    p.load(4, R9, R0, 0)
+    _veth(p)
     p.mov(R1, R9)
     p.mov_imm(R2, 0)
     p.call(REDIRECT_PEER)
     p.exit()
+
+
+def _veth(p: Program) -> None:
+    """r9 = the host veth of the pod of entry r0 (without the POLICED bit)."""
+    p.load(4, R9, R0, 0)
+    p.alu32("&", R9, POLICED - 1)
 
 
 def _switch_out(p: Program, uplink: int, bridge_mac: str, tag: str = "") -> None:
@@ -840,17 +922,17 @@ def _switch_out(p: Program, uplink: int, bridge_mac: str, tag: str = "") -> None
     p.exit()
 
 
-def _switch_in(p: Program) -> None:
+def _switch_in(p: Program, ct: Conntrack | None, family: Family) -> None:
     """l2: a frame from the uplink addressed to a pod of this node (r0: its entry) goes
     straight to the pod; jumps to `pass` for any other."""
-    _unpoliced(p)
+    _judged(p, ct, family, 0, "switched" + family.tag)
     p.load(4, R2, R7, 0)  # only a frame addressed to that pod's MAC
     p.load(4, R3, R0, 4)
     p.jump_if_reg(R2, "!=", R3, "pass")
     p.load(2, R2, R7, 4)
     p.load(2, R3, R0, 8)
     p.jump_if_reg(R2, "!=", R3, "pass")
-    p.load(4, R9, R0, 0)
+    _veth(p)
     # The uplink is a promiscuous bridge port: the frame was "another host's" to it.
     p.mov(R1, R6)
     p.mov_imm(R2, PACKET_HOST)
