@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.lab.conftest import (
     verify_etcd,
     wait_published,
 )
+from tests.lab.test_fastpath import link_packets
 
 
 def policy(lab: Lab, tmp: Path, text: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -119,6 +121,71 @@ def test_ingress_isolation_pair_by_pair(make_lab: MakeLab, tmp_path: Path, backe
         assert denied["policies"] == ["x/only-b"]
 
 
+SEND = """
+import socket, sys
+server = socket.create_server(("0.0.0.0", 7500))
+print("ready", flush=True)
+conn, _ = server.accept()
+conn.sendall(b"x" * int(sys.argv[1]))
+conn.close()
+"""
+RECEIVE = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 7500), timeout=10)
+n = 0
+while data := s.recv(1 << 16):
+    n += len(data)
+print(n)
+"""
+
+
+def _transfer(lab: Lab, sender: PodSpec, receiver: PodSpec, size: int) -> str:
+    """`receiver` connects to `sender`, which sends `size` bytes and closes: what the
+    receiver read before the end of the stream (or the error that ended it)."""
+    def run(pod: PodSpec, script: str, *args: str) -> list[str]:
+        return ["nsenter", f"--net={ns_path(pod.netns(lab.topo.name))}", sys.executable, "-c",
+                script, *args]
+
+    with subprocess.Popen(run(sender, SEND, str(size)), stdout=subprocess.PIPE,
+                          text=True) as server:
+        try:
+            assert server.stdout is not None and server.stdout.readline() == "ready\n"
+            out = subprocess.run(run(receiver, RECEIVE, sender.ip), capture_output=True,
+                                 text=True, timeout=60)
+            return out.stdout.strip() or out.stderr.strip().splitlines()[-1]
+        finally:
+            server.kill()
+
+
+@pytest.mark.parametrize("backend", ["host-gw", "vxlan", "l2"])
+def test_an_isolated_pods_connections_keep_the_fast_path(make_lab: MakeLab, tmp_path: Path,
+                                                         backend: str) -> None:
+    """The normal path judges a connection's first packets and its end; the program carries
+    what lies between. x/a, isolated for ingress, fetches 20 MB from y/c, which may not
+    connect to it: the data passes node1 without its bridge, and c's closing FIN, far beyond
+    the window conntrack last saw, still reaches a (not taken for a new connection and
+    dropped)."""
+    lab = make_lab(backend, nodes=2, pods=0)
+    p = pods(lab)
+    assert policy(lab, tmp_path, DENY_INGRESS_BUT_B).returncode == 0
+    eventually(lambda: not connects(lab, p["c"], p["a"]))
+    assert _pod_map(lab, "node1")[p["a"].ip] is True
+    bridge = "podnet-l2a" if backend == "l2" else "kube-bridge"  # a's normal path
+
+    def packets() -> tuple[int, int]:
+        return (link_packets(lab, "node1", "eth0", "rx", "tx"),
+                link_packets(lab, "node1", bridge, "rx", "tx"))
+
+    before = packets()
+    size = 20 << 20
+    assert _transfer(lab, p["c"], p["a"], size) == str(size)
+    # Of the (segmentation-offload) packets node1's uplink carried, the normal path took
+    # the handshake and the end alone (its bridge carries them all without the program).
+    uplink, bridged = (after - then for after, then in zip(packets(), before, strict=True))
+    assert uplink > 300 and bridged < uplink / 10, (uplink, bridged)
+    assert not connects(lab, p["c"], p["a"])
+
+
 def _pod_map(lab: Lab, node: str) -> dict[str, bool]:
     """The node's pod map: address -> whether policy holds it on the normal path."""
     with fast_path_at(lab, node) as (_, _, fast):
@@ -162,12 +229,54 @@ spec:
     ca = pair(report, p["c"].name, p["a"].name)
     # y/c reaches a only on the ports named: not ICMP, not the echo port; 8080, 9000, 9010.
     assert (ca.icmp, ca.tcp) == (False, False)
-    assert ca.ports == {"8080": True, "9000": True, "9010": True}
+    assert ca.ports == {"TCP/8080": True, "TCP/9000": True, "TCP/9010": True}
     ba = pair(report, p["b"].name, p["a"].name)
     assert not ba.icmp and not any(ba.ports.values())  # x/b: not of namespace y
     assert pair(report, "node2", p["a"].name).tcp  # ipBlock
     assert {r.dst for r in report.pairs if r.src == p["d"].name and r.tcp} == {
         p["c"].name, "node1"}  # egress to namespace y, and its own node
+
+
+def test_udp_sctp_and_named_ports_pair_by_pair(make_lab: MakeLab, tmp_path: Path) -> None:
+    """verify probes each port a policy names by its protocol (UDP by datagram, SCTP by its
+    INIT and INIT ACK) and a named port as the pods that have it number it."""
+    lab = make_lab("vxlan", nodes=2, pods=0)
+    p = pods(lab)
+    for pod in ("x/a", "y/c"):  # `http` is TCP 8080 on these two alone
+        out = cli(lab, "label", "pod", pod, f"pod={pod[-1]}", "--port", "http=TCP/8080")
+        assert out.returncode == 0, out.stderr
+    out = policy(lab, tmp_path, """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: protocols, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {pod: b}}}]
+    ports: [{protocol: UDP, port: 5353}, {protocol: SCTP, port: 9000}, {port: http}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: d-to-http, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: d}}
+  policyTypes: [Egress]
+  egress: [{ports: [{port: http}]}]
+""")
+    assert out.returncode == 0, out.stderr
+    eventually(lambda: not connects(lab, p["c"], p["a"]) and not connects(lab, p["d"], p["b"]))
+    report = verify(lab)
+    assert report.ok, failures(report)
+    every = {"SCTP/9000", "TCP/8080", "UDP/5353"}
+    # x/b reaches a on exactly the three ports; y/c on none.
+    ba = pair(report, p["b"].name, p["a"].name)
+    assert ba.ports == dict.fromkeys(every, True) and not ba.icmp and not ba.tcp
+    assert pair(report, p["c"].name, p["a"].name).ports == dict.fromkeys(every, False)
+    # d reaches `http` where a pod has it and a's ingress does not refuse d: c only.
+    dc, db = pair(report, p["d"].name, p["c"].name), pair(report, p["d"].name, p["b"].name)
+    assert dc.ports == {"SCTP/9000": False, "TCP/8080": True, "UDP/5353": False}
+    assert not dc.tcp and not any(db.ports.values())
+    assert not any(pair(report, p["d"].name, p["a"].name).ports.values())
 
 
 def test_changes_take_effect_and_deletion_opens(make_lab: MakeLab, tmp_path: Path) -> None:
@@ -234,6 +343,27 @@ def test_an_agent_restart_opens_nothing(make_lab: MakeLab, tmp_path: Path) -> No
     lab.restart_agent("node1")
     assert not connects(lab, p["c"], p["a"]) and connects(lab, p["b"], p["a"])
     assert verify(lab).ok
+
+
+def test_an_etcd_outage_opens_nothing(make_lab: MakeLab, tmp_path: Path) -> None:
+    """etcd gone, the nodes keep the last policies they knew, also through an agent's
+    restart meanwhile (it cannot read them anew); back, a change applies again."""
+    lab = make_lab("host-gw", nodes=2, pods=0)
+    p = pods(lab)
+    assert policy(lab, tmp_path, DENY_INGRESS_BUT_B).returncode == 0
+    eventually(lambda: not connects(lab, p["c"], p["a"]))
+    lab.stop_etcd()
+    try:
+        time.sleep(3)  # past the agents' first failed reads and watches
+        assert not connects(lab, p["c"], p["a"]) and connects(lab, p["b"], p["a"])
+        node1 = lab.stop_agent("node1")
+        lab.start_agent(node1)  # it waits for etcd, its tables kept
+        time.sleep(3)
+        assert not connects(lab, p["c"], p["a"]) and connects(lab, p["b"], p["a"])
+    finally:
+        lab.start_etcd()
+    assert cli(lab, "policy", "delete", "x/only-b").returncode == 0
+    eventually(lambda: connects(lab, p["c"], p["a"]), timeout=30)
 
 
 @pytest.mark.parametrize(("text", "message"), [

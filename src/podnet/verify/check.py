@@ -3,8 +3,9 @@ the source the receiver saw; each pod's own address; full-MTU packets with DF be
 A failure is traced to what is missing on the path (diagnose.py).
 
 Where NetworkPolicies hold, each pair is held to its expected verdict (an `Expect`: ICMP, TCP
-on the echo port and on each TCP port a policy names): an allowed pair must connect, a denied
-one must not, and a disagreement names the policies that decided."""
+on the echo port, and each port a policy names, by its protocol: TCP, UDP or SCTP): an allowed
+pair must connect, a denied one must not, and a disagreement names the policies that
+decided."""
 
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ class Endpoint:
 # What policy says of a new connection from one endpoint to another (protocol, port): allowed,
 # and the policies that decided (allowed it, or isolated the end that denies it).
 Expect = Callable[[Endpoint, Endpoint, str, int], tuple[bool, tuple[str, ...]]]
+# A port verify probes besides the echo port: protocol (TCP, UDP, SCTP) and number.
+Probe = tuple[str, int]
+
+
+def probe_key(probe: Probe) -> str:
+    """How a result names a probed port: `UDP/53`."""
+    return f"{probe[0]}/{probe[1]}"
 
 
 @dataclass
@@ -43,7 +51,7 @@ class PairResult:
     nat: bool = False
     why: list[str] = field(default_factory=list)
     # Where policies hold: what they allow (ICMP, TCP on the echo port), the policies that
-    # decided, and the TCP ports policies name: observed and expected.
+    # decided, and the ports policies name (probe_key): observed and expected.
     expect_icmp: bool = True
     expect_tcp: bool = True
     policies: list[str] = field(default_factory=list)
@@ -102,7 +110,7 @@ def own_addresses(ns_path: str) -> set[str]:
 
 
 def _pair(src: Endpoint, dst: Endpoint, src_addrs: set[str], expect: Expect | None = None,
-          ports: Sequence[int] = ()) -> PairResult:
+          ports: Sequence[Probe] = ()) -> PairResult:
     kind = f"{src.kind}->{dst.kind}"
     result = PairResult(src.name, dst.name, kind, icmp=probes.ping(src.netns, dst.ip),
                         tcp=False)
@@ -112,12 +120,12 @@ def _pair(src: Endpoint, dst: Endpoint, src_addrs: set[str], expect: Expect | No
     timeout = 2.0
     if expect is not None:
         timeout = 2.0 if expect(as_sent(src, result), dst, "TCP", probes.ECHO_PORT)[0] else 1.0
-        for port in ports:
+        for protocol, port in ports:
             try:
-                probes.tcp_seen_source(src.netns, dst.ip, port, timeout=1.0)
-                result.ports[str(port)] = True
+                probes.seen_source(protocol, src.netns, dst.ip, port, timeout=1.0)
+                result.ports[probe_key((protocol, port))] = True
             except OSError:
-                result.ports[str(port)] = False
+                result.ports[probe_key((protocol, port))] = False
     try:
         result.seen_source = probes.tcp_seen_source(src.netns, dst.ip, timeout=timeout)
         result.tcp = True
@@ -145,12 +153,14 @@ def judge(result: PairResult, src: Endpoint, dst: Endpoint, expect: Expect) -> N
     sender = as_sent(src, result)
     result.expect_icmp, icmp_by = expect(sender, dst, "ICMP", 0)
     result.expect_tcp, tcp_by = expect(sender, dst, "TCP", probes.ECHO_PORT)
-    result.expect_ports = {p: expect(sender, dst, "TCP", int(p))[0] for p in result.ports}
+    result.expect_ports = {p: expect(sender, dst, p.split("/")[0], int(p.split("/")[1]))[0]
+                           for p in result.ports}
     result.policies = list(dict.fromkeys(icmp_by + tcp_by))
     if not result.expect_tcp:  # a timeout is what a denied connection should give
         result.why = [w for w in result.why if not w.startswith("TCP: ")]
     checks = [("ICMP", result.icmp, result.expect_icmp), ("TCP", result.tcp, result.expect_tcp),
-              *((f"TCP {p}", got, result.expect_ports[p]) for p, got in result.ports.items())]
+              *((p.replace("/", " "), got, result.expect_ports[p])
+                for p, got in result.ports.items())]
     wrong = [(what, want) for what, got, want in checks if got != want]
     if not wrong and not result.nat:
         result.why = []  # as policy says: nothing to explain
@@ -190,7 +200,7 @@ def mtu_plan(sources: list[Endpoint], targets: list[Endpoint]) -> list[tuple[End
 
 def probe(pairs: list[tuple[Endpoint, Endpoint]], mtu_pairs: list[tuple[Endpoint, Endpoint]],
           pod_mtu: int | None, addrs: dict[str, set[str]], workers: int = 32,
-          expect: Expect | None = None, ports: Sequence[int] = ()
+          expect: Expect | None = None, ports: Sequence[Probe] = ()
           ) -> tuple[list[PairResult], list[dict[str, Any]]]:
     """Each pair's result and each MTU pair's; the receivers' echo servers must be up."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -202,12 +212,12 @@ def probe(pairs: list[tuple[Endpoint, Endpoint]], mtu_pairs: list[tuple[Endpoint
 
 
 def run(endpoints: list[Endpoint], status: dict[str, Any], pod_mtu: int | None,
-        family: int = 4, expect: Expect | None = None, ports: Sequence[int] = ()) -> Report:
+        family: int = 4, expect: Expect | None = None, ports: Sequence[Probe] = ()) -> Report:
     addrs = {e.name: own_addresses(e.netns) for e in endpoints}
     own = {p.name: p.ip in addrs[p.name] for p in endpoints if p.kind == "pod"}
-    servers = [probes.EchoServer(e.netns) for e in endpoints]
-    servers += [probes.EchoServer(e.netns, port) for e in endpoints if e.kind == "pod"
-                for port in ports]
+    servers: list[probes.Echo] = [probes.EchoServer(e.netns) for e in endpoints]
+    servers += [probes.SERVERS[protocol](e.netns, port) for e in endpoints if e.kind == "pod"
+                for protocol, port in ports]
     try:
         results, mtu = probe(plan(endpoints, endpoints), mtu_plan(endpoints, endpoints),
                              pod_mtu, addrs, expect=expect, ports=ports)

@@ -8,18 +8,18 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from podnet.policy.model import IP, Pod
+from podnet.policy.model import IP, Pod, Policy
 from podnet.policy.store import Objects
 from podnet.verify import probes
-from podnet.verify.check import Endpoint, Expect
+from podnet.verify.check import Endpoint, Expect, Probe
 
-MAX_PORTS = 8  # TCP ports a policy names that verify probes besides its echo port
+MAX_PORTS = 8  # ports policies name that verify probes besides its echo port
 
 
 def expectation(objects: Objects, pods: list[Mapping[str, Any]], family: int
-                ) -> tuple[Expect | None, list[int]]:
+                ) -> tuple[Expect | None, list[Probe]]:
     """The Expect for these pods (status entries: name, ips, node, namespace, pod_name) and
-    the TCP ports policies name; (None, []) where there is no policy (everything connects)."""
+    the ports policies name; (None, []) where there is no policy (everything connects)."""
     if not objects.policies:
         return None, []
     members = []
@@ -42,8 +42,19 @@ def expectation(objects: Objects, pods: list[Mapping[str, Any]], family: int
         verdict = cluster.allowed(s, d, protocol, port, family)
         return verdict.allowed, verdict.policies
 
-    named = sorted({n for policy in cluster.policies for rule in policy.ingress + policy.egress
-                    for x in rule.ports if x.protocol == "TCP" and isinstance(x.port, int)
-                    for n in (x.port, x.end_port or x.port) if n != probes.ECHO_PORT})
-    return expect, named[:MAX_PORTS]
+    return expect, _probes(cluster.policies, members)
 
+
+def _probes(policies: list[Policy], pods: list[Pod]) -> list[Probe]:
+    """Each port the policies name, by protocol (a range by its ends; a named port as the
+    pods that have it number it), but the echo port; at most MAX_PORTS."""
+    wanted: set[Probe] = set()
+    for rule in (r for policy in policies for r in policy.ingress + policy.egress):
+        for x in rule.ports:
+            if isinstance(x.port, int):
+                wanted |= {(x.protocol, n) for n in (x.port, x.end_port or x.port)}
+            elif x.port is not None:
+                wanted |= {pod.ports[x.port] for pod in pods
+                           if pod.ports.get(x.port, ("", 0))[0] == x.protocol}
+    wanted.discard(("TCP", probes.ECHO_PORT))
+    return sorted(wanted)[:MAX_PORTS]

@@ -4,14 +4,20 @@ without a process per probe."""
 
 from __future__ import annotations
 
+import abc
 import contextlib
+import errno
+import ipaddress
 import os
+import select
 import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from podnet.netlink import netns
+from podnet.verify import sctp
 
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DO = 2
@@ -29,17 +35,11 @@ def socket_in(ns_path: str, family: int, kind: int, proto: int = 0) -> socket.so
         return socket.socket(family, kind, proto)
 
 
-class EchoServer:
-    """Answers each TCP connection with the source address it saw, then closes it."""
+class Echo(abc.ABC):
+    """A server answering probes in a namespace from a thread of its own, until closed."""
 
-    def __init__(self, ns_path: str, port: int = ECHO_PORT) -> None:
-        # One socket for both families: IPv4 clients arrive as ::ffff:a.b.c.d.
-        self.sock = socket_in(ns_path, socket.AF_INET6, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        self.sock.bind(("::", port))
-        self.sock.listen(256)
-        self.sock.settimeout(0.2)
+    def __init__(self, socks: list[socket.socket]) -> None:
+        self.socks = socks
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -47,19 +47,128 @@ class EchoServer:
     def _serve(self) -> None:
         while not self._stop.is_set():
             try:
-                conn, peer = self.sock.accept()
-                addr = peer[0].removeprefix("::ffff:")
-            except TimeoutError:
-                continue
-            except OSError:
+                ready, _, _ = select.select(self.socks, [], [], 0.2)
+            except (OSError, ValueError):  # closed
                 return
-            with conn, contextlib.suppress(OSError):
-                conn.sendall(addr.encode() + b"\n")
+            for sock in ready:
+                with contextlib.suppress(OSError):  # one peer's trouble, not the server's
+                    self.answer(sock)
+
+    @abc.abstractmethod
+    def answer(self, sock: socket.socket) -> None:
+        """Answer what is waiting on `sock`."""
 
     def close(self) -> None:
         self._stop.set()
         self.thread.join(2)
-        self.sock.close()
+        for sock in self.socks:
+            sock.close()
+
+
+def _dual_stack(ns_path: str, kind: int, port: int) -> socket.socket:
+    """One socket for both families: IPv4 peers arrive as ::ffff:a.b.c.d."""
+    sock = socket_in(ns_path, socket.AF_INET6, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", port))
+    return sock
+
+
+class EchoServer(Echo):
+    """Answers each TCP connection with the source address it saw, then closes it."""
+
+    def __init__(self, ns_path: str, port: int = ECHO_PORT) -> None:
+        sock = _dual_stack(ns_path, socket.SOCK_STREAM, port)
+        sock.listen(256)
+        super().__init__([sock])
+
+    def answer(self, sock: socket.socket) -> None:
+        conn, peer = sock.accept()
+        with conn:
+            conn.sendall(peer[0].removeprefix("::ffff:").encode() + b"\n")
+
+
+class UdpEchoServer(Echo):
+    """Answers each datagram with the source address it saw."""
+
+    def __init__(self, ns_path: str, port: int) -> None:
+        super().__init__([_dual_stack(ns_path, socket.SOCK_DGRAM, port)])
+
+    def answer(self, sock: socket.socket) -> None:
+        _, peer = sock.recvfrom(64)
+        sock.sendto(peer[0].removeprefix("::ffff:").encode() + b"\n", peer)
+
+
+class SctpEchoServer(Echo):
+    """Answers each SCTP INIT to `port` (either family) with an INIT ACK whose state cookie is
+    the source address it saw (podnet.verify.sctp)."""
+
+    def __init__(self, ns_path: str, port: int) -> None:
+        self.port = port
+        super().__init__([socket_in(ns_path, f, socket.SOCK_RAW, socket.IPPROTO_SCTP)
+                          for f in (socket.AF_INET, socket.AF_INET6)])
+
+    def answer(self, sock: socket.socket) -> None:
+        data, peer = sock.recvfrom(2048)
+        got = sctp.parse(sctp.payload(sock.family, data))
+        if got is None or got[1] != self.port or got[3] != sctp.INIT:
+            return
+        sport, dport, _, _, tag, _ = got
+        sock.sendto(sctp.packet(dport, sport, tag, sctp.INIT_ACK, _tag(), peer[0].encode()),
+                    (peer[0], 0))
+
+
+SERVERS: dict[str, Callable[[str, int], Echo]] = {
+    "TCP": EchoServer, "UDP": UdpEchoServer, "SCTP": SctpEchoServer}
+
+
+def _tag() -> int:
+    """A random verification tag (never 0, which SCTP reserves for the INIT's header)."""
+    return int.from_bytes(os.urandom(4), "big") | 1
+
+
+def seen_source(protocol: str, src_ns: str, dst_ip: str, port: int,
+                timeout: float = 2.0) -> str:
+    """The source address the receiver's echo server saw, by TCP, UDP or SCTP; raises
+    OSError if it did not answer."""
+    probe = {"TCP": tcp_seen_source, "UDP": udp_seen_source, "SCTP": sctp_seen_source}
+    return probe[protocol](src_ns, dst_ip, port, timeout)
+
+
+def udp_seen_source(src_ns: str, dst_ip: str, port: int, timeout: float = 2.0) -> str:
+    """A datagram's, asked up to three times (a datagram may be lost)."""
+    sock = socket_in(src_ns, family_of(dst_ip), socket.SOCK_DGRAM)
+    with sock:
+        sock.settimeout(timeout / 3)
+        sock.connect((dst_ip, port))
+        for _ in range(3):
+            sock.send(b"podnet")
+            with contextlib.suppress(TimeoutError):
+                return sock.recv(64).decode().strip()
+    raise TimeoutError(errno.ETIMEDOUT, "no answer")
+
+
+def sctp_seen_source(src_ns: str, dst_ip: str, port: int, timeout: float = 2.0) -> str:
+    """An SCTP INIT's (its INIT ACK's cookie), the INIT sent up to three times."""
+    family = family_of(dst_ip)
+    sock = socket_in(src_ns, family, socket.SOCK_RAW, socket.IPPROTO_SCTP)
+    tag = _tag()
+    sport = 32768 + tag % 28000
+    want = ipaddress.ip_address(dst_ip)
+    with sock:
+        for _ in range(3):
+            sock.sendto(sctp.packet(sport, port, 0, sctp.INIT, tag), (dst_ip, 0))
+            deadline = time.monotonic() + timeout / 3
+            while (left := deadline - time.monotonic()) > 0:
+                ready, _, _ = select.select([sock], [], [], left)
+                if not ready:
+                    break
+                data, peer = sock.recvfrom(2048)
+                got = sctp.parse(sctp.payload(family, data))
+                if (got is not None and ipaddress.ip_address(peer[0]) == want
+                        and got[:4] == (port, sport, tag, sctp.INIT_ACK)):
+                    return got[5].decode()
+    raise TimeoutError(errno.ETIMEDOUT, "no INIT ACK")
 
 
 def tcp_seen_source(src_ns: str, dst_ip: str, port: int = ECHO_PORT,
