@@ -8,10 +8,15 @@ agent compiles them into its sets, as it would another node's pods):
 - pod ADD through the agent's CNI server (the runtime's exec of the plugin included), with
   --policies policies against none, in alternating rounds;
 - an isolated pod's allowed connection (policy lets the client in) against an unisolated pod
-  on the same node: TCP throughput (iperf3) and ICMP round trip, interleaved;
-- agent RSS with --rss-pods pods and --rss-policies policies.
+  on the same node: TCP throughput (iperf3), TCP request-reply and ICMP round trips,
+  interleaved, each round's figure kept (the program carries an isolated pod's established
+  TCP connections; its ICMP is judged by the normal path);
+- agent RSS with --rss-pods pods and --rss-policies policies;
+- hostile input: --namespaces labelled namespaces written at once; then policy change to
+  enforced (as above) and agent RSS.
 
     .venv/bin/python bench/netpol.py [--pods 1000 3000 10000] [--trials 20] [--adds 30]
+                                     [--parts add enforce dataplane rss namespaces]
 
 Writes bench/out/netpol.json and prints Markdown tables.
 """
@@ -28,13 +33,14 @@ import time
 import uuid
 from typing import Any
 
-from dataplane import icmp_rtt_us, iperf
+from dataplane import icmp_rtt_us, iperf, rr_latency_us
 
 from podnet.lab.lab import Lab, down, ns_path
 from podnet.lab.topology import PodSpec, Topology
 from podnet.netlink import netns
 from podnet.policy import k8s, store
 
+PARTS = ["add", "enforce", "dataplane", "rss", "namespaces"]
 SIM_PREFIX = "/podnet/pods/sim"  # fake nodes' pods: sim<k>/<key>
 
 
@@ -55,6 +61,19 @@ def put_pods(lab: Lab, count: int) -> None:
                 items[f"{store.POD_META}{ns}/{name}"] = json.dumps(
                     {"labels": {"app": f"a{i % 50}", "tier": f"t{i % 5}"}, "ports": {}})
             kv.put_all(items)
+        finally:
+            kv.close()
+
+
+def put_namespaces(lab: Lab, count: int) -> None:
+    """`count` labelled namespaces (none has a pod), half of them matching every namespace
+    selector the benchmark's policies hold."""
+    with netns.entered(ns_path(lab.prefix + "cp")):
+        kv = lab.etcd_store()
+        try:
+            kv.put_all({f"{store.NAMESPACES}n{i}": json.dumps(
+                {"labels": {"team": ("blue", "red")[i % 2], "i": str(i)}})
+                for i in range(count)})
         finally:
             kv.close()
 
@@ -168,6 +187,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--rss-pods", type=int, default=10000)
     parser.add_argument("--rss-policies", type=int, default=1000)
+    parser.add_argument("--namespaces", type=int, default=100_000)
+    parser.add_argument("--parts", nargs="+", default=PARTS, choices=PARTS)
     args = parser.parse_args()
     topo = Topology.make(f"np{uuid.uuid4().hex[:4]}", "host-gw", 2, 0)
     topo.check()
@@ -185,18 +206,19 @@ def main() -> None:
         # -- ADD with and without policies, alternating rounds ------------------------------
         put_pods(lab, min(args.pods))
         adds: dict[str, list[float]] = {"none": [], "with": []}
-        for _ in range(args.rounds):
+        for _ in range(args.rounds if "add" in args.parts else 0):
             for key, objs in (("none", []), ("with", policies(args.policies))):
                 set_policies(lab, objs)
                 time.sleep(1)
                 adds[key] += add_latency(lab, "node1", args.adds // args.rounds)
-        result["add_p50_ms"] = {k: statistics.median(v) * 1e3 for k, v in adds.items()}
-        result["add_p99_ms"] = {k: pct(v, 99) * 1e3 for k, v in adds.items()}
-        result["add_ratio"] = result["add_p50_ms"]["with"] / result["add_p50_ms"]["none"]
+        if "add" in args.parts:
+            result["add_p50_ms"] = {k: statistics.median(v) * 1e3 for k, v in adds.items()}
+            result["add_p99_ms"] = {k: pct(v, 99) * 1e3 for k, v in adds.items()}
+            result["add_ratio"] = result["add_p50_ms"]["with"] / result["add_p50_ms"]["none"]
 
         # -- policy change to enforced, per cluster size -------------------------------------
         result["enforce"] = {}
-        for count in args.pods:
+        for count in args.pods if "enforce" in args.parts else []:
             put_pods(lab, count)
             set_policies(lab, policies(args.policies))
             time.sleep(2)
@@ -208,54 +230,95 @@ def main() -> None:
                   f"p99 {result['enforce'][count]['p99_ms']:.0f} ms", flush=True)
 
         # -- an isolated pod's allowed connection against an unisolated pod's ----------------
-        set_policies(lab, [{"apiVersion": k8s.API_VERSION, "kind": k8s.KIND,
-                            "metadata": {"name": "let-c-in", "namespace": "x"},
-                            "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
-                                     "ingress": [{"from": [{"podSelector": {
-                                         "matchLabels": {"pod": "c"}}}]}]}}])
-        time.sleep(2)
-        c = ns_path(pods["c"].netns(topo.name))
-        ends = {"isolated": pods["a"], "open": pods["d"]}
-        tput: dict[str, list[float]] = {k: [] for k in ends}
-        icmp: dict[str, list[float]] = {f"{k}_{m}": [] for k in ends for m in ("p10", "p50")}
-        for _ in range(args.rounds):
-            for k, pod in ends.items():
-                tput[k].append(iperf(c, ns_path(pod.netns(topo.name)), pod.ip, 1, args.seconds))
-            rtt = icmp_rtt_us({k: (c, pod.ip) for k, pod in ends.items()})
-            for k in ends:
-                icmp[f"{k}_p10"].append(rtt[k][0])
-                icmp[f"{k}_p50"].append(rtt[k][1])
-        result["gbit"] = {k: statistics.median(v) for k, v in tput.items()}
-        result["gbit_all"] = tput
-        result["icmp_us"] = {k: statistics.median(v) for k, v in icmp.items()}
-        result["tput_ratio"] = result["gbit"]["isolated"] / result["gbit"]["open"]
+        if "dataplane" in args.parts:
+            result.update(dataplane(lab, pods, args.rounds, args.seconds))
 
         # -- agent RSS at scale ---------------------------------------------------------------
-        put_pods(lab, args.rss_pods)
-        set_policies(lab, policies(args.rss_policies))
-        time.sleep(5)
-        result["rss"] = {"pods": args.rss_pods, "policies": args.rss_policies,
-                         "mb": max(rss_mb(n.agent_pid) for n in lab.topo.nodes)}
+        if "rss" in args.parts:
+            put_pods(lab, args.rss_pods)
+            set_policies(lab, policies(args.rss_policies))
+            time.sleep(5)
+            result["rss"] = {"pods": args.rss_pods, "policies": args.rss_policies,
+                             "mb": max(rss_mb(n.agent_pid) for n in lab.topo.nodes)}
+
+        # -- hostile input: namespaces by the hundred thousand ----------------------------
+        if "namespaces" in args.parts:
+            put_pods(lab, min(args.pods))
+            set_policies(lab, policies(args.policies))
+            put_namespaces(lab, args.namespaces)
+            time.sleep(5)
+            took = enforcement(lab, args.trials)
+            result["namespaces"] = {
+                "count": args.namespaces, "pods": min(args.pods), "policies": args.policies,
+                "p50_ms": statistics.median(took) * 1e3, "p99_ms": pct(took, 99) * 1e3,
+                "mb": max(rss_mb(n.agent_pid) for n in lab.topo.nodes)}
     finally:
         down(topo.name)
     os.makedirs(os.path.join(os.path.dirname(__file__), "out"), exist_ok=True)
     with open(os.path.join(os.path.dirname(__file__), "out", "netpol.json"), "w") as fh:
         json.dump(result, fh, indent=2)
-    a = result["add_p50_ms"]
-    print(f"\n| pod ADD | no policy | {args.policies} policies | ratio |\n|---|---|---|---|\n"
-          f"| p50 ms | {a['none']:.1f} | {a['with']:.1f} | {result['add_ratio']:.2f} |\n"
-          f"| p99 ms | {result['add_p99_ms']['none']:.1f} | {result['add_p99_ms']['with']:.1f}"
-          " | |")
-    print("\n| simulated pods | enforced p50 ms | p99 ms | max ms |\n|---|---|---|---|")
-    for count, e in result["enforce"].items():
-        print(f"| {count} | {e['p50_ms']:.0f} | {e['p99_ms']:.0f} | {e['max_ms']:.0f} |")
-    g, i = result["gbit"], result["icmp_us"]
-    print("\n| pod on node1, from c on node2 | Gbit/s | ICMP p10 / p50 us |\n|---|---|---|\n"
-          f"| isolated (allowed by policy) | {g['isolated']:.2f} | {i['isolated_p10']:.0f} / "
-          f"{i['isolated_p50']:.0f} |\n| open | {g['open']:.2f} | {i['open_p10']:.0f} / "
-          f"{i['open_p50']:.0f} |\n| ratio | {result['tput_ratio']:.2f} | |")
-    r = result["rss"]
-    print(f"\nagent RSS with {r['pods']} pods and {r['policies']} policies: {r['mb']:.0f} MB")
+    report(result, args.policies)
+
+
+def dataplane(lab: Lab, pods: dict[str, PodSpec], rounds: int,
+              seconds: int) -> dict[str, Any]:
+    """From c (node2), to a (isolated, c let in) and to d (open), both on node1."""
+    name = lab.topo.name
+    set_policies(lab, [{"apiVersion": k8s.API_VERSION, "kind": k8s.KIND,
+                        "metadata": {"name": "let-c-in", "namespace": "x"},
+                        "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                                 "ingress": [{"from": [{"podSelector": {
+                                     "matchLabels": {"pod": "c"}}}]}]}}])
+    time.sleep(2)
+    c = ns_path(pods["c"].netns(name))
+    ends = {"isolated": pods["a"], "open": pods["d"]}
+    tput: dict[str, list[float]] = {k: [] for k in ends}
+    rr: dict[str, list[float]] = {k: [] for k in ends}
+    icmp: dict[str, list[float]] = {f"{k}_{m}": [] for k in ends for m in ("p10", "p50")}
+    for _ in range(rounds):
+        for k, pod in ends.items():
+            tput[k].append(iperf(c, ns_path(pod.netns(name)), pod.ip, 1, seconds))
+            rr[k].append(rr_latency_us(c, ns_path(pod.netns(name)), pod.ip))
+        rtt = icmp_rtt_us({k: (c, pod.ip) for k, pod in ends.items()})
+        for k in ends:
+            icmp[f"{k}_p10"].append(rtt[k][0])
+            icmp[f"{k}_p50"].append(rtt[k][1])
+    gbit = {k: statistics.median(v) for k, v in tput.items()}
+    return {"gbit": gbit, "gbit_all": tput, "tput_ratio": gbit["isolated"] / gbit["open"],
+            "tcp_rr_us": {k: statistics.median(v) for k, v in rr.items()}, "tcp_rr_all": rr,
+            "icmp_us": {k: statistics.median(v) for k, v in icmp.items()}}
+
+
+def report(result: dict[str, Any], policies: int) -> None:
+    if "add_p50_ms" in result:
+        a = result["add_p50_ms"]
+        print(f"\n| pod ADD | no policy | {policies} policies | ratio |\n|---|---|---|---|\n"
+              f"| p50 ms | {a['none']:.1f} | {a['with']:.1f} | {result['add_ratio']:.2f} |\n"
+              f"| p99 ms | {result['add_p99_ms']['none']:.1f} | "
+              f"{result['add_p99_ms']['with']:.1f} | |")
+    if result["enforce"]:
+        print("\n| simulated pods | enforced p50 ms | p99 ms | max ms |\n|---|---|---|---|")
+        for count, e in result["enforce"].items():
+            print(f"| {count} | {e['p50_ms']:.0f} | {e['p99_ms']:.0f} | {e['max_ms']:.0f} |")
+    if "gbit" in result:
+        g, i, rr = result["gbit"], result["icmp_us"], result["tcp_rr_us"]
+        spread = {k: f"{min(v):.1f}-{max(v):.1f}" for k, v in result["gbit_all"].items()}
+        print("\n| pod on node1, from c on node2 | Gbit/s (runs) | TCP RR us | "
+              "ICMP p10 / p50 us |\n|---|---|---|---|")
+        for k, title in (("isolated", "isolated (allowed by policy)"), ("open", "open")):
+            print(f"| {title} | {g[k]:.2f} ({spread[k]}) | {rr[k]:.0f} | "
+                  f"{i[k + '_p10']:.0f} / {i[k + '_p50']:.0f} |")
+        print(f"| ratio | {result['tput_ratio']:.2f} | "
+              f"{rr['isolated'] / rr['open']:.2f} | |")
+    if "rss" in result:
+        r = result["rss"]
+        print(f"\nagent RSS with {r['pods']} pods and {r['policies']} policies: "
+              f"{r['mb']:.0f} MB")
+    if "namespaces" in result:
+        n = result["namespaces"]
+        print(f"\n{n['count']} namespaces, {n['pods']} pods, {n['policies']} policies: "
+              f"enforced p50 {n['p50_ms']:.0f} ms, p99 {n['p99_ms']:.0f} ms; agent RSS "
+              f"{n['mb']:.0f} MB")
 
 
 if __name__ == "__main__":

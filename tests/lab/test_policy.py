@@ -18,6 +18,8 @@ import pytest
 
 from podnet.lab.lab import Lab, ns_path
 from podnet.lab.topology import PodSpec
+from podnet.netlink import netns
+from podnet.policy import store
 from podnet.verify.check import PairResult, Report
 from podnet.verify.probes import source_address
 from tests.lab.conftest import (
@@ -364,6 +366,37 @@ def test_an_etcd_outage_opens_nothing(make_lab: MakeLab, tmp_path: Path) -> None
         lab.start_etcd()
     assert cli(lab, "policy", "delete", "x/only-b").returncode == 0
     eventually(lambda: connects(lab, p["c"], p["a"]), timeout=30)
+
+
+def test_a_hundred_thousand_namespaces_leave_the_agents_working(make_lab: MakeLab,
+                                                                tmp_path: Path) -> None:
+    """Hostile input: 100,000 labelled namespaces written at once. The agents stay alive and
+    keep enforcing; a label change still takes effect (docs/benchmarks.md: how fast, and
+    their memory)."""
+    lab = make_lab("host-gw", nodes=2, pods=0)
+    p = pods(lab)
+    assert policy(lab, tmp_path, """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-blue, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: blue}}}]
+""").returncode == 0
+    eventually(lambda: not connects(lab, p["c"], p["a"]))
+    with netns.entered(ns_path(lab.prefix + "cp")):
+        kv = lab.etcd_store()
+        try:
+            kv.put_all({f"{store.NAMESPACES}n{i}": json.dumps(
+                {"labels": {"team": ("blue", "red")[i % 2], "i": str(i)}})
+                for i in range(100_000)})
+        finally:
+            kv.close()
+    assert cli(lab, "label", "namespace", "y", "team=blue").returncode == 0
+    eventually(lambda: connects(lab, p["c"], p["a"]), timeout=60)
+    assert not connects(lab, p["d"], p["a"])  # x is not blue
+    assert all(os.path.exists(f"/proc/{n.agent_pid}") for n in lab.topo.nodes)
 
 
 @pytest.mark.parametrize(("text", "message"), [
