@@ -6,6 +6,7 @@ agent restart opening nothing; bad input refused with nothing stored."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -279,6 +280,56 @@ spec:
     assert dc.ports == {"SCTP/9000": False, "TCP/8080": True, "UDP/5353": False}
     assert not dc.tcp and not any(db.ports.values())
     assert not any(pair(report, p["d"].name, p["a"].name).ports.values())
+    # The same through etcd: each node's agent serves and probes the ports.
+    wait_published(lab)
+    code, remote, err = verify_etcd(lab)
+    assert code == 0 and remote is not None and remote["ok"], (err, remote)
+    by_pair = {(r["src"], r["dst"]): r for r in remote["pairs"]}
+    assert by_pair[("x/b", "x/a")]["ports"] == dict.fromkeys(every, True)
+    assert by_pair[("x/d", "y/c")]["ports"]["TCP/8080"] is True
+
+
+def test_ip_block_except_default_deny_egress_and_policies_adding_up(
+        make_lab: MakeLab, tmp_path: Path) -> None:
+    """ipBlock with an exception, a second policy adding a port for the excepted pod, and a
+    pod denied every egress; the whole truth table held by verify."""
+    lab = make_lab("host-gw", nodes=2, pods=0)
+    p = pods(lab)
+    pods_net = ipaddress.ip_network(f"{p['a'].ip}/16", strict=False)
+    out = policy(lab, tmp_path, f"""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: pods-but-c, namespace: x}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress:
+  - from: [{{ipBlock: {{cidr: {pods_net}, except: [{p['c'].ip}/32]}}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: y-on-8080, namespace: x}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress:
+  - from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}}}]
+    ports: [{{port: 8080}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: d-no-egress, namespace: x}}
+spec:
+  podSelector: {{matchLabels: {{pod: d}}}}
+  policyTypes: [Egress]
+""")
+    assert out.returncode == 0, out.stderr
+    eventually(lambda: not connects(lab, p["c"], p["a"]) and not connects(lab, p["d"], p["b"]))
+    report = verify(lab)
+    assert report.ok, failures(report)
+    ca = pair(report, p["c"].name, p["a"].name)
+    assert not ca.tcp and ca.ports == {"TCP/8080": True}  # excepted, let in on 8080 alone
+    assert pair(report, p["b"].name, p["a"].name).tcp  # within the block
+    assert not pair(report, "node2", p["a"].name).tcp  # a node's address is not
+    assert {r.dst for r in report.pairs if r.src == p["d"].name and r.tcp} == {"node1"}
 
 
 def test_changes_take_effect_and_deletion_opens(make_lab: MakeLab, tmp_path: Path) -> None:

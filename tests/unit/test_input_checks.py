@@ -312,3 +312,17 @@ def test_help_shows_every_default_and_what_each_path_is_for() -> None:
     for path in ("/etc/cni/net.d", "/run/podnet/cni.sock", "/var/lib/podnet/agent",
                  "/var/lib/cni/networks"):
         assert path in text
+
+
+@pytest.mark.parametrize("raw", [
+    "80", [["TCP"]], [["ICMP", 1]], [["TCP", 0]], [["UDP", 70000]], [["SCTP", "9000"]],
+    [["TCP", 80]] * 9,
+])
+def test_a_verify_requests_ports_are_checked_by_the_agent(raw: object) -> None:
+    """What `verify --etcd` asks each agent to serve comes through etcd: anything but a
+    short list of [protocol, port] is refused before a server starts."""
+    from podnet.verify.responder import request_ports
+
+    with pytest.raises(ValueError, match="ports: "):
+        request_ports(raw)
+    assert request_ports([["UDP", 53], ["SCTP", 9000]]) == [("UDP", 53), ("SCTP", 9000)]

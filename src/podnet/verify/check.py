@@ -120,12 +120,12 @@ def _pair(src: Endpoint, dst: Endpoint, src_addrs: set[str], expect: Expect | No
     timeout = 2.0
     if expect is not None:
         timeout = 2.0 if expect(as_sent(src, result), dst, "TCP", probes.ECHO_PORT)[0] else 1.0
-        for protocol, port in ports:
-            try:
-                probes.seen_source(protocol, src.netns, dst.ip, port, timeout=1.0)
-                result.ports[probe_key((protocol, port))] = True
-            except OSError:
-                result.ports[probe_key((protocol, port))] = False
+    for protocol, port in ports:  # only where policies name ports, so most are denied
+        try:
+            probes.seen_source(protocol, src.netns, dst.ip, port, timeout=1.0)
+            result.ports[probe_key((protocol, port))] = True
+        except OSError:
+            result.ports[probe_key((protocol, port))] = False
     try:
         result.seen_source = probes.tcp_seen_source(src.netns, dst.ip, timeout=timeout)
         result.tcp = True

@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 from podnet.datastore.args import add_args, from_args
 from podnet.errors import UserError
-from podnet.verify.check import Endpoint, Report, endpoints_of, families, render, run
+from podnet.verify.check import (
+    Endpoint,
+    Expect,
+    Probe,
+    Report,
+    endpoints_of,
+    families,
+    render,
+    run,
+)
 
 if TYPE_CHECKING:
     from podnet.cli import Parser
@@ -80,29 +89,33 @@ def _cluster(args: argparse.Namespace) -> list[tuple[str, Report, list[Endpoint]
         objects = Objects.read(store)
         runs = []
         for family in remote.families(store):
-            report, targets = remote.run(store, args.timeout, family)
-            _hold_to_policy(report, targets, objects, family)
+            expect, ports = _expectation(objects, family)
+            report, targets = remote.run(store, args.timeout, family, ports=ports)
+            if expect is not None:
+                _hold_to_policy(report, targets, expect)
             runs.append((f"ipv{family}", report, targets))
         return runs
     finally:
         store.close()
 
 
-def _hold_to_policy(report: Report, targets: list[Endpoint], objects: Objects,
-                    family: int) -> None:
-    """The agents probed; policy judges what they saw (their pairs carry the address each
-    node sent from)."""
+def _expectation(objects: Objects, family: int) -> tuple[Expect | None, list[Probe]]:
+    """What policy expects of the pods the agents published, and the ports it names."""
     from podnet.policy.store import pod_identity
-    from podnet.verify.check import judge
     from podnet.verify.policy import expectation
 
     pods: list[Mapping[str, Any]] = [
         {"namespace": identity[0], "pod_name": identity[1], "ips": record.ips,
          "node": key.partition("/")[0]}
             for key, record in objects.pods.items() for identity in [pod_identity(record)]]
-    expect, _ = expectation(objects, pods, family)
-    if expect is None:
-        return
+    return expectation(objects, pods, family)
+
+
+def _hold_to_policy(report: Report, targets: list[Endpoint], expect: Expect) -> None:
+    """The agents probed; policy judges what they saw (their pairs carry the address each
+    node sent from)."""
+    from podnet.verify.check import judge
+
     by_name = {e.name: e for e in targets}
     for pair in report.pairs:
         if pair.src in by_name and pair.dst in by_name:

@@ -12,7 +12,7 @@ from podnet.datastore.etcd import ANSWERS, EtcdStore
 from podnet.errors import UserError
 from podnet.podrecords import PodRecord
 from podnet.verify import channel
-from podnet.verify.check import Endpoint, PairResult, Report
+from podnet.verify.check import Endpoint, PairResult, Probe, Report
 from podnet.verify.probes import ECHO_PORT
 
 POLL = 0.2
@@ -73,8 +73,10 @@ def _gather(store: EtcdStore, rid: str, step: str, nodes: set[str], deadline: fl
         time.sleep(POLL)
 
 
-def run(store: EtcdStore, timeout: float, family: int = 4, port: int = ECHO_PORT
-        ) -> tuple[Report, list[Endpoint]]:
+def run(store: EtcdStore, timeout: float, family: int = 4, port: int = ECHO_PORT,
+        ports: list[Probe] | None = None) -> tuple[Report, list[Endpoint]]:
+    """`ports`: besides the echo port, what each pod serves and is probed on (the ports
+    policies name)."""
     found, problems = endpoints(store, family)
     nodes = {e.node for e in found}
     if not nodes:
@@ -85,7 +87,8 @@ def run(store: EtcdStore, timeout: float, family: int = 4, port: int = ECHO_PORT
     lease = store.grant(int(timeout) + 30)
     try:
         store.put(channel.request_key(rid), json.dumps(
-            {"port": port, "timeout": timeout, "family": family}), lease)
+            {"port": port, "timeout": timeout, "family": family, "ports": ports or []}),
+            lease)
         # Echo servers come up in well under a second; waiting long only for a dead agent.
         ready = _gather(store, rid, channel.READY, nodes, start + min(10.0, timeout / 3))
         skipped: set[str] = set()

@@ -16,6 +16,7 @@ from podnet.datastore.base import DatastoreError
 from podnet.datastore.etcd import VERIFY, EtcdStore
 from podnet.netlink import netns
 from podnet.verify import channel, check, probes
+from podnet.verify.policy import MAX_PORTS
 
 log = logging.getLogger("podnet.verify")
 
@@ -40,6 +41,20 @@ class Local:
     # What this node lacks towards each peer (diagnose.node_lacks), asked after the probes.
     lacks: Callable[[], dict[str, list[str]]]
     lease: Callable[[], int]  # the node's etcd lease now: its answers live on it
+
+
+def request_ports(raw: object) -> list[check.Probe]:
+    """The request's ports to serve and probe ([protocol, number] each), at most as many as
+    verify asks for; ValueError for anything else."""
+    if not isinstance(raw, list) or len(raw) > MAX_PORTS:
+        raise ValueError(f"ports: not a list of at most {MAX_PORTS}")
+    out: list[check.Probe] = []
+    for item in raw:
+        if (not isinstance(item, list) or len(item) != 2 or item[0] not in probes.SERVERS
+                or not isinstance(item[1], int) or not 1 <= item[1] <= 65535):
+            raise ValueError(f"ports: {item!r} is not [TCP|UDP|SCTP, 1-65535]")
+        out.append((item[0], item[1]))
+    return out
 
 
 class Responder:
@@ -122,20 +137,24 @@ class Responder:
             self._serve(rid, run)
 
     def _serve(self, rid: str, run: _Run) -> None:
-        servers: list[probes.EchoServer] = []
+        servers: list[probes.Echo] = []
         try:
             req = json.loads(run.request)
             port, timeout = int(req["port"]), float(req["timeout"])
             family = int(req.get("family", 4))
+            ports = request_ports(req.get("ports", []))
             deadline = time.monotonic() + timeout
             local, problems = self.endpoints(family)
             serving = []
             for e in local:
+                serves = [("TCP", port)] + (ports if e.kind == "pod" else [])
                 try:
-                    servers.append(probes.EchoServer(e.netns, port))
+                    for protocol, number in serves:
+                        servers.append(probes.SERVERS[protocol](e.netns, number))
                     serving.append(e)
                 except OSError as exc:
-                    problems[e.name] = f"cannot serve probes on port {port}: {exc.strerror}"
+                    problems[e.name] = (f"cannot serve probes on {protocol} port {number}: "
+                                        f"{exc.strerror}")
             me = self.local.node
             self.store.put(channel.answer_key(me, rid, channel.READY),
                            json.dumps({"problems": problems}), self.local.lease())
@@ -147,7 +166,8 @@ class Responder:
             addrs = {e.name: check.own_addresses(e.netns) for e in sources}
             own = {e.name: e.ip in addrs[e.name] for e in sources if e.kind == "pod"}
             pairs, mtu = check.probe(check.plan(sources, targets),
-                                     check.mtu_plan(sources, targets), self.local.pod_mtu, addrs)
+                                     check.mtu_plan(sources, targets), self.local.pod_mtu, addrs,
+                                     ports=ports)
             self.store.put(channel.answer_key(me, rid, channel.RESULT), json.dumps({
                 "pairs": [asdict(p) for p in pairs], "own_address": own, "mtu": mtu,
                 "lacks": self.local.lacks()}), self.local.lease())
