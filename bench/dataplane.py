@@ -51,6 +51,12 @@ def listening(pid: int, port: int) -> bool:
 
 def iperf(src_ns: str, dst_ns: str, dst_ip: str, streams: int, seconds: int) -> float:
     """Gbit/s received."""
+    return iperf_run(src_ns, dst_ns, dst_ip, streams, seconds)[0]
+
+
+def iperf_run(src_ns: str, dst_ns: str, dst_ip: str, streams: int,
+              seconds: int) -> tuple[float, int]:
+    """Gbit/s received, and the sender's TCP retransmissions."""
     server = subprocess.Popen(["nsenter", f"--net={dst_ns}", "iperf3", "-s", "-p",
                                str(PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -67,7 +73,9 @@ def iperf(src_ns: str, dst_ns: str, dst_ip: str, streams: int, seconds: int) -> 
         report = json.loads(out.stdout)
         if "error" in report:
             raise RuntimeError(f"iperf3 to {dst_ip}: {report['error']}")
-        return float(report["end"]["sum_received"]["bits_per_second"]) / 1e9
+        end = report["end"]
+        return (float(end["sum_received"]["bits_per_second"]) / 1e9,
+                int(end["sum_sent"].get("retransmits", 0)))
     finally:
         server.kill()
         server.wait()

@@ -15,7 +15,7 @@ import pytest
 
 from podnet.fastpath import podmap
 from podnet.lab.lab import Lab, down, ns_path, status
-from podnet.lab.topology import Topology, netns_prefix
+from podnet.lab.topology import PodSpec, Topology, netns_prefix
 from podnet.netlink import netns
 from podnet.netlink.fastlink import Rtnl
 from podnet.verify.check import Report
@@ -108,3 +108,39 @@ def wait_published(lab: Lab) -> None:
     while published(lab) != want:
         assert time.monotonic() < deadline, f"published {published(lab)}, not {want}"
         time.sleep(0.2)
+
+
+SEND = """
+import socket, sys
+server = socket.create_server(("0.0.0.0", 7500))
+print("ready", flush=True)
+conn, _ = server.accept()
+conn.sendall(b"x" * int(sys.argv[1]))
+conn.close()
+"""
+RECEIVE = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 7500), timeout=10)
+n = 0
+while data := s.recv(1 << 16):
+    n += len(data)
+print(n)
+"""
+
+
+def transfer(lab: Lab, sender: PodSpec, receiver: PodSpec, size: int) -> str:
+    """`receiver` connects to `sender`, which sends `size` bytes and closes: what the
+    receiver read before the end of the stream (or the error that ended it)."""
+    def run(pod: PodSpec, script: str, *args: str) -> list[str]:
+        return ["nsenter", f"--net={ns_path(pod.netns(lab.topo.name))}", sys.executable, "-c",
+                script, *args]
+
+    with subprocess.Popen(run(sender, SEND, str(size)), stdout=subprocess.PIPE,
+                          text=True) as server:
+        try:
+            assert server.stdout is not None and server.stdout.readline() == "ready\n"
+            out = subprocess.run(run(receiver, RECEIVE, sender.ip), capture_output=True,
+                                 text=True, timeout=60)
+            return out.stdout.strip() or out.stderr.strip().splitlines()[-1]
+        finally:
+            server.kill()

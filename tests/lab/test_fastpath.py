@@ -13,7 +13,7 @@ import pytest
 from podnet.fastpath import bpf, podmap
 from podnet.lab.lab import Lab, ns_path
 from podnet.netlink import netns, tc
-from tests.lab.conftest import MakeLab, failures, fast_path_at, verify
+from tests.lab.conftest import MakeLab, failures, fast_path_at, transfer, verify
 from tests.lab.test_lab_ops import sh, wait_for
 
 
@@ -168,3 +168,18 @@ def test_fast_path_off_by_config(make_lab: MakeLab) -> None:
         assert prog is None and set(veths.values()) == {None}
     report = verify(lab)
     assert report.ok, failures(report)
+
+
+def test_an_overlay_flow_takes_one_path(make_lab: MakeLab) -> None:
+    """A bulk TCP flow's segmentation-offload super-packets are encapsulated and decapsulated
+    by the program like its small packets: none crosses either node's VXLAN device, so no
+    packet of the flow overtakes another on a shorter path."""
+    lab = make_lab("vxlan", nodes=2, pods=2)
+    sender, receiver = lab.topo.pods[2], lab.topo.pods[0]  # node2's first pod, node1's
+    size = 20 << 20
+    before = {n: (link_packets(lab, n, "podnet.1", "rx", "tx"),
+                  link_packets(lab, n, "eth0", "rx", "tx")) for n in ("node1", "node2")}
+    assert transfer(lab, sender, receiver, size) == str(size)
+    for n, (device, uplink) in before.items():
+        crossed = link_packets(lab, n, "eth0", "rx", "tx") - uplink
+        assert crossed > 300 and link_packets(lab, n, "podnet.1", "rx", "tx") == device, n

@@ -10,7 +10,6 @@ import ipaddress
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from tests.lab.conftest import (
     MakeLab,
     failures,
     fast_path_at,
+    transfer,
     verify,
     verify_etcd,
     wait_published,
@@ -124,42 +124,6 @@ def test_ingress_isolation_pair_by_pair(make_lab: MakeLab, tmp_path: Path, backe
         assert denied["policies"] == ["x/only-b"]
 
 
-SEND = """
-import socket, sys
-server = socket.create_server(("0.0.0.0", 7500))
-print("ready", flush=True)
-conn, _ = server.accept()
-conn.sendall(b"x" * int(sys.argv[1]))
-conn.close()
-"""
-RECEIVE = """
-import socket, sys
-s = socket.create_connection((sys.argv[1], 7500), timeout=10)
-n = 0
-while data := s.recv(1 << 16):
-    n += len(data)
-print(n)
-"""
-
-
-def _transfer(lab: Lab, sender: PodSpec, receiver: PodSpec, size: int) -> str:
-    """`receiver` connects to `sender`, which sends `size` bytes and closes: what the
-    receiver read before the end of the stream (or the error that ended it)."""
-    def run(pod: PodSpec, script: str, *args: str) -> list[str]:
-        return ["nsenter", f"--net={ns_path(pod.netns(lab.topo.name))}", sys.executable, "-c",
-                script, *args]
-
-    with subprocess.Popen(run(sender, SEND, str(size)), stdout=subprocess.PIPE,
-                          text=True) as server:
-        try:
-            assert server.stdout is not None and server.stdout.readline() == "ready\n"
-            out = subprocess.run(run(receiver, RECEIVE, sender.ip), capture_output=True,
-                                 text=True, timeout=60)
-            return out.stdout.strip() or out.stderr.strip().splitlines()[-1]
-        finally:
-            server.kill()
-
-
 @pytest.mark.parametrize("backend", ["host-gw", "vxlan", "l2"])
 def test_an_isolated_pods_connections_keep_the_fast_path(make_lab: MakeLab, tmp_path: Path,
                                                          backend: str) -> None:
@@ -181,7 +145,7 @@ def test_an_isolated_pods_connections_keep_the_fast_path(make_lab: MakeLab, tmp_
 
     before = packets()
     size = 20 << 20
-    assert _transfer(lab, p["c"], p["a"], size) == str(size)
+    assert transfer(lab, p["c"], p["a"], size) == str(size)
     # Of the (segmentation-offload) packets node1's uplink carried, the normal path took
     # the handshake and the end alone (its bridge carries them all without the program).
     uplink, bridged = (after - then for after, then in zip(packets(), before, strict=True))

@@ -19,9 +19,12 @@ here, as the node's VXLAN device would (outer IPv4 or IPv6 as the underlay is, U
 inner Ethernet to the peer's VTEP MAC), and sent out of the underlay; arriving VXLAN packets for
 a pod of this node are decapsulated at the underlay and handed to the pod, if their inner source
 belongs to the node that sent them. Pods of either family, over an underlay of either. No trip
-through the VXLAN device, the UDP socket or netfilter on either node. Segmentation-offload
-super-packets and fragments keep going through the device, and so over IPv6 do packets whose
-outer UDP checksum cannot be had from their headers (`_checksummed`).
+through the VXLAN device, the UDP socket or netfilter on either node. A flow takes one path:
+its segmentation-offload super-packets too are encapsulated here (over IPv4; their segments
+get their headers when the kernel segments them) and decapsulated here as they arrive (GRO
+super-packets of TCP). Fragments keep going through the device, and so over IPv6 do
+super-packets and packets whose outer UDP checksum cannot be had from their headers
+(`_checksummed`).
 
 A pod NetworkPolicy isolates (its pod map entry's POLICED bit) keeps the fast path only for
 packets of TCP connections the normal path has let through: the kernel's connection tracking
@@ -63,11 +66,14 @@ MAP_LOOKUP_ELEM, SKB_STORE_BYTES, REDIRECT, SKB_CHANGE_TYPE = 1, 9, 23, 32
 SKB_ADJUST_ROOM, FIB_LOOKUP, REDIRECT_NEIGH, REDIRECT_PEER = 50, 69, 152, 155
 FIB_LOOKUP_SKIP_NEIGH = 4  # the neighbour is bpf_redirect_neigh's to resolve, with its states
 ADJ_ROOM_MAC = 1  # room between the Ethernet and the IP header
+# A segmentation-offload super-packet keeps its segment size across the headers added or
+# taken off: the pods' MTU already leaves room for them (the kernel insists on it for UDP).
+FIXED_GSO = 1 << 0
 # ENCAP_L3_IPV4 or _IPV6 (the outer header's), ENCAP_L4_UDP | ENCAP_L2_ETH, and the inner
 # Ethernet header's length at bit 56: the skb is marked as a UDP tunnel so checksum offload
 # finds the inner headers (and its protocol becomes the outer header's)
 ENCAP_L3 = {4: 1 << 1, 6: 1 << 2}
-ENCAP_FLAGS = (1 << 4) | (1 << 6)
+ENCAP_FLAGS = (1 << 4) | (1 << 6) | FIXED_GSO
 # Taking the outer headers off: the skb's protocol becomes the inner header's (DECAP_L3_IPV4,
 # _IPV6), as an inner family other than the outer one needs
 DECAP_L3 = {4: 1 << 7, 6: 1 << 8}
@@ -462,8 +468,14 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, inner: Family, underlay
     other = "route_out" + inner.tag
     _lookup(p, tunnel_fd, inner, inner.dst, encap.mask(inner.version))
     p.jump_if(R0, "==", 0, other)
-    p.load(4, R2, R6, SKB_GSO_SIZE)
-    p.jump_if(R2, "!=", 0, other)  # a TSO super-packet: the device segments it
+    if encap.outer is V6:
+        # A super-packet's segments over IPv6 need their own UDP checksums, which the
+        # kernel's UDP tunnel segmentation computes only for the device's (UDP_TUNNEL_CSUM).
+        p.load(4, R2, R6, SKB_GSO_SIZE)
+        p.jump_if(R2, "!=", 0, other)
+    else:  # a super-packet whose outer length would not fit its 16 bits: the device's
+        p.load(4, R2, R6, SKB_LEN)
+        p.jump_if(R2, ">", 0xFFFF + ETH_LEN - encap.length, other)
     p.load(1, R2, R7, inner.hops)
     p.jump_if(R2, "<=", 1, "pass")
     if encap.outer is V6:
@@ -746,8 +758,6 @@ def _decap_in(p: Program, overlay: Overlay, pod_maps: dict[int, int], underlay: 
         p.load(2, R2, R7, IP_FRAG)
         p.alu("&", R2, _le(b"\x3f\xff"))  # a fragment is the kernel's to reassemble
         p.jump_if(R2, "!=", 0, "pass")
-    p.load(4, R2, R6, SKB_GSO_SIZE)
-    p.jump_if(R2, "!=", 0, "pass")  # a GRO super-packet: the device takes it apart
     p.load(4, R2, R6, SKB_PKT_TYPE)
     p.jump_if(R2, "!=", PACKET_HOST, "pass")
     families = [FAMILY[f] for f in sorted(pod_maps) if f in overlay.tunnels]
@@ -779,9 +789,9 @@ def _decap_in(p: Program, overlay: Overlay, pod_maps: dict[int, int], underlay: 
         p.mov(R1, R6)
         p.mov_imm(R2, -length)
         p.mov_imm(R3, ADJ_ROOM_MAC)
-        p.mov_imm(R4, DECAP_L3[inner.version])
+        p.mov_imm(R4, DECAP_L3[inner.version] | FIXED_GSO)
         p.call(SKB_ADJUST_ROOM)
-        p.jump_if(R0, "!=", 0, "pass")
+        p.jump_if(R0, "!=", 0, "pass")  # refused (a super-packet not of TCP): the device's
         _reload(p, ETH_LEN + inner.header, "drop")
         p.store_imm(2, R7, ETH_PROTO, inner.ethertype)  # the outer family's until now
         p.mov(R0, R9)
