@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from podnet.backends import gateway
 from podnet.backends.base import BackendError
 from podnet.backends.vxlan import tx_offload_wanted, vtep_mac
-from podnet.datastore.model import ConfigError, Lease, NetworkConfig, NewerFormat
+from podnet.datastore.model import ConfigError, Lease, NetworkConfig, NewerFormat, subnet_key
 from podnet.lab.topology import Topology
 
 
@@ -290,3 +290,17 @@ def test_bird_configs_carry_ipv4_over_an_ipv6_session() -> None:
         ("fd00:192:168::/48", ["10.244.0.0/16", "fd00:10:244::/56"])], 64512, 64513)
     assert router.count("protocol kernel") == 2 and router.count("protocol bgp") == 1
     assert "ipv4 { extended next hop on; import where net ~ [ 10.244.0.0/16{16,32} ]" in router
+
+
+@pytest.mark.parametrize(("network", "length"), [("10.0.0.0/8", 24), ("10.244.0.0/16", 26),
+                                                   ("fd00:10:244::/56", 64)])
+def test_subnets_by_index_match_the_list(network: str, length: int) -> None:
+    """A lease picks among a /8's 65,536 subnets by index, without making them all."""
+    config = NetworkConfig(ipaddress.ip_network(network), length)
+    every = config.subnets()
+    for i in (0, 1, len(every) // 2, len(every) - 1):
+        assert config.subnet_at(i) == every[i] and config.subnet_index(every[i]) == i
+    assert config.subnet_index(ipaddress.ip_network("192.168.0.0/24")) is None
+    busy = {subnet_key(every[0]), subnet_key(every[-1]), "junk", "10.0.0.0-25", ""}
+    free = config.free_indices(busy)
+    assert free == list(range(1, len(every) - 1))

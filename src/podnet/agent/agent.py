@@ -102,9 +102,13 @@ class Agent:
                 raise UserError(problem, "give --iface or --node-ip the node's underlay "
                                 "address")
         _forwarding()
+        # The peers' leases are read while this node takes its own and sets up its backend
+        # (the watch starts from this read's revision, so nothing written meanwhile is
+        # missed; this node's own lease comes as an event and is skipped as its own).
+        peers = _in_background(lambda: self.store.snapshot(config), "peers")
         if self.opts.role == "router":
             self.backend = manager.create_router(node, config)
-            self._start_loops(self._resync())
+            self._start_loops(self._resync(read=peers))
             log.info("routing the pod subnets of %d nodes", len(self.peers))
             return
         previous = self.state.load()
@@ -127,10 +131,14 @@ class Agent:
         log.info("leased %s for node %s (%s)", own.subnet, own.node, own.node_ip)
         self.backend.start(own)
         plugin = self.backend.cni_plugin_options()
-        self.fast = self._start_fast_path(config, plugin["bridge"])
-        self.enforcer = self._start_policy(config, own)
-        # The firewall is written by the resync below, with every peer: written here with
-        # this node alone, it would drop the peers' tunnel packets until then.
+        # The fast path (a program to load) and policy (the datastore to read) are made
+        # once the peers' routes are programmed, before the tunnel map and the firewall,
+        # which need them: the peers are reachable the sooner.
+        def fast_and_policy() -> None:
+            self.fast = self._start_fast_path(config, plugin["bridge"])
+            self.enforcer = self._start_policy(config, own)
+
+        revision = self._resync(fast_and_policy, peers)
         if self.fast is not None:
             plugin["fastPathUplink"] = self.fast.uplink
         plugin["podRecords"] = self.opts.pod_records
@@ -138,7 +146,6 @@ class Agent:
         path = conflist.write(self.opts.cni_conf_dir, conflist.render(
             plugin, self.backend.pod_mtu(), self.opts.cni_socket, self.opts.ipam_data_dir))
         log.info("wrote %s", path)
-        revision = self._resync()
         # The socket appearing means ready: peers are programmed. Until then the shim falls back
         # to the plugin in-process, so pods still start.
         self.cni = Server(self.opts.cni_socket, on_change=self._local_pods_changed)
@@ -323,23 +330,35 @@ class Agent:
             self.store_down_since = time.monotonic()
 
     # -- peers --------------------------------------------------------------------------------
-    def _resync(self) -> int:
+    def _resync(self, set_up: Callable[[], None] | None = None,
+                read: Callable[[], tuple[dict[str, Lease], int]] | None = None) -> int:
+        """Every peer programmed from a fresh read (or the start's, `read`, made earlier);
+        `set_up` (the start's) run between the routes and what needs the fast path and
+        policy: the tunnel map and the firewall (written with every peer at once: with this
+        node alone, it would drop the peers' tunnel packets until then)."""
         assert self.config is not None and self.backend is not None
         t0 = time.perf_counter()
-        leases, revision = self.store.snapshot(self.config)
+        leases, revision = None, 0
+        if read is not None:
+            with contextlib.suppress(DatastoreError):  # read again below
+                leases, revision = read()
+        if leases is None:
+            leases, revision = self.store.snapshot(self.config)
         own = self.held.lease if self.held else None
         t1 = time.perf_counter()
         with self.lock:
             self.peers = {k: v for k, v in leases.items()
                           if own is None or v.node != own.node}
             self.backend.sync(list(self.peers.values()))
-            self._sync_tunnels()
             t2 = time.perf_counter()
+            if set_up is not None:
+                set_up()
+            self._sync_tunnels()
             self._firewall([ip for p in [*self.peers.values(), *([own] if own else [])]
                             for ip in p.underlay_ips])
-        log.info("synced %d peers at revision %d (read %.0f ms, kernel %.0f ms, firewall "
-                 "%.0f ms)", len(self.peers), revision, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
-                 (time.perf_counter() - t2) * 1e3)
+        log.info("synced %d peers at revision %d (read %.0f ms, kernel %.0f ms, then tunnels "
+                 "and firewall %.0f ms)", len(self.peers), revision, (t1 - t0) * 1e3,
+                 (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3)
         return revision
 
     def _sync_tunnels(self) -> int:
@@ -503,6 +522,30 @@ class Agent:
         finally:
             self.stop()
         return self.exit_code
+
+
+def _in_background(fn: Callable[[], T], name: str) -> Callable[[], T]:
+    """Run `fn` in a thread from now; the call returned waits for it and gives its result
+    (or raises what it raised)."""
+    out: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:  # raised again by whoever waits for it
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+
+    def result() -> T:
+        thread.join()
+        if failed:
+            raise failed[0]
+        return out[0]
+
+    return result
 
 
 def _forwarding() -> None:

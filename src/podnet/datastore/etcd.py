@@ -22,7 +22,7 @@ import logging
 import random
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -297,16 +297,12 @@ class EtcdStore:
             if subnet_key(mine) in taken:
                 raise LeaseRefused(f"node {node!r}'s assigned subnet {mine} is leased by "
                                    "another node")
-            free = [mine]
+            free: Iterable[PodNetwork] = [mine]
         else:
             busy = taken | {subnet_key(s) for s in assigned.values()}
-            free = [s for s in config.subnets() if subnet_key(s) not in busy]
+            free = _candidates(config, config.free_indices(busy),
+                               prefer.lease.subnet if prefer is not None else None)
         lease_id = self.grant(ttl)
-        if prefer is not None and prefer.lease.subnet in free:
-            free.remove(prefer.lease.subnet)
-            free.insert(0, prefer.lease.subnet)
-        else:
-            random.shuffle(free)  # concurrent joiners rarely collide
         for subnet in free:
             lease = Lease.make(config, subnet, node, ipaddress.ip_address(node_ip), dict(attrs),
                                node_ip6)
@@ -473,4 +469,17 @@ class EtcdStore:
             stream.close()
         for client in self.clients:
             client.session.close()
+
+
+def _candidates(config: NetworkConfig, free: list[int],
+                prefer: PodNetwork | None) -> Iterator[PodNetwork]:
+    """The free subnets to try, each made when reached: the one held before first, else a
+    few at random (concurrent joiners rarely collide), then the rest in order."""
+    first = random.sample(free, min(8, len(free)))
+    index = config.subnet_index(prefer) if prefer is not None else None
+    if index is not None and index in set(free):
+        first = [index]
+    tried = set(first)
+    for index in first + [i for i in free if i not in tried]:
+        yield config.subnet_at(index)
 

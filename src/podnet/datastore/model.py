@@ -177,6 +177,36 @@ class NetworkConfig:
     def subnets(self) -> list[PodNetwork]:
         return list(self.network.subnets(new_prefix=self.subnet_len))
 
+    def subnet_at(self, index: int) -> PodNetwork:
+        """The network's index-th subnet (made alone: a /8 of /24s has 65,536)."""
+        shift = self.network.max_prefixlen - self.subnet_len
+        net = int(self.network.network_address) + (index << shift)
+        return (IPv4Network((net, self.subnet_len)) if self.network.version == 4
+                else IPv6Network((net, self.subnet_len)))
+
+    def subnet_index(self, subnet: PodNetwork) -> int | None:
+        """The subnet's index (subnet_at's); None where it is not one of the network's."""
+        if (subnet.version != self.network.version or subnet.prefixlen != self.subnet_len
+                or not subnet.subnet_of(self.network)):  # type: ignore[arg-type]
+            return None
+        shift = self.network.max_prefixlen - self.subnet_len
+        return (int(subnet.network_address) - int(self.network.network_address)) >> shift
+
+    def free_indices(self, busy: set[str]) -> list[int]:
+        """The indices of the subnets whose keys (subnet_key) are not in `busy`."""
+        shift = self.network.max_prefixlen - self.subnet_len
+        base = int(self.network.network_address)
+        taken = set()
+        for key in busy:
+            address, _, length = key.partition("-")
+            try:
+                net = int(ipaddress.ip_address(address))
+            except ValueError:
+                continue
+            if length == str(self.subnet_len) and net - base >= 0:
+                taken.add((net - base) >> shift)
+        return [i for i in range(self.capacity) if i not in taken]
+
     def subnet6_for(self, subnet: PodNetwork) -> IPv6Network | None:
         """The IPv6 subnet that goes with an IPv4 one: the same index in network6."""
         if self.network6 is None:

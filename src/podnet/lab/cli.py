@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from podnet.backends import registry
 from podnet.cni.errors import CNIError
 from podnet.errors import UserError
-from podnet.lab.lab import Lab, names, status
 from podnet.lab.topology import (
     IP_FAMILIES,
     MAX_ETCD_MEMBERS,
@@ -81,6 +80,9 @@ def _output_path(path: str) -> str:
 
 
 def _dispatch(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    # Here, not at the top: every command builds this parser (the agent's start among them).
+    from podnet.lab.lab import Lab, names, status
+
     if args.lab_command == "up":
         underlay = "routed" if registry.spec(args.backend).routed_by_gateway else args.underlay
         topo = Topology.make(args.name, args.backend, args.nodes, args.pods_per_node, underlay)
