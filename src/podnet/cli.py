@@ -262,7 +262,13 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         raise UserError(f"the agent failed: {exc}", "its log above has the details") from None
 
 
-def build_parser() -> Parser:
+# Commands whose parsers live in modules of their own, imported only to parse them.
+OWN_MODULES = {"lab": ("lab",), "verify": ("verify",), "policy": ("policy", "label")}
+
+
+def build_parser(command: str | None = None) -> Parser:
+    """The whole parser; with `command` (the first word given), the commands of other
+    modules left out: the agent's start does not import the lab's parser."""
     from podnet.agent.options import INTERVAL_RANGE, TTL_RANGE
     from podnet.backends import registry
     from podnet.install import DEFAULT_PYTHON, DEFAULT_SOCKET
@@ -387,15 +393,23 @@ def build_parser() -> Parser:
                         "exit (refused while an agent runs here)")
     p.set_defaults(func=_cmd_agent)
 
-    from podnet.lab.cli import add_parser as add_lab
+    owner = {word: module for module, words in OWN_MODULES.items() for word in words}
+    if command in {"cni-server", "install-cni", "cni", "cluster", "agent", "demo"}:
+        wanted: set[str] = set()
+    else:  # another module's command, or none known (the error lists every command)
+        wanted = {owner[command]} if command in owner else set(OWN_MODULES)
+    if "lab" in wanted:
+        from podnet.lab.cli import add_parser as add_lab
 
-    add_lab(sub)
-    from podnet.verify.cli import add_parser as add_verify
+        add_lab(sub)
+    if "verify" in wanted:
+        from podnet.verify.cli import add_parser as add_verify
 
-    add_verify(sub)
-    from podnet.policy.cli import add_parsers as add_policy
+        add_verify(sub)
+    if "policy" in wanted:
+        from podnet.policy.cli import add_parsers as add_policy
 
-    add_policy(sub)
+        add_policy(sub)
 
     p = sub.add_parser("demo", help="a 3-node lab, verified and drawn, then taken down")
     p.add_argument("--keep", action="store_true", help="leave the lab up")
@@ -419,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         from podnet.cni.shim import main as plugin_main
 
         plugin_main("podnet")
-    args = build_parser().parse_args(argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(first).parse_args(argv)
     if args.debug:
         rc: int = args.func(args)
         return rc
