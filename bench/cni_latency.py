@@ -8,18 +8,29 @@ Markdown table.
 --baseline REV adds that revision's plugins and cni-server, on the same node, interleaved with
 the others: a change's cost measured side by side rather than against an older run. --dual adds
 pods given an IPv4 and an IPv6 address (a range set of each) through the server.
+
+--phases times one ADD through the server piece by piece instead, each piece a run of its own,
+interleaved pod by pod: the host interpreter's bare start as the runtime execs it (nsenter into
+the node, `python3 -IS -c pass`); the plugin answering VERSION (+ the shim's own start: its
+compile, its imports); an ADD relayed to a stub server that answers at once (+ reading the
+config, connecting, handing over the namespaces, the reply); the ADD through the cni-server
+(+ the server's work). The reference's ADD beside them.
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import contextlib
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 
 from common import bridge_conf, median, node_with_server, pct, release
 
@@ -58,13 +69,96 @@ def timed_exec(rt: Runtime, *args: object) -> float:
     return elapsed
 
 
+@contextlib.contextmanager
+def stub_server(path: str) -> Iterator[None]:
+    """A unix socket server that answers every request at once with an empty ADD result,
+    closing the namespace descriptors it is handed (the shim's side of the relay, alone)."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(64)
+    reply = b'0\n{"cniVersion": "1.0.0", "interfaces": [], "ips": []}'
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                fds = array.array("i")
+                while True:
+                    data, anc, _, _ = conn.recvmsg(65536, socket.CMSG_LEN(16))
+                    for level, kind, raw in anc:
+                        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                            fds.frombytes(raw[:len(raw) - len(raw) % fds.itemsize])
+                    if not data:
+                        break
+                for fd in fds:
+                    os.close(fd)
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        srv.close()
+
+
+def phases(pods: int) -> None:
+    """--phases: one ADD through the server, piece by piece (module docstring)."""
+    with node_with_server(pods) as node:
+        rt, ipam_dir = node.runtime, os.path.join(node.work, "ipam")
+        stub = os.path.join(node.work, "stub.sock")
+        assert rt.node_netns is not None
+        start = ["nsenter", f"--net={rt.node_netns}", "/usr/bin/python3", "-I", "-S", "-c",
+                 "pass"]
+        confs = {"server": bridge_conf("podnet", "pnbr0", "10.202.0.0/16", "podnet-ipam",
+                                       ipam_dir, socket=node.socket),
+                 "stub": bridge_conf("podnet", "pnbr1", "10.203.0.0/16", "podnet-ipam",
+                                     ipam_dir, socket=stub),
+                 "reference": bridge_conf("bridge", "refbr0", "10.201.0.0/16", "host-local",
+                                          ipam_dir)}
+        times: dict[str, list[float]] = {k: [] for k in (
+            "interpreter", "version", "stub", "server", "reference")}
+        with stub_server(stub):
+            for i, path in enumerate(node.pods):
+                times["interpreter"].append(timed_run(start))
+                times["version"].append(timed_exec(rt, "podnet", "VERSION", confs["stub"]))
+                times["stub"].append(timed_exec(rt, "podnet", "ADD", confs["stub"], f"s{i}",
+                                                path))
+                times["server"].append(timed_exec(rt, "podnet", "ADD", confs["server"],
+                                                  f"c{i}", path))
+                times["reference"].append(timed_exec(rt, "bridge", "ADD", confs["reference"],
+                                                     f"r{i}", path, "e1"))
+    p50 = {k: median(v) for k, v in times.items()}
+    print("| phase of one ADD through the server | p50 ms | of which |\n|---|---|---|")
+    print(f"| exec (nsenter) and the host python's start | {p50['interpreter']:.1f} | "
+          f"{p50['interpreter']:.1f} |")
+    print(f"| + the shim's start (compile, imports), VERSION answered | {p50['version']:.1f} | "
+          f"{p50['version'] - p50['interpreter']:.1f} |")
+    print(f"| + config read, connect, namespaces handed over, reply (stub server) | "
+          f"{p50['stub']:.1f} | {p50['stub'] - p50['version']:.1f} |")
+    print(f"| + the cni-server's work | {p50['server']:.1f} | "
+          f"{p50['server'] - p50['stub']:.1f} |")
+    print(f"| reference bridge + host-local ADD | {p50['reference']:.1f} | |")
+    os.makedirs("bench/out", exist_ok=True)
+    with open("bench/out/cni_phases.json", "w") as fh:
+        json.dump({"pods": pods, "p50_ms": p50, "runs": times}, fh, indent=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pods", type=int, default=100)
     parser.add_argument("--baseline", help="a git revision to measure beside this tree")
     parser.add_argument("--dual", action="store_true",
                         help="also pods with an address of each family, through the server")
+    parser.add_argument("--phases", action="store_true",
+                        help="time one ADD through the server piece by piece")
     args = parser.parse_args()
+    if args.phases:
+        phases(args.pods)
+        return
     with node_with_server(args.pods) as node, contextlib.ExitStack() as stack:
         rt, ipam_dir = node.runtime, os.path.join(node.work, "ipam")
         variants = {

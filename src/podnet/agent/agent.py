@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from podnet import podrecords
 from podnet.agent import conflist
@@ -26,7 +26,6 @@ from podnet.agent.options import AgentOptions, metrics_address
 from podnet.agent.state import AlreadyRunning, NodeState, StateFile
 from podnet.backends import manager
 from podnet.backends.base import Backend, BackendError
-from podnet.cni.server import Server
 from podnet.datastore.base import Datastore, DatastoreError, Event, Held, PermissionDenied
 from podnet.datastore.model import (
     ConfigError,
@@ -43,9 +42,10 @@ from podnet.firewall import cluster as firewall
 from podnet.firewall import nft
 from podnet.firewall.libnft import NftError
 from podnet.netlink import links, netns
-from podnet.policy import compile as policy_compile
-from podnet.policy import pending
-from podnet.policy.enforcer import Enforcer
+
+if TYPE_CHECKING:  # imported where first used: the peers' routes come before them
+    from podnet.cni.server import Server
+    from podnet.policy.enforcer import Enforcer
 
 log = logging.getLogger("podnet.agent")
 T = TypeVar("T")
@@ -148,6 +148,8 @@ class Agent:
         log.info("wrote %s", path)
         # The socket appearing means ready: peers are programmed. Until then the shim falls back
         # to the plugin in-process, so pods still start.
+        from podnet.cni.server import Server
+
         self.cni = Server(self.opts.cni_socket, on_change=self._local_pods_changed)
         self.cni.start_thread()
         self._start_loops(revision)
@@ -236,6 +238,7 @@ class Agent:
         """NetworkPolicy enforcement, where policies can be had (etcd; a file store's single
         node has none)."""
         from podnet.datastore.etcd import EtcdStore
+        from podnet.policy.enforcer import Enforcer
 
         if not isinstance(self.store, EtcdStore):
             return None
@@ -580,6 +583,9 @@ def leave(opts: AgentOptions, store: Datastore) -> list[str]:
     devices and routes, the pod bridge (with its address and route), podnet's nftables tables,
     the fast path, the CNI socket, the conflist and the state file. Refused while an agent
     runs here. Returns warnings for what could not be done."""
+    from podnet.policy import compile as policy_compile
+    from podnet.policy import pending
+
     running = holder()
     if running is not None:
         raise UserError(f"an agent runs on this host (node {running[0]!r}, pid {running[1]})",
