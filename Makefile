@@ -40,8 +40,13 @@ image: setup
 
 bench: setup
 	$(PY) bench/cni_latency.py
+	$(PY) bench/cni_latency.py --phases
 	$(PY) bench/pod_churn.py
-	$(PY) bench/control_plane.py --peers 100 1000 5000
+	$(PY) bench/pod_churn.py --parallel 32
+	$(PY) bench/control_plane.py --peers 100 1000 5000 20000
+	$(PY) bench/overlay_paths.py
+	$(PY) bench/overlay_paths.py --link-gbit 3
+	$(PY) bench/netpol.py
 	$(PY) bench/dataplane.py
 	$(PY) bench/dataplane.py --link-gbit 0
 	$(PY) bench/dataplane.py --fast-path off
