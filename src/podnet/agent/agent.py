@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -105,7 +106,9 @@ class Agent:
         # The peers' leases are read while this node takes its own and sets up its backend
         # (the watch starts from this read's revision, so nothing written meanwhile is
         # missed; this node's own lease comes as an event and is skipped as its own).
-        peers = _in_background(lambda: self.store.snapshot(config), "peers")
+        reading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="peers")
+        peers = reading.submit(self.store.snapshot, config).result
+        reading.shutdown(wait=False)
         if self.opts.role == "router":
             self.backend = manager.create_router(node, config)
             self._start_loops(self._resync(read=peers))
@@ -525,30 +528,6 @@ class Agent:
         finally:
             self.stop()
         return self.exit_code
-
-
-def _in_background(fn: Callable[[], T], name: str) -> Callable[[], T]:
-    """Run `fn` in a thread from now; the call returned waits for it and gives its result
-    (or raises what it raised)."""
-    out: list[T] = []
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:  # raised again by whoever waits for it
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
-
-    def result() -> T:
-        thread.join()
-        if failed:
-            raise failed[0]
-        return out[0]
-
-    return result
 
 
 def _forwarding() -> None:

@@ -40,6 +40,11 @@ def probe_key(probe: Probe) -> str:
     return f"{probe[0]}/{probe[1]}"
 
 
+def _probe_of(key: str) -> Probe:
+    protocol, _, number = key.partition("/")
+    return protocol, int(number)
+
+
 @dataclass
 class PairResult:
     src: str
@@ -120,7 +125,7 @@ def _pair(src: Endpoint, dst: Endpoint, src_addrs: set[str], expect: Expect | No
     timeout = 2.0
     if expect is not None:
         timeout = 2.0 if expect(as_sent(src, result), dst, "TCP", probes.ECHO_PORT)[0] else 1.0
-    for protocol, port in ports:  # only where policies name ports, so most are denied
+    for protocol, port in ports:  # the ports policies name (none without policies)
         try:
             probes.seen_source(protocol, src.netns, dst.ip, port, timeout=1.0)
             result.ports[probe_key((protocol, port))] = True
@@ -153,8 +158,7 @@ def judge(result: PairResult, src: Endpoint, dst: Endpoint, expect: Expect) -> N
     sender = as_sent(src, result)
     result.expect_icmp, icmp_by = expect(sender, dst, "ICMP", 0)
     result.expect_tcp, tcp_by = expect(sender, dst, "TCP", probes.ECHO_PORT)
-    result.expect_ports = {p: expect(sender, dst, p.split("/")[0], int(p.split("/")[1]))[0]
-                           for p in result.ports}
+    result.expect_ports = {key: expect(sender, dst, *_probe_of(key))[0] for key in result.ports}
     result.policies = list(dict.fromkeys(icmp_by + tcp_by))
     if not result.expect_tcp:  # a timeout is what a denied connection should give
         result.why = [w for w in result.why if not w.startswith("TCP: ")]
