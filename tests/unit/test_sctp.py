@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 from podnet.verify import sctp
+from podnet.verify.probes import raw_payload
 
 
 def test_crc32c_is_castagnolis() -> None:
@@ -30,5 +31,5 @@ def test_a_damaged_or_other_packet_is_not_read() -> None:
 
 def test_the_ip_header_comes_off_ipv4_only() -> None:
     init = sctp.packet(1, 2, 0, sctp.INIT, 3)
-    assert sctp.payload(socket.AF_INET, bytes([0x45]) + bytes(19) + init) == init
-    assert sctp.payload(socket.AF_INET6, init) == init
+    assert raw_payload(socket.AF_INET, bytes([0x45]) + bytes(19) + init) == init
+    assert raw_payload(socket.AF_INET6, init) == init

@@ -46,10 +46,9 @@ def choose_subnet(node: str, config: NetworkConfig, assigned: dict[str, PodNetwo
         return assigned[node]
     if node in leased:
         return leased[node]
-    busy = set(assigned.values()) | set(leased.values())
-    for subnet in config.subnets():
-        if subnet not in busy:
-            return subnet
+    free = config.free_indices({subnet_key(s) for s in [*assigned.values(), *leased.values()]})
+    if free:
+        return config.subnet_at(free[0])
     raise LeaseRefused(f"no subnet left to assign node {node!r}: all {config.capacity} "
                        f"/{config.subnet_len} subnets of {config.network} are leased or assigned")
 

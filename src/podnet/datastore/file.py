@@ -69,13 +69,14 @@ class FileStore:
                     leases[key] = fresh.to_json()
                     self._write("leases.json", json.dumps(leases))
                     return Held(fresh, 0, ttl)
-            for subnet in config.subnets():
-                if subnet_key(subnet) not in leases:
-                    lease = Lease.make(config, subnet, node, ipaddress.ip_address(node_ip),
-                                       dict(attrs), node_ip6)
-                    leases[subnet_key(subnet)] = lease.to_json()
-                    self._write("leases.json", json.dumps(leases))
-                    return Held(lease, 0, ttl)
+            free = config.free_indices(set(leases))
+            if free:
+                subnet = config.subnet_at(free[0])
+                lease = Lease.make(config, subnet, node, ipaddress.ip_address(node_ip),
+                                   dict(attrs), node_ip6)
+                leases[subnet_key(subnet)] = lease.to_json()
+                self._write("leases.json", json.dumps(leases))
+                return Held(lease, 0, ttl)
         raise LeaseRefused(f"no free subnet in {config.network}")
 
     def renew(self, held: Held) -> bool:

@@ -174,9 +174,6 @@ class NetworkConfig:
     def capacity(self) -> int:
         return 1 << (self.subnet_len - self.network.prefixlen)
 
-    def subnets(self) -> list[PodNetwork]:
-        return list(self.network.subnets(new_prefix=self.subnet_len))
-
     def subnet_at(self, index: int) -> PodNetwork:
         """The network's index-th subnet (made alone: a /8 of /24s has 65,536)."""
         shift = self.network.max_prefixlen - self.subnet_len

@@ -110,7 +110,7 @@ class SctpEchoServer(Echo):
 
     def answer(self, sock: socket.socket) -> None:
         data, peer = sock.recvfrom(2048)
-        got = sctp.parse(sctp.payload(sock.family, data))
+        got = sctp.parse(raw_payload(sock.family, data))
         if got is None or got[1] != self.port or got[3] != sctp.INIT:
             return
         sport, dport, _, _, tag, _ = got
@@ -120,6 +120,12 @@ class SctpEchoServer(Echo):
 
 SERVERS: dict[str, Callable[[str, int], Echo]] = {
     "TCP": EchoServer, "UDP": UdpEchoServer, "SCTP": SctpEchoServer}
+
+
+def raw_payload(family: int, data: bytes) -> bytes:
+    """What a raw socket received, past the IP header: IPv4 ones hand the header over, IPv6
+    ones do not."""
+    return data[(data[0] & 0x0F) * 4:] if family == socket.AF_INET else data
 
 
 def _tag() -> int:
@@ -164,7 +170,7 @@ def sctp_seen_source(src_ns: str, dst_ip: str, port: int, timeout: float = 2.0) 
                 if not ready:
                     break
                 data, peer = sock.recvfrom(2048)
-                got = sctp.parse(sctp.payload(family, data))
+                got = sctp.parse(raw_payload(family, data))
                 if (got is not None and ipaddress.ip_address(peer[0]) == want
                         and got[:4] == (port, sport, tag, sctp.INIT_ACK)):
                     return got[5].decode()
@@ -229,9 +235,8 @@ def ping(src_ns: str, dst_ip: str, size: int = 56, dont_fragment: bool = False,
                     data, src = sock.recvfrom(65535)
                 except TimeoutError:
                     break
-                # IPv4 raw sockets see the IP header; IPv6 ones only the ICMPv6 message.
-                start = (data[0] & 0x0F) * 4 if family == socket.AF_INET else 0
-                rtype, _code, _sum, rid, rseq = struct.unpack("!BBHHH", data[start:start + 8])
+                rtype, _code, _sum, rid, rseq = struct.unpack_from(
+                    "!BBHHH", raw_payload(family, data))
                 if rtype == reply and rid == ident and rseq == seq and src[0] == dst_ip:
                     return True
         return False

@@ -5,7 +5,6 @@ reply (its verification tag the INIT's initiate tag, as conntrack checks)."""
 
 from __future__ import annotations
 
-import socket
 import struct
 
 INIT, INIT_ACK = 1, 2
@@ -66,8 +65,3 @@ def parse(data: bytes) -> tuple[int, int, int, int, int, bytes] | None:
         if kind == STATE_COOKIE:
             cookie = data[at + 4:at + size]
     return sport, dport, vtag, chunk, tag, cookie
-
-
-def payload(family: int, data: bytes) -> bytes:
-    """What follows the IP header: IPv4 raw sockets hand it over, IPv6 ones do not."""
-    return data[(data[0] & 0x0F) * 4:] if family == socket.AF_INET else data
