@@ -1,12 +1,17 @@
 """`podnet install-cni`: the plugin executables, independent of where podnet is installed.
 
-Each executable is the shim itself (podnet/cni/shim.py, standard library only) run by the
-host's python3: a node needs no copy of podnet to relay pods to its agent, which is how a
-DaemonSet's init container installs it on hosts that have only python3.
+Each executable runs the shim (podnet/cni/shim.py, standard library only) with the host's
+python3: a node needs no copy of podnet to relay pods to its agent, which is how a DaemonSet's
+init container installs it on hosts that have only python3. The shim is a module in
+`<bin-dir>/podnet.d/`, its name carrying a hash of its text, and the executables import it: a
+script is compiled on every run (a millisecond of each pod's start), a module's bytecode is
+cached beside it, and a new release's shim never meets an older release's cached bytecode.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 import subprocess
 
@@ -17,15 +22,16 @@ PLUGINS = ("podnet", "podnet-ipam")
 DEFAULT_SOCKET = "/run/podnet/cni.sock"
 DEFAULT_PYTHON = "/usr/bin/python3"
 
-_HEADER = """#!{python} -IS
+SHIM_DIR = "podnet.d"
+_SHIM_PREFIX = "podnet_cni_shim_"
+_LAUNCHER = """#!{python} -IS
 # podnet CNI plugin {plugin!r}, written by `podnet install-cni` from podnet {version}.
 # -IS: no site, no environment; start-up is part of every pod's start.
-"""
-_TRAILER = """
-
-if __name__ == "__main__":
-    # Where podnet was importable at install time: the in-process fallback looks there.
-    main({plugin!r}, {fallback!r})
+import sys
+sys.path.insert(0, (__file__.rpartition("/")[0] or ".") + "/{shim_dir}")
+from {module} import main
+# Where podnet was importable at install time: the in-process fallback looks there.
+main({plugin!r}, {fallback!r})
 """
 
 
@@ -85,7 +91,6 @@ def install_cni(bin_dir: str, conf_dir: str | None = None, subnet: str | None = 
     import ipaddress
 
     from podnet.agent import conflist
-    from podnet.cni import shim
 
     if conf_dir and not subnet:
         raise UserError("a conflist needs the node's pod subnet",
@@ -100,22 +105,53 @@ def install_cni(bin_dir: str, conf_dir: str | None = None, subnet: str | None = 
     _writable_dir("--bin-dir", bin_dir)
     if conf_dir:
         _writable_dir("--conf-dir", conf_dir)
-    with open(shim.__file__, encoding="utf-8") as fh:
-        source = fh.read()
+    shim_dir = os.path.join(bin_dir, SHIM_DIR)
+    module = _install_shim(shim_dir, python, host_root)
     version = _version()
     fallback = _import_paths()
-    written = []
+    written = [os.path.join(shim_dir, module + ".py")]
     for plugin in PLUGINS:
         target = os.path.join(bin_dir, plugin)
-        text = (_HEADER.format(python=python, plugin=plugin, version=version) + source
-                + _TRAILER.format(plugin=plugin, fallback=fallback))
-        write_atomic(target, text, 0o755)
+        write_atomic(target, _LAUNCHER.format(python=python, plugin=plugin, version=version,
+                                              shim_dir=SHIM_DIR, module=module,
+                                              fallback=fallback), 0o755)
         written.append(target)
+    _remove_other_shims(shim_dir, module)
     if conf_dir and subnet:
         written.append(conflist.write(conf_dir, conflist.render(
             {"bridge": "kube-bridge", "isDefaultGateway": True,
              "ipam": {"type": "podnet-ipam", "subnet": subnet}}, None, socket, None)))
     return written
+
+
+def _install_shim(shim_dir: str, python: str, host_root: str) -> str:
+    """Write the shim's module and, where the host's interpreter runs here, its bytecode
+    (elsewhere the first plugin run writes it); the module's name."""
+    from podnet.cni import shim
+
+    with open(shim.__file__, "rb") as fh:
+        source = fh.read()
+    module = _SHIM_PREFIX + hashlib.sha256(source).hexdigest()[:16]
+    os.makedirs(shim_dir, mode=0o755, exist_ok=True)
+    path = os.path.join(shim_dir, module + ".py")
+    write_atomic(path, source.decode("utf-8"), 0o644)
+    if os.path.realpath(host_root) == "/":
+        try:
+            subprocess.run([python, "-I", "-S", "-c", "import py_compile, sys; "
+                            "py_compile.compile(sys.argv[1], doraise=True)", path],
+                           capture_output=True, check=True, timeout=60, env={})
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise UserError(f"{python} cannot compile the plugins' shim: {exc}",
+                            f"check that {python} is a working Python 3") from None
+    return module
+
+
+def _remove_other_shims(shim_dir: str, module: str) -> None:
+    """Earlier releases' shims (the executables no longer name them)."""
+    for path in glob.glob(os.path.join(shim_dir, _SHIM_PREFIX + "*")) + glob.glob(
+            os.path.join(shim_dir, "__pycache__", _SHIM_PREFIX + "*")):
+        if not os.path.basename(path).startswith(module + "."):
+            os.remove(path)
 
 
 def _version() -> str:

@@ -53,6 +53,26 @@ def test_the_shim_runs_with_the_hosts_python(python: str, node: str, cni_server:
     assert allocated(data_dir) == []
 
 
+def test_the_shim_is_one_module_compiled_once(tmp_path: Path) -> None:
+    """The executables import the shim, whose bytecode install-cni compiled with the host's
+    python: a pod's start compiles nothing. An older release's shim is gone."""
+    shim_dir = tmp_path / "bin" / "podnet.d"
+    (shim_dir / "__pycache__").mkdir(parents=True)
+    old = "podnet_cni_shim_0123456789abcdef"
+    (shim_dir / f"{old}.py").write_text("older release\n")
+    (shim_dir / "__pycache__" / f"{old}.cpython-311.pyc").write_bytes(b"")
+    module = Path(install_cni(str(tmp_path / "bin"))[0])
+    assert module.parent == shim_dir
+    assert module.read_text() == Path(shim.__file__).read_text()
+    assert [p.name for p in shim_dir.glob("*.py")] == [module.name]
+    cached = list((shim_dir / "__pycache__").iterdir())
+    assert [p.name.split(".")[0] for p in cached] == [module.stem]
+    before = cached[0].stat().st_mtime_ns
+    out = Runtime(path=[str(tmp_path / "bin")]).exec("podnet", "VERSION", {"cniVersion": "1.1.0"})
+    assert json.loads(out.stdout)["supportedVersions"] == list(shim.VERSIONS)
+    assert cached[0].stat().st_mtime_ns == before
+
+
 def test_no_server_and_no_podnet_is_try_again_later(node: str, tmp_path: Path,
                                                     data_dir: str) -> None:
     # The oldest interpreter cannot import podnet (3.11 code): nothing to fall back on.

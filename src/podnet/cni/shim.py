@@ -1,12 +1,13 @@
 """The exec'd plugin process: it relays the request to the node's cni-server.
 
-`podnet install-cni` installs this file as it is, as the plugin executables: it needs only the
-standard library and runs with the host's python3, 3.6 or later (hence no `from __future__`,
-no walrus, annotations as strings), whatever podnet was installed from or where. Relaying, it
-imports nothing beyond the interpreter's start-up modules and `_socket` (json, re, enum and
-the `socket` wrapper each cost milliseconds on every pod start). Where no server answers, it
-does the same work in-process if the podnet package is importable here, and otherwise answers
-the spec's error 11 (try again later) naming the socket.
+`podnet install-cni` installs this file as a module beside the plugin executables, which import
+it (its bytecode cached): it needs only the standard library and runs with the host's python3,
+3.6 or later (hence no `from __future__`, no walrus, annotations as strings), whatever podnet
+was installed from or where. Relaying, it imports nothing beyond what the interpreter loaded
+at start-up (`posix`, not `os`: under -S nothing has imported `os`, a millisecond) and the
+built-in `_socket` (json, re, enum and the `socket` wrapper each cost milliseconds on every pod
+start). Where no server answers, it does the same work in-process if the podnet package is
+importable here, and otherwise answers the spec's error 11 (try again later) naming the socket.
 
 Wire format, over one unix stream connection:
   request:  K=V\\0K=V\\0...\\0\\0<stdin>     (the CNI_* environment, then the config)
@@ -19,7 +20,7 @@ Wire format, over one unix stream connection:
 # Annotations are strings: Python 3.6 runs this file, and evaluates them otherwise.
 
 import _socket
-import os
+import posix
 import sys
 
 CONNECT_TIMEOUT = 1.0
@@ -95,7 +96,7 @@ def via_server(path: "str", env: "dict[str, str]", stdin: "bytes") -> "tuple[int
                 sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
             finally:
                 for fd in fds:
-                    os.close(fd)
+                    posix.close(fd)
             sock.sendall(data[sent:])
             sock.shutdown(_socket.SHUT_WR)
             chunks = []
@@ -117,10 +118,10 @@ def via_server(path: "str", env: "dict[str, str]", stdin: "bytes") -> "tuple[int
 def _namespaces(netns: "str") -> "list[int]":
     """Descriptors of this process's network namespace and of CNI_NETNS (left out where it
     cannot be opened: the server then treats it as gone)."""
-    fds = [os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)]
+    fds = [posix.open("/proc/thread-self/ns/net", posix.O_RDONLY | posix.O_CLOEXEC)]
     if netns:
         try:  # noqa: SIM105  (contextlib is not imported on this path: start-up cost)
-            fds.append(os.open(netns, os.O_RDONLY | os.O_CLOEXEC))
+            fds.append(posix.open(netns, posix.O_RDONLY | posix.O_CLOEXEC))
         except OSError:
             pass
     return fds
@@ -171,7 +172,8 @@ VERSION_REPLY = f'{{"cniVersion": "{VERSIONS[-1]}", "supportedVersions": [{_QUOT
 
 
 def main(plugin: "str", fallback: "tuple[str, ...]" = ()) -> "None":
-    env = {k: v for k, v in os.environ.items() if k.startswith("CNI_")}
+    env = {k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+           for k, v in posix.environ.items() if k.startswith(b"CNI_")}
     if env.get("CNI_COMMAND") == "VERSION":
         sys.stdout.write(VERSION_REPLY)
         sys.exit(0)
