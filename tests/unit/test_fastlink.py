@@ -43,7 +43,7 @@ def _decode(cls: type, data: bytes) -> Any:
 def test_create_veth_decodes_as_pyroute2_reads_it() -> None:
     cap = Capture()
     rt = fastlink.Rtnl(cap)  # type: ignore[arg-type]
-    rt.create_veth("veth1234abcd", "eth0", 7, 1450, master=3)
+    rt.create_veth("veth1234abcd", "eth0", 7, 1450, master=3, peer_mac="02:00:5e:10:00:01")
     msg = _decode(ifinfmsg, cap.sent[0])
     assert msg["header"]["type"] == fastlink.RTM_NEWLINK
     assert msg["flags"] & fastlink.IFF_UP and msg["change"] & fastlink.IFF_UP
@@ -54,6 +54,13 @@ def test_create_veth_decodes_as_pyroute2_reads_it() -> None:
     peer = info.get_attr("IFLA_INFO_DATA").get_attr("VETH_INFO_PEER")
     assert peer.get_attr("IFLA_IFNAME") == "eth0"
     assert peer.get_attr("IFLA_NET_NS_FD") == 7 and peer.get_attr("IFLA_MTU") == 1450
+    assert peer.get_attr("IFLA_ADDRESS") == "02:00:5e:10:00:01"
+
+
+def test_a_random_mac_is_unicast_and_locally_administered() -> None:
+    for _ in range(64):
+        first = int(fastlink.random_mac().split(":")[0], 16)
+        assert first & 0x01 == 0 and first & 0x02
 
 
 def test_address_decodes_as_pyroute2_reads_it() -> None:

@@ -56,8 +56,7 @@ def _call_in_process(req: Request, command: str, conf: dict[str, Any]) -> cniver
 
     sub = Request(command=command, container_id=req.container_id, netns=req.netns,
                   ifname=req.ifname, args=req.args, path=req.path, config=conf, env=req.env)
-    result = HANDLERS[command](sub)
-    return None if result is None else cniver.to_internal(result)
+    return HANDLERS[command](sub)  # already in the internal shape: no copy, no re-check
 
 
 def _parse_output(plugin_type: str, code: int, stdout: bytes, stderr: bytes

@@ -23,6 +23,7 @@ from types import FrameType
 
 from podnet.cni import protocol, shim
 from podnet.cni.errors import INVALID_ENV, UNKNOWN_CONTAINER, CNIError
+from podnet.ipam import store
 from podnet.netlink import netns
 from podnet.plugins import bridge
 from podnet.plugins.context import HostContext
@@ -129,6 +130,10 @@ class Server:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._stop = threading.Event()
+        try:
+            store.remember_reads()
+        except OSError as exc:
+            protocol.log(f"cni-server: IPAM stores are read in full on every request ({exc})")
 
     def bind(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)

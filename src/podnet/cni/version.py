@@ -69,8 +69,12 @@ def to_internal(result: Any) -> Result:
 
 
 def convert(result: Result, version: str) -> Result:
-    """Write an internal result in the shape of `version`."""
-    out: Result = copy.deepcopy(result)
+    """Write an internal result in the shape of `version` (a copy: the entries of its lists
+    are what changes)."""
+    out: Result = dict(result)
+    for key in ("interfaces", "ips", "routes"):
+        if key in out:
+            out[key] = [dict(entry) for entry in out[key]]
     out["cniVersion"] = version
     if parse(version) < (1, 0, 0):
         for ip in out.get("ips", []):

@@ -83,12 +83,13 @@ class Rtnl:
         return None
 
     def create_veth(self, name: str, peer: str, peer_netns_fd: int, mtu: int | None,
-                    master: int, peer_mac: str | None = None) -> None:
-        """A veth pair: `name` here, enslaved to `master` and up; `peer` in the netns."""
+                    master: int, peer_mac: str) -> None:
+        """A veth pair: `name` here, enslaved to `master` and up; `peer` in the netns, down
+        (the kernel cannot open it before its peer is linked: ENOTCONN), with the MAC given
+        (so that the caller knows it without asking that namespace)."""
         peer_attrs = codec.attr(IFLA_IFNAME, peer.encode() + b"\0")
         peer_attrs += codec.attr(IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd))
-        if peer_mac:
-            peer_attrs += codec.attr(IFLA_ADDRESS, codec.mac(peer_mac))
+        peer_attrs += codec.attr(IFLA_ADDRESS, codec.mac(peer_mac))
         attrs = codec.attr(IFLA_IFNAME, name.encode() + b"\0")
         if mtu:
             peer_attrs += codec.attr(IFLA_MTU, struct.pack("=I", mtu))
@@ -162,6 +163,13 @@ class Rtnl:
         if gateway:
             body += codec.attr(rtmsg.RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
         self.request(rtmsg.RTM_NEWROUTE, codec.F_CREATE | codec.F_REPLACE, body)
+
+
+def random_mac() -> str:
+    """A random unicast, locally administered MAC, as the kernel gives a new veth."""
+    raw = bytearray(os.urandom(6))
+    raw[0] = (raw[0] & 0xFE) | 0x02
+    return codec.lladdr(bytes(raw)) or ""
 
 
 def _parse_link(buf: bytes, start: int, end: int) -> Link:

@@ -28,7 +28,8 @@ from podnet.cni.protocol import Request
 from podnet.cni.version import Result
 from podnet.firewall import nft
 from podnet.firewall.libnft import NftError
-from podnet.netlink.fastlink import Link, Rtnl
+from podnet.netlink.codec import NetlinkError
+from podnet.netlink.fastlink import Link, Rtnl, random_mac
 from podnet.plugins.context import HostContext
 from podnet.policy import pending
 
@@ -166,6 +167,26 @@ def _ensure_bridge_addr(ctx: HostContext, index: int, name: str, gw_iface: str,
     ctx.fast.add_address(index, str(want))
 
 
+def _create_veth(ctx: HostContext, pod: Rtnl, pod_fd: int, req: Request, conf: BridgeConf,
+                 host_name: str, bridge: int) -> str:
+    """The veth pair, the host's end enslaved and up in the request that makes it; the pod
+    end's MAC. A clash is looked into only when the kernel reports one."""
+    pod_mac = random_mac()
+    try:
+        ctx.fast.create_veth(host_name, req.ifname, pod_fd, conf.mtu, bridge, pod_mac)
+        return pod_mac
+    except NetlinkError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+    if pod.get_link(req.ifname) is not None:
+        raise CNIError(INVALID_NETWORK_CONFIG, f"container interface {req.ifname} already "
+                       f"exists in {req.netns}")
+    if ctx.fast.delete_link(host_name):
+        protocol.log(f"removed {host_name} left by an earlier, interrupted ADD")
+    ctx.fast.create_veth(host_name, req.ifname, pod_fd, conf.mtu, bridge, pod_mac)
+    return pod_mac
+
+
 def _configure_pod_iface(pod: Rtnl, index: int, result: Result, iface_idx: int) -> None:
     gws: dict[int, str] = {}
     for ipc in result.get("ips", []):
@@ -201,17 +222,12 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
             undo.append(lambda: _delete_bridge_if_unused(ctx, bridge.index))
         host_name = host_veth_name(req.config["name"], req.container_id, req.ifname)
         with ctx.pod_fast(req.enter) as pod, ctx.pod_fd(req.enter) as pod_fd:
-            if pod.get_link(req.ifname) is not None:
-                raise CNIError(INVALID_NETWORK_CONFIG, f"container interface {req.ifname} "
-                               f"already exists in {req.netns}")
-            if ctx.fast.delete_link(host_name):
-                protocol.log(f"removed {host_name} left by an earlier, interrupted ADD")
-            # Enslaved and up in the same request that makes it: one round trip, not three.
-            ctx.fast.create_veth(host_name, req.ifname, pod_fd, conf.mtu, bridge.index)
+            pod_mac = _create_veth(ctx, pod, pod_fd, req, conf, host_name, bridge.index)
             undo.append(lambda: ctx.fast.delete_link(host_name))
-            host_link, pod_link = ctx.fast.get_link(host_name), pod.get_link(req.ifname)
-            if host_link is None or pod_link is None:
+            host_link = ctx.fast.get_link(host_name)
+            if host_link is None:
                 raise CNIError(NETLINK_FAILURE, "veth pair vanished after creation")
+            pod_index = host_link.peer_index  # a veth's link is its peer
             if conf.hairpin:
                 ctx.host.brport("set", index=host_link.index, mode=1)
 
@@ -227,7 +243,7 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
                 _in_host(ctx, pending.hold, held)
             _gateways(ipam_result, conf)
             base = len(prev.get("interfaces", [])) if prev else 0
-            _configure_pod_iface(pod, pod_link.index, ipam_result, base + 2)
+            _configure_pod_iface(pod, pod_index, ipam_result, base + 2)
         if conf.is_gateway:
             for ipc in ipam_result["ips"]:
                 prefix = ipaddress.ip_interface(ipc["address"]).network.prefixlen
@@ -237,7 +253,7 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
         addresses = [i["address"] for i in ipam_result["ips"]]
         if conf.anti_spoof:
             undo.append(lambda: _in_host(ctx, nft.del_antispoof, host_name))
-            _in_host(ctx, nft.add_antispoof, host_name, pod_link.mac, addresses)
+            _in_host(ctx, nft.add_antispoof, host_name, pod_mac, addresses)
         if conf.ip_masq:
             tag = nft.masq_tag(req.config["name"], req.container_id, req.ifname)
             _in_host(ctx, nft.add_masq, tag, addresses)
@@ -246,7 +262,7 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
 
             uplink, index = conf.fast_path_uplink, host_link.index
             undo.append(lambda: podmap.remove_pod(ctx.fast, uplink, index))
-            podmap.add_pod(ctx.fast, uplink, index, host_link.mac, pod_link.mac, addresses,
+            podmap.add_pod(ctx.fast, uplink, index, host_link.mac, pod_mac, addresses,
                            policed=conf.policy)
         if conf.pod_records:
             records = conf.pod_records
@@ -267,7 +283,7 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
         "interfaces": [
             {"name": conf.bridge, "mac": bridge.mac},
             {"name": host_name, "mac": host_link.mac},
-            {"name": req.ifname, "mac": pod_link.mac, "sandbox": req.netns},
+            {"name": req.ifname, "mac": pod_mac, "sandbox": req.netns},
         ],
         "ips": ipam_result["ips"],
         "routes": ipam_result.get("routes", []),
