@@ -70,9 +70,12 @@ class Watch:
                 if directory is None:
                     continue
                 if mask & _GONE:
+                    # The directory at that path is another one now, or none: a new watch
+                    # is made when it is next read (the kernel ends this one, IN_IGNORED).
                     out.anew.add(directory)
-                    if mask & IN_IGNORED:  # the kernel dropped the watch itself
-                        del self.dirs[wd]
+                    del self.dirs[wd]
+                    if not mask & IN_IGNORED:
+                        _libc.inotify_rm_watch(self.fd, wd)
                 elif name:
                     out.names.setdefault(directory, set()).add(os.fsdecode(name))
 
