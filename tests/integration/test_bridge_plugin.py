@@ -110,6 +110,35 @@ def test_failed_add_rolls_back(runtime: Runtime, make_ns: Callable[[str], str], 
     assert allocated(data_dir) == ["10.88.0.2"]
 
 
+def test_name_clashes_found_when_the_kernel_reports_them(
+        runtime: Runtime, make_ns: Callable[[str], str], node: str, data_dir: str,
+        mode_socket: str | None) -> None:
+    """The veth pair is made without looking first: a pod interface of the name already
+    there is refused with nothing left behind; a host end an interrupted ADD left is
+    replaced."""
+    from podnet.plugins.bridge import host_veth_name
+
+    c = conf(data_dir, socket=mode_socket)
+    pod = make_ns("pod")
+    ns_run(pod, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "other0")
+    out = runtime.exec("podnet", "ADD", c, "ctr1", pod)
+    assert out.code != 0 and out.json["code"] == 7
+    assert "container interface eth0 already exists" in out.json["msg"]
+    assert sorted(links_in(pod)) == ["eth0", "lo", "other0"]
+    assert not [n for n in links_in(node) if n.startswith("veth")]
+    assert allocated(data_dir) == []
+
+    pod = make_ns("pod")
+    left = host_veth_name("podnet-test", "ctr2", "eth0")
+    ns_run(node, "ip", "link", "add", left, "type", "veth", "peer", "name", "stale0")
+    out = runtime.exec("podnet", "ADD", c, "ctr2", pod)
+    assert out.code == 0, out.stdout
+    assert "stale0" not in links_in(node)  # the leftover pair is gone, a new one made
+    assert left in links_in(node) and "eth0" in links_in(pod)
+    assert ns_run(pod, "ping", "-c1", "-W2", "10.88.0.1").returncode == 0
+    assert runtime.exec("podnet", "DEL", c, "ctr2", pod).code == 0
+
+
 def test_existing_bridge_is_reused(runtime: Runtime, make_ns: Callable[[str], str], node: str,
                                    data_dir: str) -> None:
     ns_run(node, "ip", "link", "add", "kube-bridge", "type", "bridge")
