@@ -326,3 +326,20 @@ def test_a_verify_requests_ports_are_checked_by_the_agent(raw: object) -> None:
     with pytest.raises(ValueError, match="ports: "):
         request_ports(raw)
     assert request_ports([["UDP", 53], ["SCTP", 9000]]) == [("UDP", 53), ("SCTP", 9000)]
+
+
+@pytest.mark.parametrize("url,first", [
+    ("http://10.0.0.2:2379", "http://10.0.0.2:2379/v3/kv/range"),
+    ("https://etcd.example:2380", "https://etcd.example:2380/v3/kv/range"),
+    ("http://[fd00:1::2]:2379", "http://[fd00:1::2]:2379/v3/kv/range"),
+    ("http://etcd", "http://etcd:2379/v3/kv/range"),  # etcd's client port by default
+])
+def test_etcd_member_urls(url: str, first: str) -> None:
+    from podnet.datastore.etcd import EtcdStore
+
+    store = EtcdStore([url, "http://10.0.0.3:2379"])
+    assert [m.url("/kv/range") for m in store.members] == [
+        first, "http://10.0.0.3:2379/v3/kv/range"]
+    store.close()
+    with pytest.raises(ValueError, match="must look like"):
+        EtcdStore([url, "ftp://10.0.0.3"])

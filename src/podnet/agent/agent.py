@@ -37,8 +37,6 @@ from podnet.datastore.model import (
     node_ip_problem,
 )
 from podnet.errors import UserError
-from podnet.fastpath import node as fastpath
-from podnet.fastpath import podmap
 from podnet.firewall import cluster as firewall
 from podnet.firewall import nft
 from podnet.firewall.libnft import NftError
@@ -46,6 +44,8 @@ from podnet.netlink import links, netns
 
 if TYPE_CHECKING:  # imported where first used: the peers' routes come before them
     from podnet.cni.server import Server
+    from podnet.fastpath import node as fastpath
+    from podnet.fastpath import podmap
     from podnet.policy.enforcer import Enforcer
 
 log = logging.getLogger("podnet.agent")
@@ -220,6 +220,8 @@ class Agent:
 
     def _start_fast_path(self, config: NetworkConfig,
                          bridge: str) -> fastpath.FastPath | None:
+        from podnet.fastpath import node as fastpath
+
         assert self.backend is not None
         spec = self.backend.fast_path()
         if not spec.uplinks or not config.backend.get("fastPath", True):
@@ -588,6 +590,8 @@ def leave(opts: AgentOptions, store: Datastore) -> list[str]:
         if previous.backend:
             manager.cleanup(previous.backend, opts.state_dir)
         else:
+            from podnet.fastpath import node as fastpath
+
             fastpath.remove()
         if (kept := _remove_pod_bridge(bridge, previous.subnet)) is not None:
             warnings.append(kept)

@@ -13,12 +13,11 @@ import socket
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
 
 from podnet.datastore.model import Lease, NetworkConfig, NodeIP
-from podnet.fastpath.program import Encap
 from podnet.netlink import batch, links, rtmsg
 from podnet.netlink.constants import (
     NTF_SELF,
@@ -27,6 +26,9 @@ from podnet.netlink.constants import (
     RTNH_F_ONLINK,
     RTPROT_PODNET,
 )
+
+if TYPE_CHECKING:  # the program's module is loaded with the fast path, after the routes
+    from podnet.fastpath.program import Encap
 
 log = logging.getLogger("podnet.backend")
 

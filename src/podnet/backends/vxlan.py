@@ -16,7 +16,6 @@ from podnet.backends.base import BackendError, Entry, FastPathSpec, Fdb
 from podnet.backends.hostgw import node_mac, routed_via_node
 from podnet.backends.tunnel import TunnelBackend
 from podnet.datastore.model import Lease, NodeIP
-from podnet.fastpath.program import Encap
 from podnet.netlink import links
 from podnet.wire import VXLAN6_OVERHEAD, VXLAN_OVERHEAD, VXLAN_PORT
 
@@ -96,6 +95,8 @@ class VxlanBackend(TunnelBackend):
         return f"udp dport {self.port}"
 
     def fast_path(self) -> FastPathSpec:
+        from podnet.fastpath.program import Encap  # with the fast path, after the routes
+
         # Offload off is a workaround for checksum bugs of the underlay's path; the program's
         # packets would meet them as the device's did, so they stay with the device.
         config = self.config

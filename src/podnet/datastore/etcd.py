@@ -1,4 +1,5 @@
-"""etcd v3 through its JSON gateway (etcd3gw's session, URLs and encoding).
+"""etcd v3 through its JSON gateway (`/v3/...`): JSON over HTTP(S) with `requests`, keys and
+values base64-encoded as the gateway has them.
 
 Key layout (see docs/datastore.md):
   /podnet/config                     the NetworkConfig
@@ -27,7 +28,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import requests
-from etcd3gw.client import Etcd3Client
 
 from podnet.datastore.base import DatastoreError, Event, Held, LeaseRefused, PermissionDenied
 from podnet.datastore.model import ConfigError, Lease, NetworkConfig, PodNetwork, subnet_key
@@ -69,6 +69,27 @@ def _message(resp: requests.Response) -> str:
         return resp.text[:200]
 
 
+class _Member:
+    """One etcd member: its gateway's URLs, and a session (a kept connection, the member's
+    TLS client certificate and, with authentication, the token header)."""
+
+    def __init__(self, url: str, ca_cert: str | None, cert: str | None,
+                 key: str | None) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"etcd URL {url!r} must look like http(s)://HOST:PORT")
+        host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+        self.base = f"{parsed.scheme}://{host}:{parsed.port or 2379}/v3/"
+        self.session = requests.Session()
+        if ca_cert is not None:
+            self.session.verify = ca_cert
+        if cert is not None and key is not None:
+            self.session.cert = (cert, key)
+
+    def url(self, path: str) -> str:
+        return self.base + path.lstrip("/")
+
+
 class EtcdStore:
     """etcd at one or more member URLs: a request that a member could not have taken
     (connection refused or not made, or 503, no leader) goes to the next member; one that may
@@ -80,16 +101,8 @@ class EtcdStore:
         self.user, self._password = user, password
         self._token_lock = threading.Lock()
         self.urls = [url] if isinstance(url, str) else list(url)
-        self.clients = []
-        for member in self.urls:
-            parsed = urlparse(member)
-            if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                raise ValueError(f"etcd URL {member!r} must look like http(s)://HOST:PORT")
-            self.clients.append(Etcd3Client(
-                host=parsed.hostname, port=parsed.port or 2379, protocol=parsed.scheme,
-                ca_cert=ca_cert, cert_cert=cert, cert_key=key, timeout=timeout,
-                api_path="/v3/"))
-        self._member = 0
+        self.members = [_Member(member, ca_cert, cert, key) for member in self.urls]
+        self._index = 0
         self.timeout = timeout
         # Per request: requests lets REQUESTS_CA_BUNDLE in the environment override a session's
         # CA, and the cluster's CA is the one to trust.
@@ -97,33 +110,33 @@ class EtcdStore:
         self._streams: list[requests.Response] = []  # open watches, closed by close()
 
     @property
-    def client(self) -> Etcd3Client:
-        return self.clients[self._member]
+    def member(self) -> _Member:
+        return self.members[self._index]
 
     def _next_member(self) -> None:
-        self._member = (self._member + 1) % len(self.clients)
+        self._index = (self._index + 1) % len(self.members)
 
     # -- plumbing ---------------------------------------------------------------------------
     def _authenticate(self, stale: str | bytes | None = None) -> None:
         """A token for the user, on every member's session; `stale`: the token etcd refused
         (another thread may have renewed it meanwhile)."""
         with self._token_lock:
-            current = self.clients[0].session.headers.get("Authorization")
+            current = self.members[0].session.headers.get("Authorization")
             if current is not None and current != stale:
                 return  # another thread has authenticated since
-            for client in self.clients:
-                client.session.headers.pop("Authorization", None)
+            for member in self.members:
+                member.session.headers.pop("Authorization", None)
             out = self._post("/auth/authenticate", {"name": self.user,
                                                     "password": self._password}, auth=False)
-            for client in self.clients:
-                client.session.headers["Authorization"] = str(out["token"])
+            for member in self.members:
+                member.session.headers["Authorization"] = str(out["token"])
 
     def _post(self, path: str, payload: dict[str, Any], auth: bool = True) -> dict[str, Any]:
         if auth and self.user is not None:
-            token = self.clients[0].session.headers.get("Authorization")
+            token = self.members[0].session.headers.get("Authorization")
             if token is None:
                 self._authenticate()
-                token = self.clients[0].session.headers.get("Authorization")
+                token = self.members[0].session.headers.get("Authorization")
             try:
                 return self._post(path, payload, auth=False)
             except _TokenRefused:
@@ -131,18 +144,18 @@ class EtcdStore:
                 self._authenticate(stale=token)
                 return self._post(path, payload, auth=False)
         why = ""
-        for _ in self.clients:
+        for _ in self.members:
             try:
-                resp = self.client.session.post(self.client.get_url(path), json=payload,
+                resp = self.member.session.post(self.member.url(path), json=payload,
                                                 timeout=self.timeout, verify=self._verify)
             except requests.ConnectionError as exc:  # not delivered: another member may take it
-                why = f"{self.urls[self._member]}: {exc}"
+                why = f"{self.urls[self._index]}: {exc}"
                 self._next_member()
                 continue
             except requests.RequestException as exc:
                 raise DatastoreError(f"etcd unreachable: {exc}") from None
             if resp.status_code == 503:  # this member has no leader: another may
-                why = f"{self.urls[self._member]}: HTTP 503: {resp.text[:200]}"
+                why = f"{self.urls[self._index]}: HTTP 503: {resp.text[:200]}"
                 self._next_member()
                 continue
             if resp.status_code == 401:
@@ -415,7 +428,7 @@ class EtcdStore:
         try:
             # The stream idles between events: a read timeout ends this call quietly, and the
             # caller (after a health check) watches again from the last revision seen.
-            resp = self.client.session.post(self.client.get_url("/watch"), json=create,
+            resp = self.member.session.post(self.member.url("/watch"), json=create,
                                             stream=True, timeout=(self.timeout, IDLE),
                                             verify=self._verify)
             self._streams.append(resp)
@@ -467,8 +480,8 @@ class EtcdStore:
                 with contextlib.suppress(OSError):
                     conn.sock.shutdown(socket.SHUT_RDWR)
             stream.close()
-        for client in self.clients:
-            client.session.close()
+        for member in self.members:
+            member.session.close()
 
 
 def _candidates(config: NetworkConfig, free: list[int],
