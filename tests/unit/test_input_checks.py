@@ -250,6 +250,28 @@ def test_node_ip_rule(ip: str, config: str, problem: str | None) -> None:
     assert (found is None) if problem is None else (problem in (found or ""))
 
 
+_EDGES = [int(edge) + step for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16",
+                                     "224.0.0.0/4", "240.0.0.0/4", "10.244.0.0/16")
+          for edge in (ipaddress.IPv4Network(n).network_address,
+                       ipaddress.IPv4Network(n).broadcast_address) for step in (-1, 0, 1)
+          if 0 <= int(edge) + step < 2**32]
+
+
+@settings(max_examples=300)
+@given(value=st.one_of(st.integers(0, 2**32 - 1), st.sampled_from(_EDGES)),
+       backend=st.sampled_from(["vxlan", "l2"]))
+def test_node_ip_rule_in_integers_is_the_rule(value: int, backend: str) -> None:
+    """IPv4 node addresses are judged on integer ranges: exactly where the rule's networks
+    and address kinds put them."""
+    from podnet.datastore.model import RESERVED
+
+    conf = NetworkConfig.make("10.244.0.0/16", None, {"type": backend})
+    ip = ipaddress.IPv4Address(value)
+    barred = (ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local
+              or any(ip in n for n in RESERVED) or (backend != "l2" and ip in conf.network))
+    assert (node_ip_problem(ip, conf) is not None) == barred
+
+
 @pytest.mark.parametrize("url,ok", [
     ("http://127.0.0.1:2379", True), ("https://etcd.example:2379", True),
     ("file:///var/lib/podnet", True), ("file://localhost/var/lib/podnet", True),

@@ -7,6 +7,7 @@ import json
 import re
 import socket
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 IPv4Network = ipaddress.IPv4Network
@@ -79,6 +80,13 @@ def node_name_problem(name: object) -> str | None:
 def node_ip_problem(ip: NodeIP, config: NetworkConfig, second: bool = False) -> str | None:
     """Why `ip` cannot be a node's address in this cluster, or None. `second`: the IPv6
     address of a node whose node IP is IPv4 (a dual-stack underlay)."""
+    if ip.version == 4:  # the rules below, in integers: an agent checks every lease at start
+        value = int(ip)
+        for first, last in config.barred4:
+            if first <= value <= last:
+                break
+        else:
+            return None
     from podnet.backends.registry import SPECS
 
     for network in config.networks:
@@ -164,6 +172,14 @@ class NetworkConfig:
     def networks(self) -> list[IPv4Network | IPv6Network]:
         """The pod networks, one per family of the cluster (IPv4 first)."""
         return [self.network] + ([self.network6] if self.network6 is not None else [])
+
+    @cached_property
+    def barred4(self) -> tuple[tuple[int, int], ...]:
+        """The IPv4 ranges `node_ip_problem` refuses node addresses in, as (first, last):
+        RESERVED (which holds every address that is not a unicast host's), and the pods'."""
+        barred = [*RESERVED] + (
+            [self.network] if self.network.version == 4 and self.backend_type != "l2" else [])
+        return tuple((int(n.network_address), int(n.broadcast_address)) for n in barred)
 
     @property
     def families(self) -> list[int]:
