@@ -80,18 +80,12 @@ class Store:
 
     def allocations(self) -> Iterator[tuple[IPAddress, str, str]]:
         """Every (ip, container id, ifname) on disk."""
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
-            return
-        for name in names:
+        for name, data in self._contents().items():
             try:
                 ip = ipaddress.ip_address(name)
-                with open(os.path.join(self.dir, name), "rb") as fh:
-                    data = fh.read().decode("utf-8", "replace")
-            except (ValueError, OSError):
+            except ValueError:
                 continue
-            cid, _, ifname = data.strip().partition(LINE_BREAK)
+            cid, _, ifname = data.decode("utf-8", "replace").partition(LINE_BREAK)
             yield ip, cid.strip(), ifname.strip()
 
     def get_by_id(self, container_id: str, ifname: str) -> list[IPAddress]:
@@ -99,22 +93,26 @@ class Store:
         # the container id alone.
         wanted = {(container_id + LINE_BREAK + ifname).encode(), container_id.encode()}
         out: list[IPAddress] = []
+        for name, data in self._contents().items():
+            if data in wanted:
+                try:
+                    out.append(ipaddress.ip_address(name))
+                except ValueError:
+                    continue
+        return out
+
+    def _contents(self) -> Mapping[str, bytes]:
+        """Every allocation file's content by name: as remembered (`remember_reads`), or read
+        now. The caller holds the lock."""
         try:
             dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return out
+            return {}
         try:
-            contents = (_remembered.contents(self.dir, dir_fd) if _remembered is not None
-                        else _read_all(dir_fd))
-            for name, data in contents.items():
-                if data in wanted:
-                    try:
-                        out.append(ipaddress.ip_address(name))
-                    except ValueError:
-                        continue
+            return (_remembered.contents(self.dir, dir_fd) if _remembered is not None
+                    else _read_all(dir_fd))
         finally:
             os.close(dir_fd)
-        return out
 
     def release(self, ip: IPAddress) -> None:
         with contextlib.suppress(FileNotFoundError):
