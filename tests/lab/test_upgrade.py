@@ -4,10 +4,13 @@ a pod pings a pod of another node every 10 ms: no packet is lost, and the cluste
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
+import tomllib
 import uuid
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -26,10 +29,24 @@ def previous_release(tmp_path: Path) -> str:
                            capture_output=True, check=False)
     if known.returncode != 0:
         pytest.skip(f"this clone lacks {PREVIOUS}")
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PREVIOUS, "src"],
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PREVIOUS, "src", "pyproject.toml"],
                              capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
+    # Its agent runs on this environment's packages: a dependency it has and this release
+    # dropped must still be installed (the dev extra), or its agent dies at import.
+    project = tomllib.loads((tmp_path / "pyproject.toml").read_text())["project"]
+    missing = [req for req in project["dependencies"] if not _installed(req)]
+    assert not missing, f"{PREVIOUS} needs {missing}: add them to the dev extra"
     return str(tmp_path / "src")
+
+
+def _installed(requirement: str) -> bool:
+    name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def test_agents_upgraded_one_by_one_lose_no_packet(previous_release: str) -> None:
