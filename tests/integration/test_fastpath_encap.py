@@ -11,10 +11,12 @@ import ipaddress
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from podnet.fastpath import bpf, btf, podmap, program
 from podnet.fastpath.podmap import PodEntry
@@ -369,6 +371,11 @@ def _established(src: IP, dst: IP) -> tuple[int, int]:
         ipr.link("set", index=lo, state="up")
         for ip in (src, dst):
             links.add_address(ipr, lo, f"{ip}/{ip.max_prefixlen}")
+        # An IPv6 address's local route is installed by the kernel's address work queue,
+        # after the reply: connecting before it is there fails as unreachable.
+        deadline = time.monotonic() + 10
+        while not all(_routable(ipr, ip) for ip in (src, dst)) and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         ipr.close()
     family = socket.AF_INET if src.version == 4 else socket.AF_INET6
@@ -385,6 +392,14 @@ def _established(src: IP, dst: IP) -> tuple[int, int]:
             conn.sendall(b"pong")
             assert client.recv(4) == b"pong"
             return client.getsockname()[1], server.getsockname()[1]
+
+
+def _routable(ipr: IPRoute, ip: IP) -> bool:
+    try:
+        ipr.route("get", dst=str(ip))
+    except NetlinkError:
+        return False
+    return True
 
 
 def _half_open(src: IP, dst: IP) -> tuple[int, int]:
