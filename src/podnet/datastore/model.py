@@ -209,14 +209,20 @@ class NetworkConfig:
         """The indices of the subnets whose keys (subnet_key) are not in `busy`."""
         shift = self.network.max_prefixlen - self.subnet_len
         base = int(self.network.network_address)
+        # A lease's key read as an integer, not through ipaddress' parser: a node joining a
+        # /8 of 5000 nodes reads 5000 keys (30 ms).
+        parse = _ipv4_int if self.network.version == 4 else _ipv6_int
+        want = str(self.subnet_len)
         taken = set()
         for key in busy:
             address, _, length = key.partition("-")
+            if length != want:
+                continue
             try:
-                net = int(ipaddress.ip_address(address))
+                net = parse(address)
             except ValueError:
                 continue
-            if length == str(self.subnet_len) and net - base >= 0:
+            if net - base >= 0:
                 taken.add((net - base) >> shift)
         return [i for i in range(self.capacity) if i not in taken]
 
@@ -406,6 +412,10 @@ def _ipv4_int(text: str) -> int:
     if len(packed) != 4 or socket.inet_ntoa(packed) != text:
         raise ValueError(f"{text!r} is not an IPv4 address")
     return int.from_bytes(packed, "big")
+
+
+def _ipv6_int(text: str) -> int:
+    return int(ipaddress.IPv6Address(text))
 
 
 def subnet_key(subnet: PodNetwork) -> str:
