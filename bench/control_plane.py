@@ -14,7 +14,6 @@ podnet's modules are byte-compiled first, as pip leaves an installed wheel's.
 from __future__ import annotations
 
 import argparse
-import base64
 import compileall
 import ipaddress
 import json
@@ -27,9 +26,8 @@ import time
 import uuid
 from typing import Any
 
-import requests
-
 import podnet
+from podnet.datastore.etcd import EtcdStore
 from podnet.lab.lab import Lab, down
 from podnet.lab.topology import Topology
 from podnet.netlink import codec, netns, rtmsg
@@ -38,10 +36,6 @@ from podnet.netlink.batch import raw_socket
 CIDR = ipaddress.IPv4Network("10.0.0.0/8")
 CIDR6 = ipaddress.IPv6Network("fd00:10::/48")  # a /64 for each /24 of CIDR
 RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE = 0x40, 0x400
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
 
 
 def lease(i: int, dual: bool = False) -> tuple[str, str]:
@@ -60,13 +54,8 @@ def subnet6_of(subnet: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
     return ipaddress.IPv6Network((int(CIDR6.network_address) + (index << 64), 64))
 
 
-def put_leases(url: str, indices: range, dual: bool) -> None:
-    ops = [{"request_put": {"key": b64(k), "value": b64(v)}}
-           for k, v in (lease(i, dual) for i in indices)]
-    for start in range(0, len(ops), 100):  # etcd's default cap on ops per transaction
-        r = requests.post(f"{url}/v3/kv/txn", json={"success": ops[start:start + 100]},
-                          timeout=30)
-        r.raise_for_status()
+def put_leases(store: EtcdStore, indices: range, dual: bool) -> None:
+    store.put_all(dict(lease(i, dual) for i in indices))
 
 
 def rss_kb(pid: int) -> int:
@@ -162,8 +151,9 @@ def run_one(n: int, events: int, family: str = "ipv4") -> dict[str, Any]:
         lab.up()
         cp = lab.target_netns("cp")
         url = topo.etcd_url
+        store = EtcdStore(url, timeout=30)
         with netns.entered(cp):
-            put_leases(url, range(n), dual)
+            put_leases(store, range(n), dual)
         # The baseline gets a namespace of its own, a node without an agent.
         netns.create(base_ns)
         baseline = baseline_ip_batch(base_ns, n, dual)
@@ -188,12 +178,12 @@ def run_one(n: int, events: int, family: str = "ipv4") -> dict[str, Any]:
                 key, value = lease(i, dual)
                 obj = json.loads(value)
                 t0 = time.perf_counter()
-                requests.post(f"{url}/v3/kv/put", json={"key": b64(key), "value": b64(value)},
-                              timeout=10).raise_for_status()
+                store.put(key, value)
                 # The event is programmed when its last route is.
                 latencies.append((max(watcher.wait(s) for s in
                                       [obj["subnet"]] + ([obj["subnet6"]] if dual else []))
                                   - t0) * 1000)
+        store.close()
         time.sleep(2)
         rss = rss_kb(node.agent_pid) / 1024
         c0 = cpu_seconds(node.agent_pid)

@@ -1,4 +1,4 @@
-"""etcd v3 through its JSON gateway (`/v3/...`): JSON over HTTP(S) with `requests`, keys and
+"""etcd v3 through its JSON gateway (`/v3/...`): JSON over HTTP(S) (gateway.py), keys and
 values base64-encoded as the gateway has them.
 
 Key layout (see docs/datastore.md):
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import ipaddress
 import json
 import logging
@@ -25,10 +26,8 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
-from urllib.parse import urlparse
 
-import requests
-
+from podnet.datastore import gateway
 from podnet.datastore.base import DatastoreError, Event, Held, LeaseRefused, PermissionDenied
 from podnet.datastore.model import ConfigError, Lease, NetworkConfig, PodNetwork, subnet_key
 
@@ -62,32 +61,11 @@ class _TokenRefused(DatastoreError):
     """etcd no longer knows the auth token: authenticate again."""
 
 
-def _message(resp: requests.Response) -> str:
+def _message(reply: gateway.Reply) -> str:
     try:
-        return str(resp.json().get("message", resp.text[:200]))
-    except ValueError:
-        return resp.text[:200]
-
-
-class _Member:
-    """One etcd member: its gateway's URLs, and a session (a kept connection, the member's
-    TLS client certificate and, with authentication, the token header)."""
-
-    def __init__(self, url: str, ca_cert: str | None, cert: str | None,
-                 key: str | None) -> None:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"etcd URL {url!r} must look like http(s)://HOST:PORT")
-        host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
-        self.base = f"{parsed.scheme}://{host}:{parsed.port or 2379}/v3/"
-        self.session = requests.Session()
-        if ca_cert is not None:
-            self.session.verify = ca_cert
-        if cert is not None and key is not None:
-            self.session.cert = (cert, key)
-
-    def url(self, path: str) -> str:
-        return self.base + path.lstrip("/")
+        return str(reply.json().get("message", reply.text[:200]))
+    except (ValueError, AttributeError):
+        return reply.text[:200]
 
 
 class EtcdStore:
@@ -101,16 +79,13 @@ class EtcdStore:
         self.user, self._password = user, password
         self._token_lock = threading.Lock()
         self.urls = [url] if isinstance(url, str) else list(url)
-        self.members = [_Member(member, ca_cert, cert, key) for member in self.urls]
+        self.members = [gateway.Member(member, ca_cert, cert, key) for member in self.urls]
         self._index = 0
         self.timeout = timeout
-        # Per request: requests lets REQUESTS_CA_BUNDLE in the environment override a session's
-        # CA, and the cluster's CA is the one to trust.
-        self._verify: str | bool = ca_cert or True
-        self._streams: list[requests.Response] = []  # open watches, closed by close()
+        self._streams: list[http.client.HTTPConnection] = []  # open watches, closed by close()
 
     @property
-    def member(self) -> _Member:
+    def member(self) -> gateway.Member:
         return self.members[self._index]
 
     def _next_member(self) -> None:
@@ -118,25 +93,25 @@ class EtcdStore:
 
     # -- plumbing ---------------------------------------------------------------------------
     def _authenticate(self, stale: str | bytes | None = None) -> None:
-        """A token for the user, on every member's session; `stale`: the token etcd refused
+        """A token for the user, in every member's headers; `stale`: the token etcd refused
         (another thread may have renewed it meanwhile)."""
         with self._token_lock:
-            current = self.members[0].session.headers.get("Authorization")
+            current = self.members[0].headers.get("Authorization")
             if current is not None and current != stale:
                 return  # another thread has authenticated since
             for member in self.members:
-                member.session.headers.pop("Authorization", None)
+                member.headers.pop("Authorization", None)
             out = self._post("/auth/authenticate", {"name": self.user,
                                                     "password": self._password}, auth=False)
             for member in self.members:
-                member.session.headers["Authorization"] = str(out["token"])
+                member.headers["Authorization"] = str(out["token"])
 
     def _post(self, path: str, payload: dict[str, Any], auth: bool = True) -> dict[str, Any]:
         if auth and self.user is not None:
-            token = self.members[0].session.headers.get("Authorization")
+            token = self.members[0].headers.get("Authorization")
             if token is None:
                 self._authenticate()
-                token = self.members[0].session.headers.get("Authorization")
+                token = self.members[0].headers.get("Authorization")
             try:
                 return self._post(path, payload, auth=False)
             except _TokenRefused:
@@ -146,27 +121,29 @@ class EtcdStore:
         why = ""
         for _ in self.members:
             try:
-                resp = self.member.session.post(self.member.url(path), json=payload,
-                                                timeout=self.timeout, verify=self._verify)
-            except requests.ConnectionError as exc:  # not delivered: another member may take it
-                why = f"{self.urls[self._index]}: {exc}"
+                resp = self.member.post(path, payload, self.timeout)
+            except gateway.Unreachable as exc:  # not delivered: another member may take it
+                why = str(exc)
                 self._next_member()
                 continue
-            except requests.RequestException as exc:
+            except gateway.TimedOut as exc:
                 raise DatastoreError(f"etcd unreachable: {exc}") from None
-            if resp.status_code == 503:  # this member has no leader: another may
+            if resp.status == 503:  # this member has no leader: another may
                 why = f"{self.urls[self._index]}: HTTP 503: {resp.text[:200]}"
                 self._next_member()
                 continue
-            if resp.status_code == 401:
+            if resp.status == 401:
                 raise _TokenRefused(resp.text[:200])
-            if resp.status_code == 403 or (resp.status_code == 400 and (
+            if resp.status == 403 or (resp.status == 400 and (
                     path == "/auth/authenticate" or "user name is empty" in resp.text)):
                 raise PermissionDenied(f"etcd refused {path} for user {self.user or '(none)'}: "
                                        f"{_message(resp)}")
-            if resp.status_code != 200:
-                raise DatastoreError(f"etcd {path}: HTTP {resp.status_code}: {resp.text[:200]}")
-            out: dict[str, Any] = resp.json()
+            if resp.status != 200:
+                raise DatastoreError(f"etcd {path}: HTTP {resp.status}: {resp.text[:200]}")
+            try:
+                out: dict[str, Any] = resp.json()
+            except ValueError:
+                raise DatastoreError(f"etcd {path}: not JSON: {resp.text[:200]}") from None
             return out
         raise DatastoreError(f"etcd unreachable: no member answers ({why})")
 
@@ -424,20 +401,20 @@ class EtcdStore:
         create = {"create_request": {"key": _b64(prefix),
                                      "range_end": _b64(prefix_end(prefix)),
                                      "start_revision": revision + 1}}
-        resp: requests.Response | None = None
+        conn = None
         try:
             # The stream idles between events: a read timeout ends this call quietly, and the
             # caller (after a health check) watches again from the last revision seen.
-            resp = self.member.session.post(self.member.url("/watch"), json=create,
-                                            stream=True, timeout=(self.timeout, IDLE),
-                                            verify=self._verify)
-            self._streams.append(resp)
-            if resp.status_code == 401 and self.user is not None:
-                self._authenticate(stale=resp.request.headers.get("Authorization"))
+            token = self.member.headers.get("Authorization")
+            conn, resp = self.member.stream("/watch", create, self.timeout, IDLE)
+            self._streams.append(conn)
+            if resp.status == 401 and self.user is not None:
+                self._authenticate(stale=token)
                 raise DatastoreError("watch: etcd refused the auth token; authenticated again")
-            if resp.status_code != 200:
-                raise DatastoreError(f"watch: HTTP {resp.status_code}: {_message(resp)}")
-            for line in resp.iter_lines(chunk_size=None):
+            if resp.status != 200:
+                raise DatastoreError(f"watch: HTTP {resp.status}: "
+                                     f"{_message(gateway.Reply(resp.status, resp.read()))}")
+            for line in gateway.lines(resp):
                 if stopped():
                     return revision
                 if not line.strip():
@@ -453,35 +430,35 @@ class EtcdStore:
                     revision = max(revision, rev)
                     on_change(_unb64(kv["key"]), None if ev.get("type") == "DELETE"
                               else _unb64(kv.get("value", "")), rev)
-        except requests.exceptions.ConnectionError as exc:
+        except TimeoutError:
+            return revision  # idle
+        except (gateway.Unreachable, ConnectionError) as exc:
             if stopped():
-                return revision
-            if "Read timed out" in str(exc):
                 return revision
             self._next_member()  # the next watch goes to another member
             raise DatastoreError(f"watch broken: {exc}") from None
-        except (requests.RequestException, ValueError, AttributeError) as exc:
+        except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:
             if stopped():
                 return revision
-            raise DatastoreError(f"watch broken: {exc}") from None
+            raise DatastoreError(f"watch broken: {exc!r}") from None
         finally:
-            if resp is not None:
-                self._streams.remove(resp)
+            if conn is not None:
+                with contextlib.suppress(ValueError):
+                    self._streams.remove(conn)
+                conn.close()
         if not stopped():
             raise DatastoreError("watch stream ended")
         return revision
 
     def close(self) -> None:
-        for stream in list(self._streams):
-            # Wake a watch blocked in its read first: closing the stream alone waits for the
-            # reader's buffer lock, i.e. until etcd sends something or the stream idles out.
-            conn = getattr(stream.raw, "connection", None)
-            if conn is not None and getattr(conn, "sock", None) is not None:
+        for conn in list(self._streams):
+            # Wake a watch blocked in its read: closing alone waits for the reader's buffer
+            # lock, i.e. until etcd sends something or the stream idles out.
+            if conn.sock is not None:
                 with contextlib.suppress(OSError):
                     conn.sock.shutdown(socket.SHUT_RDWR)
-            stream.close()
         for member in self.members:
-            member.session.close()
+            member.close()
 
 
 def _candidates(config: NetworkConfig, free: list[int],
