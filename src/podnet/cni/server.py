@@ -18,7 +18,6 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 from podnet.cni import protocol, shim
@@ -98,6 +97,7 @@ def _resolver(fds: list[int]) -> Callable[[protocol.Request], None]:
 
 def handle(conn: socket.socket, on_change: Callable[[], None] = lambda: None) -> None:
     fds: list[int] = []
+    changed = False
     with conn:
         try:
             pid, uid = _peer_pid(conn)
@@ -110,8 +110,7 @@ def handle(conn: socket.socket, on_change: Callable[[], None] = lambda: None) ->
                     else f"/proc/{pid}/ns/net")
             ctx = _context_for(host)
             code, out = protocol.run(bridge.handlers(ctx), env, stdin, _resolver(fds))
-            if env.get("CNI_COMMAND") in ("ADD", "DEL"):
-                on_change()
+            changed = env.get("CNI_COMMAND") in ("ADD", "DEL")
             conn.sendall(f"{code}\n{out}".encode())
         except Exception as exc:  # one bad client must not take the server down
             protocol.log(f"cni-server: request failed: {exc!r}")
@@ -119,6 +118,10 @@ def handle(conn: socket.socket, on_change: Callable[[], None] = lambda: None) ->
             for fd in fds:
                 if fd >= 0:
                     os.close(fd)
+    # After the reply is complete (the plugin reads to the end): the agent's thread this wakes
+    # would otherwise hold the interpreter while the reply waits to be closed.
+    if changed:
+        on_change()
 
 
 class Server:
@@ -127,9 +130,10 @@ class Server:
         """`on_change`: called after each ADD and DEL (the node's pods may have changed)."""
         self.path = path
         self.on_change = on_change
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni")
+        self.workers = workers
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
         try:
             store.remember_reads()
         except OSError as exc:
@@ -146,35 +150,50 @@ class Server:
             os.umask(old)
         self.sock.listen(128)
 
-    def serve_forever(self) -> None:
-        self.sock.settimeout(0.5)
+    def start_workers(self) -> None:
+        """Each worker accepts on the listening socket itself: the kernel hands a connection
+        to one waiting worker, with no hand-over between threads (a thread wake-up less on
+        every pod's ADD and DEL, 1 ms of it)."""
+        self._threads = [threading.Thread(target=self._work, name=f"cni-{i}", daemon=True)
+                         for i in range(self.workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
         while not self._stop.is_set():
             try:
                 conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
+            except OSError as exc:
                 if self._stop.is_set():
-                    break
-                raise
+                    return
+                protocol.log(f"cni-server: accept failed: {exc}")  # e.g. out of descriptors
+                self._stop.wait(0.1)
+                continue
             conn.settimeout(120)
-            self.pool.submit(handle, conn, self.on_change)
+            handle(conn, self.on_change)
+
+    def serve_forever(self) -> None:
+        self.start_workers()
+        self._stop.wait()
 
     def stop(self) -> None:
         self._stop.set()
+        # Wakes the workers blocked in accept (Linux: EINVAL), where closing would not.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        self.stop()
+        for thread in self._threads:
+            thread.join()
         self.sock.close()
-        self.pool.shutdown(wait=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
-    def start_thread(self) -> threading.Thread:
-        """Serve from a background thread (the agent embeds the server this way)."""
+    def start_thread(self) -> None:
+        """Serve from background threads (the agent embeds the server this way)."""
         self.bind()
-        thread = threading.Thread(target=self.serve_forever, name="cni-server", daemon=True)
-        thread.start()
-        return thread
+        self.start_workers()
 
 
 def serve(path: str) -> None:
