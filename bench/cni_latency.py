@@ -190,10 +190,15 @@ def main() -> None:
         floor = [timed_run([sys.executable, "-I", "-S", "-c", "pass"]) for _ in range(50)]
         results: dict[str, dict[str, list[float]]] = {v: {"ADD": [], "DEL": []}
                                                        for v in variants}
-        # Interleaved, so that any drift of the machine touches every variant alike.
+        # Interleaved, so that any drift of the machine touches every variant alike, in an
+        # order rotated pod by pod: each variant follows each other one equally often (what
+        # one leaves to finish, the exit of its process, the kernel's work on its new links,
+        # is not always met by the same next one).
+        order = list(enumerate(variants.items()))
         for command in ("ADD", "DEL"):
             for i, path in enumerate(node.pods):
-                for k, (name, (runtime, kind, c)) in enumerate(variants.items()):
+                turn = i % len(order)
+                for k, (name, (runtime, kind, c)) in order[turn:] + order[:turn]:
                     results[name][command].append(
                         timed_exec(runtime, kind, command, c, f"c{i}", path, f"e{k}"))
     ref = median(results["reference bridge + host-local"]["ADD"])
