@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
+import struct
 from typing import Any
 
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from podnet.netlink import constants, fastlink
+from podnet.netlink import codec, constants, fastlink
 
 
 class Capture:
@@ -28,10 +29,14 @@ class Capture:
         return len(data)
 
     def recv(self, _size: int) -> bytes:
-        import struct
-
-        seq = struct.unpack_from("=I", self.sent[-1], 8)[0]
-        return struct.pack("=IHHIIi", 36, 2, 0, seq, 0, 0) + self.sent[-1][:16]
+        """The ack; before it, for a request to echo, the request itself (as the kernel
+        echoes a new link: the same message type and sequence)."""
+        last = self.sent[-1]
+        flags, seq = struct.unpack_from("=HI", last, 6)
+        ack = struct.pack("=IHHIIi", 36, 2, 0, seq, 0, 0) + last[:16]
+        if flags & codec.F_ECHO:
+            return last + b"\0" * (-len(last) % 4) + ack
+        return ack
 
 
 def _decode(cls: type, data: bytes) -> Any:
@@ -43,7 +48,10 @@ def _decode(cls: type, data: bytes) -> Any:
 def test_create_veth_decodes_as_pyroute2_reads_it() -> None:
     cap = Capture()
     rt = fastlink.Rtnl(cap)  # type: ignore[arg-type]
-    rt.create_veth("veth1234abcd", "eth0", 7, 1450, master=3, peer_mac="02:00:5e:10:00:01")
+    link = rt.create_veth("veth1234abcd", "eth0", 7, 1450, master=3,
+                          peer_mac="02:00:5e:10:00:01")
+    assert len(cap.sent) == 1  # the link echoed: not asked for again
+    assert link is not None and (link.name, link.mtu, link.master) == ("veth1234abcd", 1450, 3)
     msg = _decode(ifinfmsg, cap.sent[0])
     assert msg["header"]["type"] == fastlink.RTM_NEWLINK
     assert msg["flags"] & fastlink.IFF_UP and msg["change"] & fastlink.IFF_UP

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 HDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-F_REQUEST, F_ACK, F_ROOT, F_MATCH = 0x1, 0x4, 0x100, 0x200
+F_REQUEST, F_ACK, F_ECHO, F_ROOT, F_MATCH = 0x1, 0x4, 0x8, 0x100, 0x200
 F_REPLACE, F_EXCL, F_CREATE, F_APPEND = 0x100, 0x200, 0x400, 0x800
 NLA_F_NESTED = 0x8000
 FLAGS = {  # the flags of each command, as `ip` sends them

@@ -83,10 +83,11 @@ class Rtnl:
         return None
 
     def create_veth(self, name: str, peer: str, peer_netns_fd: int, mtu: int | None,
-                    master: int, peer_mac: str) -> None:
+                    master: int, peer_mac: str) -> Link | None:
         """A veth pair: `name` here, enslaved to `master` and up; `peer` in the netns, down
         (the kernel cannot open it before its peer is linked: ENOTCONN), with the MAC given
-        (so that the caller knows it without asking that namespace)."""
+        (so that the caller knows it without asking that namespace). The link made here (its
+        index, MAC and peer's index), as the kernel echoes it; None if it is gone."""
         peer_attrs = codec.attr(IFLA_IFNAME, peer.encode() + b"\0")
         peer_attrs += codec.attr(IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd))
         peer_attrs += codec.attr(IFLA_ADDRESS, codec.mac(peer_mac))
@@ -98,8 +99,20 @@ class Rtnl:
         info = codec.attr(IFLA_INFO_KIND, b"veth\0") + codec.nest(
             IFLA_INFO_DATA, codec.nest(VETH_INFO_PEER, IFINFO.pack(0, 0, 0, 0, 0) + peer_attrs))
         attrs += codec.nest(IFLA_LINKINFO, info)
-        self.request(RTM_NEWLINK, codec.F_CREATE | codec.F_EXCL,
-                     IFINFO.pack(0, 0, 0, IFF_UP, IFF_UP) + attrs)
+        seq = self.send(RTM_NEWLINK, codec.F_REQUEST | codec.F_ACK | codec.F_ECHO
+                        | codec.F_CREATE | codec.F_EXCL, IFINFO.pack(0, 0, 0, IFF_UP, IFF_UP)
+                        + attrs)
+        echoed = None
+        for mtype, rseq, buf, start, end in codec.receive(self.sock):
+            if rseq == seq and mtype == RTM_NEWLINK:
+                echoed = _parse_link(buf, start, end)
+            elif rseq == seq and mtype == codec.NLMSG_ERROR:
+                if code := codec.error_code(buf, start):
+                    raise NetlinkError(code, os.strerror(code))
+                break
+        # The echo saves asking for the link again (a round trip of every pod's ADD); older
+        # kernels do not echo a new link.
+        return echoed if echoed is not None else self.get_link(name)
 
     def set_up(self, index: int) -> None:
         self.request(RTM_NEWLINK, 0, IFINFO.pack(0, 0, index, IFF_UP, IFF_UP))

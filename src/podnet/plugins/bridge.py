@@ -168,13 +168,14 @@ def _ensure_bridge_addr(ctx: HostContext, index: int, name: str, gw_iface: str,
 
 
 def _create_veth(ctx: HostContext, pod: Rtnl, pod_fd: int, req: Request, conf: BridgeConf,
-                 host_name: str, bridge: int) -> str:
+                 host_name: str, bridge: int) -> tuple[str, Link | None]:
     """The veth pair, the host's end enslaved and up in the request that makes it; the pod
-    end's MAC. A clash is looked into only when the kernel reports one."""
+    end's MAC and the host end's link. A clash is looked into only when the kernel reports
+    one."""
     pod_mac = random_mac()
     try:
-        ctx.fast.create_veth(host_name, req.ifname, pod_fd, conf.mtu, bridge, pod_mac)
-        return pod_mac
+        return pod_mac, ctx.fast.create_veth(host_name, req.ifname, pod_fd, conf.mtu, bridge,
+                                             pod_mac)
     except NetlinkError as exc:
         if exc.errno != errno.EEXIST:
             raise
@@ -183,8 +184,8 @@ def _create_veth(ctx: HostContext, pod: Rtnl, pod_fd: int, req: Request, conf: B
                        f"exists in {req.netns}")
     if ctx.fast.delete_link(host_name):
         protocol.log(f"removed {host_name} left by an earlier, interrupted ADD")
-    ctx.fast.create_veth(host_name, req.ifname, pod_fd, conf.mtu, bridge, pod_mac)
-    return pod_mac
+    return pod_mac, ctx.fast.create_veth(host_name, req.ifname, pod_fd, conf.mtu, bridge,
+                                         pod_mac)
 
 
 def _configure_pod_iface(pod: Rtnl, index: int, result: Result, iface_idx: int) -> None:
@@ -222,9 +223,9 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
             undo.append(lambda: _delete_bridge_if_unused(ctx, bridge.index))
         host_name = host_veth_name(req.config["name"], req.container_id, req.ifname)
         with ctx.pod_fast(req.enter) as pod, ctx.pod_fd(req.enter) as pod_fd:
-            pod_mac = _create_veth(ctx, pod, pod_fd, req, conf, host_name, bridge.index)
+            pod_mac, host_link = _create_veth(ctx, pod, pod_fd, req, conf, host_name,
+                                              bridge.index)
             undo.append(lambda: ctx.fast.delete_link(host_name))
-            host_link = ctx.fast.get_link(host_name)
             if host_link is None:
                 raise CNIError(NETLINK_FAILURE, "veth pair vanished after creation")
             pod_index = host_link.peer_index  # a veth's link is its peer
