@@ -69,10 +69,7 @@ class Member:
         """The member's reply; Unreachable or TimedOut."""
         conn = self._kept() or self._connect(timeout)
         try:
-            conn.sock.settimeout(timeout)
-            conn.request("POST", "/v3/" + path.lstrip("/"), json.dumps(payload).encode(),
-                         {"Content-Type": "application/json", **self.headers})
-            resp = conn.getresponse()
+            resp = self._send(conn, path, payload, timeout)
             reply = Reply(resp.status, resp.read())
         except TimeoutError as exc:
             conn.close()
@@ -93,16 +90,20 @@ class Member:
         waits at most `idle` seconds (TimeoutError). Unreachable where it cannot start."""
         conn = self._connect(timeout)
         try:
-            conn.sock.settimeout(idle)
-            conn.request("POST", "/v3/" + path.lstrip("/"), json.dumps(payload).encode(),
-                         {"Content-Type": "application/json", **self.headers})
-            return conn, conn.getresponse()
+            return conn, self._send(conn, path, payload, idle)
         except TimeoutError:  # delivered: the caller's to take as idle
             conn.close()
             raise
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise Unreachable(f"{self.base}: {exc!r}") from None
+
+    def _send(self, conn: http.client.HTTPConnection, path: str, payload: dict[str, Any],
+              timeout: float) -> http.client.HTTPResponse:
+        conn.sock.settimeout(timeout)
+        conn.request("POST", "/v3/" + path.lstrip("/"), json.dumps(payload).encode(),
+                     {"Content-Type": "application/json", **self.headers})
+        return conn.getresponse()
 
     def close(self) -> None:
         with self._lock:
