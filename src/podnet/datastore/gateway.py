@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import ssl
 
 DEFAULT_PORT = 2379  # etcd's client port
+API = "/v3/"  # the gateway's path
 
 
 class Unreachable(Exception):
@@ -55,7 +56,7 @@ class Member:
         self.host = parsed.hostname
         self.port = parsed.port or DEFAULT_PORT
         bracketed = f"[{self.host}]" if ":" in self.host else self.host
-        self.base = f"{parsed.scheme}://{bracketed}:{self.port}/v3/"
+        self.base = f"{parsed.scheme}://{bracketed}:{self.port}{API}"
         self.headers: dict[str, str] = {}  # the auth token, once authenticated
         self._tls = (ca_cert, cert, key)
         self._context: ssl.SSLContext | None = None
@@ -101,7 +102,7 @@ class Member:
     def _send(self, conn: http.client.HTTPConnection, path: str, payload: dict[str, Any],
               timeout: float) -> http.client.HTTPResponse:
         conn.sock.settimeout(timeout)
-        conn.request("POST", "/v3/" + path.lstrip("/"), json.dumps(payload).encode(),
+        conn.request("POST", API + path.lstrip("/"), json.dumps(payload).encode(),
                      {"Content-Type": "application/json", **self.headers})
         return conn.getresponse()
 

@@ -114,10 +114,19 @@ def dump(sock: socket.socket) -> Iterator[tuple[int, bytes, int, int]]:
         yield mtype, buf, start, end
 
 
-def ack(sock: socket.socket, seq: int) -> None:
-    """Wait for request `seq`'s acknowledgement; NetlinkError if it was refused."""
-    for mtype, rseq, buf, start, _end in receive(sock):
-        if mtype == NLMSG_ERROR and rseq == seq:
+def ack(sock: socket.socket, seq: int,
+        echoed: int | None = None) -> tuple[bytes, int, int] | None:
+    """Wait for request `seq`'s acknowledgement; NetlinkError if it was refused. With
+    `echoed` (a request sent with F_ECHO), the kernel's echo of that type before the ack:
+    (buffer, body start, end), or None where the kernel echoed none."""
+    echo = None
+    for mtype, rseq, buf, start, end in receive(sock):
+        if rseq != seq:
+            continue
+        if mtype == NLMSG_ERROR:
             if code := error_code(buf, start):
                 raise NetlinkError(code, os.strerror(code))
-            return
+            return echo
+        if mtype == echoed:
+            echo = (buf, start, end)
+    return None

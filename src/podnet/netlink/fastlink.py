@@ -65,8 +65,12 @@ class Rtnl:
         self.sock.send(codec.message(mtype, flags, self.seq, body))
         return self.seq
 
-    def request(self, mtype: int, flags: int, body: bytes) -> None:
-        codec.ack(self.sock, self.send(mtype, flags | codec.F_REQUEST | codec.F_ACK, body))
+    def request(self, mtype: int, flags: int, body: bytes,
+                echo: bool = False) -> tuple[bytes, int, int] | None:
+        """Send and wait for the ack; with `echo`, the kernel's echo of the message made (the
+        same type), None where it echoes none."""
+        flags |= codec.F_REQUEST | codec.F_ACK | (codec.F_ECHO if echo else 0)
+        return codec.ack(self.sock, self.send(mtype, flags, body), mtype if echo else None)
 
     # -- links -----------------------------------------------------------------------------------
     def get_link(self, name: str) -> Link | None:
@@ -99,20 +103,11 @@ class Rtnl:
         info = codec.attr(IFLA_INFO_KIND, b"veth\0") + codec.nest(
             IFLA_INFO_DATA, codec.nest(VETH_INFO_PEER, IFINFO.pack(0, 0, 0, 0, 0) + peer_attrs))
         attrs += codec.nest(IFLA_LINKINFO, info)
-        seq = self.send(RTM_NEWLINK, codec.F_REQUEST | codec.F_ACK | codec.F_ECHO
-                        | codec.F_CREATE | codec.F_EXCL, IFINFO.pack(0, 0, 0, IFF_UP, IFF_UP)
-                        + attrs)
-        echoed = None
-        for mtype, rseq, buf, start, end in codec.receive(self.sock):
-            if rseq == seq and mtype == RTM_NEWLINK:
-                echoed = _parse_link(buf, start, end)
-            elif rseq == seq and mtype == codec.NLMSG_ERROR:
-                if code := codec.error_code(buf, start):
-                    raise NetlinkError(code, os.strerror(code))
-                break
+        echoed = self.request(RTM_NEWLINK, codec.F_CREATE | codec.F_EXCL,
+                              IFINFO.pack(0, 0, 0, IFF_UP, IFF_UP) + attrs, echo=True)
         # The echo saves asking for the link again (a round trip of every pod's ADD); older
         # kernels do not echo a new link.
-        return echoed if echoed is not None else self.get_link(name)
+        return _parse_link(*echoed) if echoed is not None else self.get_link(name)
 
     def set_up(self, index: int) -> None:
         self.request(RTM_NEWLINK, 0, IFINFO.pack(0, 0, index, IFF_UP, IFF_UP))
