@@ -91,9 +91,10 @@ class Prober:
                                                           timeout=1.0), pairs))
                 now = time.monotonic()
                 with self.lock:
-                    live = set(self.pods)
                     for (a, b), good in zip(pairs, ok, strict=True):
-                        if a.name in live and b.name in live:  # not churned meanwhile
+                        # Neither churned meanwhile: by identity, as a pod replaced on the
+                        # same node takes its predecessor's name.
+                        if self.pods.get(a.name) is a and self.pods.get(b.name) is b:
                             self.sent += 1
                             if not good:
                                 self.failures.append((now, a.name, b.name, a.node, b.node))
@@ -139,8 +140,8 @@ class Chaos:
 
     def sample_rss(self) -> None:
         """Each agent's RSS; its growth counts from its first sample after WARMUP_S of its
-        life (the CNI server's workers each open their netlink sockets on first use, for a
-        minute or so): what grows after that would be a leak."""
+        life (its heap and the interpreter's pools reach their working size in its first
+        minute of pods and faults): what grows after that would be a leak."""
         now = time.monotonic()
         self.rss_timeline.append({n.name: rss_kb(n.agent_pid) for n in self.lab.topo.nodes})
         for node in self.lab.topo.nodes:
@@ -342,6 +343,10 @@ class Chaos:
         mtu = self.lab.conflist(self.lab.topo.nodes[0])["plugins"][0].get("mtu")
         verified = run(endpoints_of(st), st, mtu)
         rss = {n: r | {"growth_kb": r["end_kb"] - r["start_kb"]} for n, r in self.rss.items()}
+        probed = {"sent": self.prober.sent, "failed": len(self.prober.failures),
+                  "failed_outside_link_down": len(outside),
+                  "first_outside": [{"at_s": round(at - t0, 1), "from": a, "to": b}
+                                    for at, a, b, _, _ in outside[:20]]}
         broken = []
         if outside:
             broken.append(f"{len(outside)} probe failures outside link-down windows, first: "
@@ -359,9 +364,7 @@ class Chaos:
             broken.append(f"agent RSS grew by more than {RSS_LIMIT_KB} kB: {rss}")
         return {"minutes": minutes, "nodes": len(self.lab.topo.nodes),
                 "pods": len(self.lab.topo.pods), "faults": [f.to_json(t0) for f in self.faults],
-                "by_kind": by_kind, "probes": {"sent": self.prober.sent,
-                                               "failed": len(self.prober.failures),
-                                               "failed_outside_link_down": len(outside)},
+                "by_kind": by_kind, "probes": probed,
                 "leaks": leaks, "verify_ok": verified.ok, "agent_rss": rss,
                 "agent_rss_timeline_kb": self.rss_timeline, "broken": broken}
 
