@@ -64,10 +64,12 @@ def in_range(kind: type[int] | type[float], low: float, high: float) -> Any:
 
 
 def _cmd_cni_server(args: argparse.Namespace) -> int:
+    from podnet import malloc
     from podnet.agent.options import check_socket_path
     from podnet.cni.server import serve
 
     check_socket_path("--socket", args.socket)
+    malloc.steady_footprint()
     serve(args.socket)
     return 0
 
@@ -241,6 +243,7 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
+    from podnet import malloc
     from podnet.agent.agent import Agent, leave
     from podnet.agent.logs import setup as setup_logs
 
@@ -251,6 +254,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
             print(f"podnet agent --leave: {warning}", file=sys.stderr)
         return 0
     setup_logs(args.log_level)
+    malloc.steady_footprint()
     agent = Agent(opts, store)
     try:
         return agent.run_forever()
