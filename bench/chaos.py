@@ -87,18 +87,23 @@ class Prober:
                 with self.lock:
                     pods = list(self.pods.values())
                 pairs = [(a, b) for a in pods for b in pods if a.name != b.name]
-                ok = list(pool.map(lambda ab: probes.ping(ns_path(ab[0].netns(lab)), ab[1].ip,
-                                                          timeout=1.0), pairs))
-                now = time.monotonic()
+                done = list(pool.map(lambda ab: self.probe(lab, *ab), pairs))
                 with self.lock:
-                    for (a, b), good in zip(pairs, ok, strict=True):
+                    for (a, b), (good, at) in zip(pairs, done, strict=True):
                         # Neither churned meanwhile: by identity, as a pod replaced on the
                         # same node takes its predecessor's name.
                         if self.pods.get(a.name) is a and self.pods.get(b.name) is b:
                             self.sent += 1
                             if not good:
-                                self.failures.append((now, a.name, b.name, a.node, b.node))
+                                self.failures.append((at, a.name, b.name, a.node, b.node))
                 self.stop.wait(max(0.0, 1.0 - (time.monotonic() - start)))
+
+    @staticmethod
+    def probe(lab: str, a: PodSpec, b: PodSpec) -> tuple[bool, float]:
+        """Whether a reached b, and when that was known: a round lasts longer than a ping
+        when pings time out, and a failure belongs to the moment of its ping."""
+        good = probes.ping(ns_path(a.netns(lab)), b.ip, timeout=1.0)
+        return good, time.monotonic()
 
 
 def rss_kb(pid: int) -> int:
