@@ -28,15 +28,16 @@ class Capture:
         self.sent.append(data)
         return len(data)
 
-    def recv(self, _size: int) -> bytes:
+    def recv_into(self, buffer: bytearray, _size: int, _flags: int) -> int:
         """The ack; before it, for a request to echo, the request itself (as the kernel
         echoes a new link: the same message type and sequence)."""
         last = self.sent[-1]
         flags, seq = struct.unpack_from("=HI", last, 6)
-        ack = struct.pack("=IHHIIi", 36, 2, 0, seq, 0, 0) + last[:16]
+        reply = struct.pack("=IHHIIi", 36, 2, 0, seq, 0, 0) + last[:16]
         if flags & codec.F_ECHO:
-            return last + b"\0" * (-len(last) % 4) + ack
-        return ack
+            reply = last + b"\0" * (-len(last) % 4) + reply
+        buffer[:len(reply)] = reply
+        return len(reply)
 
 
 def _decode(cls: type, data: bytes) -> Any:

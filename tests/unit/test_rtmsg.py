@@ -1,9 +1,11 @@
-"""The packed messages say what pyroute2 would: decoded with pyroute2's own parsers."""
+"""The packed messages say what pyroute2 would: decoded with pyroute2's own parsers; the receive
+loop reads datagrams at their size."""
 
 from __future__ import annotations
 
 import socket
 
+import pytest
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg as pr_rtmsg
 
@@ -58,3 +60,18 @@ def test_ipv6_route_and_neigh_decode_as_pyroute2_reads_them() -> None:
     n = _decode(ndmsg, rtmsg.neigh("replace", 5, "fd00:10:244:3::", "0a:01:02:03:04:05", 9))
     assert n["family"] == socket.AF_INET6  # type: ignore[index]
     assert n.get_attr("NDA_DST") == "fd00:10:244:3::"  # type: ignore[attr-defined]
+
+
+def test_receive_reads_each_datagram_at_its_size_and_refuses_one_too_large() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        ack = codec.HDR.pack(36, codec.NLMSG_ERROR, 0, 5, 0) + bytes(20)
+        done = codec.HDR.pack(20, codec.NLMSG_DONE, 0, 6, 0) + bytes(4)
+        a.send(ack)
+        a.send(done)
+        messages = codec.receive(b)
+        assert next(messages) == (codec.NLMSG_ERROR, 5, ack, 16, 36)
+        assert next(messages) == (codec.NLMSG_DONE, 6, done, 16, 20)
+        a.send(bytes(codec.RECEIVE_SIZE + 4))
+        with pytest.raises(codec.NetlinkError, match="more than"):
+            next(messages)

@@ -9,9 +9,11 @@ a pod's ADD and a 5000-peer sync send, packed with `struct` in microseconds.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 
 HDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
@@ -19,6 +21,10 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 F_REQUEST, F_ACK, F_ECHO, F_ROOT, F_MATCH = 0x1, 0x4, 0x8, 0x100, 0x200
 F_REPLACE, F_EXCL, F_CREATE, F_APPEND = 0x100, 0x200, 0x400, 0x800
 NLA_F_NESTED = 0x8000
+# A dump's datagram is at most 32 kB (the kernel's cap); an error's copy of the request is
+# its header alone where the socket asks for NETLINK_CAP_ACK, as batches do.
+RECEIVE_SIZE = 64 << 10
+_receiving = threading.local()
 FLAGS = {  # the flags of each command, as `ip` sends them
     "add": F_REQUEST | F_ACK | F_CREATE | F_EXCL,
     "replace": F_REQUEST | F_ACK | F_CREATE | F_REPLACE,
@@ -87,9 +93,21 @@ def attrs(buf: bytes, pos: int, end: int) -> dict[int, bytes]:
 
 def receive(sock: socket.socket) -> Iterator[tuple[int, int, bytes, int, int]]:
     """Every message that arrives, as (type, sequence, buffer, body start, end), without end:
-    the caller stops when it has what it waits for."""
+    the caller stops when it has what it waits for.
+
+    Each datagram is read into its thread's one buffer and copied out at its size: a buffer
+    allocated per datagram (thousands in a sync, each an ack) costs an allocation of the whole
+    size every time, and its shrinking leaves holes in the heap."""
+    into = getattr(_receiving, "buffer", None)
+    if into is None:
+        into = _receiving.buffer = bytearray(RECEIVE_SIZE)
+    view = memoryview(into)
     while True:
-        buf = sock.recv(1 << 20)
+        size = sock.recv_into(into, RECEIVE_SIZE, socket.MSG_TRUNC)
+        if size > RECEIVE_SIZE:  # MSG_TRUNC: the datagram's size, though it did not fit
+            raise NetlinkError(errno.EMSGSIZE, f"a netlink datagram of {size} bytes, more "
+                               f"than the {RECEIVE_SIZE} read")
+        buf = bytes(view[:size])
         pos = 0
         while pos + HDR.size <= len(buf):
             length, mtype, _flags, seq, _port = HDR.unpack_from(buf, pos)
