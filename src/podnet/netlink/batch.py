@@ -13,8 +13,6 @@ from typing import Any
 from podnet.netlink import codec, netns, rtmsg
 
 CHUNK = 60_000
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
 PACKERS: dict[str, Callable[..., bytes]] = {
     "route": rtmsg.route, "neigh": rtmsg.neigh, "fdb": rtmsg.fdb}
 ADD_IGNORE = (errno.EEXIST,)
@@ -57,7 +55,7 @@ def raw_socket(ns_path: str | None = None) -> socket.socket:
     sock.bind((0, 0))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     # Acks without the original message echoed back: small acks for big batches.
-    sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+    sock.setsockopt(codec.SOL_NETLINK, codec.NETLINK_CAP_ACK, 1)
     return sock
 
 

@@ -27,7 +27,6 @@ IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFF_UP = 0x1
-SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 IFINFO = struct.Struct("=BxHiII")
 IFADDR = struct.Struct("=BBBBi")
@@ -53,7 +52,7 @@ class Rtnl:
                                           socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
         self.sock.bind((0, 0))
         # Dumps filtered by the kernel (an address dump for one link, not for every veth).
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        self.sock.setsockopt(codec.SOL_NETLINK, codec.NETLINK_GET_STRICT_CHK, 1)
         self.seq = 0
 
     def close(self) -> None:
