@@ -175,16 +175,23 @@ def main(plugin: "str", fallback: "tuple[str, ...]" = ()) -> "None":
     env = {k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
            for k, v in posix.environ.items() if k.startswith(b"CNI_")}
     if env.get("CNI_COMMAND") == "VERSION":
-        sys.stdout.write(VERSION_REPLY)
-        sys.exit(0)
+        _exit(0, VERSION_REPLY)
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
-    result = None
     path = top_level_string(stdin, b"socket") if plugin == "podnet" else None
-    if path:
-        result = via_server(path, env, stdin)
-    code, out = (result if result is not None
-                 else run_in_process(plugin, env, stdin, fallback, path))
+    result = via_server(path, env, stdin) if path else None
+    if result is not None:
+        _exit(*result)
+    code, out = run_in_process(plugin, env, stdin, fallback, path)
     if out:
         sys.stdout.write(out)
         sys.stdout.flush()
     sys.exit(code)
+
+
+def _exit(code: "int", out: "str") -> "None":
+    """Out without the interpreter's finalization (1.2 ms of every pod's start): the relay
+    holds nothing that needs it, the reply once written and flushed. The in-process path
+    exits normally, its modules' clean-up included."""
+    sys.stdout.write(out)
+    sys.stdout.flush()
+    posix._exit(code)
