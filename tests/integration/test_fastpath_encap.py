@@ -22,6 +22,7 @@ from podnet.fastpath import bpf, btf, podmap, program
 from podnet.fastpath.podmap import PodEntry
 from podnet.firewall import libnft
 from podnet.netlink import codec, links, netns
+from podnet.wire import VXLAN_SOURCE_PORTS
 
 TC_ACT_REDIRECT = 7
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -62,7 +63,8 @@ def pseudo(src: IP, dst: IP, proto: int, length: int) -> bytes:
 
 
 def packet(src: IP, dst: IP, ttl: int = 64, proto: str = "icmp", partial: bool = False,
-           ports: tuple[int, int] = (40000, 53), udp_csum: bool = True) -> bytes:
+           ports: tuple[int, int] = (40000, 53), udp_csum: bool = True,
+           label: int = 0x12345) -> bytes:
     """An IP packet of src's family, its transport checksum complete, or `partial` as a pod's
     offloaded one leaves it (the field holds the pseudo-header's sum, the rest is the NIC's)."""
     body = b"podnet" * 4
@@ -83,7 +85,7 @@ def packet(src: IP, dst: IP, ttl: int = 64, proto: str = "icmp", partial: bool =
         csum = 0xFFFF - csum if partial else csum  # the field holds the folded sum itself
         segment = segment[:at] + struct.pack("!H", csum or 0xFFFF) + segment[at + 2:]
     if src.version == 6:
-        return struct.pack("!IHBB", 6 << 28 | 0x12345, len(segment), number, ttl) \
+        return struct.pack("!IHBB", 6 << 28 | label, len(segment), number, ttl) \
             + src.packed + dst.packed + segment
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(segment), 7, 0, ttl, number, 0,
                          src.packed, dst.packed)
@@ -218,7 +220,8 @@ def test_encapsulates_as_a_vxlan_device_would(nodes: tuple[Node, Node], underlay
         assert outer_udp_ok(out)  # what the peer's device checks over IPv6
     assert (src, dst) == (ip1.packed, ip2.packed)
     sport, dport, length, ucsum = struct.unpack_from("!HHHH", out, udp)
-    assert sport >= 49152 and dport == 8472 and length == len(out) - udp
+    assert VXLAN_SOURCE_PORTS[0] <= sport < VXLAN_SOURCE_PORTS[1]
+    assert dport == 8472 and length == len(out) - udp
     assert ucsum == 0 or underlay == 6  # no checksum over IPv4, as the device sends it
     assert out[udp + 8:udp + 16] == bytes([0x08, 0, 0, 0, 0, 0, 1, 0])  # VNI 1 valid
     assert out[udp + 16:udp + 30] == codec.mac(VTEP2) + codec.mac(VTEP1) + ETHERTYPE[inner]
@@ -280,21 +283,23 @@ def test_over_ipv6_what_headers_cannot_checksum_takes_the_device(make_ns: Callab
 
 def test_the_source_port_follows_the_flow(nodes: tuple[Node, Node], underlay: int) -> None:
     """Flows spread over the underlay's paths (ECMP hashes the outer ports), each flow on
-    one path (no reordering)."""
+    one path (no reordering). A flow as the kernel's flow dissector tells them apart: by
+    addresses and ports, an IPv6 packet with a flow label by its label instead of its
+    ports (each socket's own)."""
     node1, _ = nodes
     udp = 34 if underlay == 4 else 54
 
-    def sport(ports: tuple[int, int], inner: int) -> int:
+    def sport(flow: int, inner: int) -> int:
         pod1, pod2 = PODS[inner]
-        _, out = node1.run(frame(BRIDGE_MAC, POD_MAC, packet(pod1, pod2, proto="udp",
-                                                             ports=ports)))
+        _, out = node1.run(frame(BRIDGE_MAC, POD_MAC, packet(
+            pod1, pod2, proto="udp", ports=(40000 + flow, 53), label=0x12345 + flow)))
         return int(struct.unpack_from("!H", out, udp)[0])
 
+    low, high = VXLAN_SOURCE_PORTS
     for inner in (4, 6):
-        flows = [(40000 + i, 53) for i in range(16)]
-        ports = [sport(f, inner) for f in flows]
-        assert ports == [sport(f, inner) for f in flows]
-        assert len(set(ports)) > 8 and all(p >= 49152 for p in ports)
+        ports = [sport(f, inner) for f in range(16)]
+        assert ports == [sport(f, inner) for f in range(16)]
+        assert len(set(ports)) > 8 and all(low <= p < high for p in ports)
 
 
 @pytest.mark.parametrize("inner", [4, 6], ids=["inner4", "inner6"])

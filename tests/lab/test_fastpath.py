@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -13,8 +15,12 @@ import pytest
 from podnet.fastpath import bpf, podmap
 from podnet.lab.lab import Lab, ns_path
 from podnet.netlink import netns, tc
+from podnet.wire import VXLAN_PORT
 from tests.lab.conftest import MakeLab, failures, fast_path_at, transfer, verify
 from tests.lab.test_lab_ops import sh, wait_for
+
+ETH_P_IPV6 = 0x86DD
+ETH_FRAME_MAX = 1514  # the underlay's MTU and an Ethernet header: a frame on the wire
 
 
 def state(lab: Lab, node: str) -> tuple[int | None, dict[str, int | None],
@@ -183,3 +189,42 @@ def test_an_overlay_flow_takes_one_path(make_lab: MakeLab) -> None:
     for n, (device, uplink) in before.items():
         crossed = link_packets(lab, n, "eth0", "rx", "tx") - uplink
         assert crossed > 300 and link_packets(lab, n, "podnet.1", "rx", "tx") == device, n
+
+
+def test_over_ipv6_a_flow_keeps_one_outer_port(make_lab: MakeLab) -> None:
+    """Over an IPv6 underlay a bulk flow's segmentation-offload super-packets take the VXLAN
+    device (the program cannot have the kernel checksum their segments' outer UDP) and its
+    other packets the program: both give the flow the same outer source port, so that the
+    underlay (its ECMP, a receiver's RSS) sees one flow, not two that can reorder."""
+    lab = make_lab("vxlan", nodes=2, pods=1, underlay_family="ipv6")
+    sender, receiver = lab.topo.pods[1], lab.topo.pods[0]  # node2's pod, node1's
+    with netns.entered(ns_path(lab.topo.nodes[0].netns(lab.topo.name))):
+        tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6))
+    ports: dict[bool, set[int]] = {True: set(), False: set()}  # by: a super-packet?
+    done = threading.Event()
+
+    def capture() -> None:
+        head = bytearray(64)
+        while not done.is_set():
+            try:
+                size, (_, _, kind, _, _) = tap.recvfrom_into(head, len(head), socket.MSG_TRUNC)
+            except TimeoutError:
+                continue
+            # Arriving (not sent by node1), IPv6 with UDP next, to the VXLAN port.
+            if kind != socket.PACKET_OUTGOING and head[20] == socket.IPPROTO_UDP \
+                    and int.from_bytes(head[56:58], "big") == VXLAN_PORT:
+                ports[size > ETH_FRAME_MAX].add(int.from_bytes(head[54:56], "big"))
+
+    with tap:
+        tap.bind(("eth0", 0))
+        tap.settimeout(0.2)
+        thread = threading.Thread(target=capture)
+        thread.start()
+        try:
+            size = 20 << 20
+            assert transfer(lab, sender, receiver, size) == str(size)
+        finally:
+            done.set()
+            thread.join()
+    # Super-packets came (the device's), and others (the program's), all from the one port.
+    assert ports[True] and ports[False] and len(ports[True] | ports[False]) == 1, ports

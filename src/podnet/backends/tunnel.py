@@ -41,7 +41,8 @@ class TunnelBackend(Backend):
     def device_matches(self, msg: Any) -> bool:
         """Whether an existing device was made with this node's options."""
 
-    def ensure_device(self) -> None:
+    def ensure_device(self) -> Any:
+        """The device, made or re-made where missing or of other options; its link."""
         ipr = IPRoute(groups=0)
         try:
             msg = links.by_name(ipr, self.device)
@@ -60,6 +61,7 @@ class TunnelBackend(Backend):
                 assert msg is not None
             self.index = int(msg["index"])
             ipr.link("set", index=self.index, state="up", mtu=self.pod_mtu())
+            return msg
         finally:
             ipr.close()
 

@@ -17,7 +17,7 @@ from podnet.backends.hostgw import node_mac, routed_via_node
 from podnet.backends.tunnel import TunnelBackend
 from podnet.datastore.model import Lease, NodeIP
 from podnet.netlink import links
-from podnet.wire import VXLAN6_OVERHEAD, VXLAN_OVERHEAD, VXLAN_PORT
+from podnet.wire import VXLAN6_OVERHEAD, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_SOURCE_PORTS
 
 DEFAULT_VNI = 1
 
@@ -61,12 +61,13 @@ class VxlanBackend(TunnelBackend):
         self.mac = vtep_mac(self.node.name, self.vni)
         self.tx_offload = tx_offload_wanted(opts.get("txChecksumOffload", "auto"),
                                             platform.release())
+        self.source_ports = VXLAN_SOURCE_PORTS
 
     def pod_mtu(self) -> int:
         return self.node.mtu - (VXLAN_OVERHEAD if self.node.ip.version == 4 else VXLAN6_OVERHEAD)
 
     def setup(self) -> dict[str, Any]:
-        self.ensure_device()
+        self.source_ports = source_ports(self.ensure_device())
         set_tx_checksum_offload(self.device, self.tx_offload)
         return {"vtepMAC": self.mac, "nodeMAC": node_mac(self.node.iface_index)}
 
@@ -80,6 +81,7 @@ class VxlanBackend(TunnelBackend):
         local = "vxlan_local" if self.node.ip.version == 4 else "vxlan_local6"
         return {"kind": self.device_kind, "vxlan_id": self.vni, local: str(self.node.ip),
                 "vxlan_port": self.port, "vxlan_link": self.node.iface_index,
+                "vxlan_port_range": {"low": VXLAN_SOURCE_PORTS[0], "high": VXLAN_SOURCE_PORTS[1]},
                 "vxlan_learning": 0, "vxlan_udp_csum": 0, "address": self.mac}
 
     def device_matches(self, msg: Any) -> bool:
@@ -102,7 +104,7 @@ class VxlanBackend(TunnelBackend):
         config = self.config
         lens = ((config.network.version, config.subnet_len),) + (
             ((6, config.subnet_len6),) if config.network6 is not None else ())
-        encap = (Encap(self.vni, self.port, self.node.ip, self.mac, lens)
+        encap = (Encap(self.vni, self.port, self.node.ip, self.mac, lens, self.source_ports)
                  if self.tx_offload else None)
         return replace(super().fast_path(), encap=encap)
 
@@ -120,6 +122,19 @@ class VxlanBackend(TunnelBackend):
         if not isinstance(mac, str):
             return frozenset()
         return self.tunnelled(peer, mac) | {Fdb(mac, str(peer.node_ip), self.index)}
+
+
+def source_ports(msg: Any) -> tuple[int, int]:
+    """The range a VXLAN device picks its outer source ports from, as the kernel takes it:
+    the device's own, or where it has none (made by an older podnet, and kept so as not to
+    drop traffic on an upgrade) the namespace's local port range."""
+    data = links.info_data(msg)
+    ports = data.get_attr("IFLA_VXLAN_PORT_RANGE") if data is not None else None
+    if ports is not None and ports["low"] < ports["high"]:
+        return int(ports["low"]), int(ports["high"])
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+        low, high = fh.read().split()
+    return int(low), int(high)
 
 
 def set_tx_checksum_offload(device: str, enable: bool) -> None:

@@ -24,7 +24,8 @@ its segmentation-offload super-packets too are encapsulated here (over IPv4; the
 get their headers when the kernel segments them) and decapsulated here as they arrive (GRO
 super-packets of TCP). Fragments keep going through the device, and so over IPv6 do
 super-packets and packets whose outer UDP checksum cannot be had from their headers
-(`_checksummed`).
+(`_checksummed`), routed to it here; the outer source port is picked as the device picks it, so
+a flow the two share is one flow on the wire.
 
 A pod NetworkPolicy isolates (its pod map entry's POLICED bit) keeps the fast path only for
 packets of TCP connections the normal path has let through: the kernel's connection tracking
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 from podnet.fastpath.asm import R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, Program
 from podnet.fastpath.btf import Conntrack
 from podnet.netlink import codec
-from podnet.wire import VXLAN6_OVERHEAD, VXLAN_FLAG_VNI, VXLAN_OVERHEAD
+from podnet.wire import VXLAN6_OVERHEAD, VXLAN_FLAG_VNI, VXLAN_OVERHEAD, VXLAN_SOURCE_PORTS
 
 # struct __sk_buff offsets (linux/bpf.h)
 SKB_LEN, SKB_PKT_TYPE, SKB_IFINDEX, SKB_DATA, SKB_DATA_END, SKB_GSO_SIZE = 0, 4, 40, 76, 80, 176
@@ -62,7 +63,7 @@ ETH_P_IPV6_RAW = 0xDD86  # 0x86dd, as ETH_P_IP_RAW
 ND_FIRST, ND_LAST = 133, 137  # ICMPv6 router and neighbour discovery: the normal path's
 PACKET_HOST = 0
 # helpers (linux/bpf.h's __BPF_FUNC_MAPPER order)
-MAP_LOOKUP_ELEM, SKB_STORE_BYTES, REDIRECT, SKB_CHANGE_TYPE = 1, 9, 23, 32
+MAP_LOOKUP_ELEM, SKB_STORE_BYTES, REDIRECT, SKB_CHANGE_TYPE, GET_HASH_RECALC = 1, 9, 23, 32, 34
 SKB_ADJUST_ROOM, FIB_LOOKUP, REDIRECT_NEIGH, REDIRECT_PEER = 50, 69, 152, 155
 FIB_LOOKUP_SKIP_NEIGH = 4  # the neighbour is bpf_redirect_neigh's to resolve, with its states
 ADJ_ROOM_MAC = 1  # room between the Ethernet and the IP header
@@ -132,6 +133,9 @@ class Encap:
     mac: str  # the node's VTEP MAC: the inner source
     # The length of each node's pod subnet per pod family, the tunnel maps' keys.
     subnet_lens: tuple[tuple[int, int], ...] = ()
+    # The node's VXLAN device's outer source port range, [low, high): the program picks a
+    # flow's port as the device does, so the packets either sends are one flow on the wire.
+    source_ports: tuple[int, int] = VXLAN_SOURCE_PORTS
 
     @property
     def outer(self) -> Family:
@@ -463,8 +467,8 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, inner: Family, underlay
     Registers: r6 the skb, r7/r8 its data and end (reloaded after the headers grow), r9 the
     peer's tunnel map value (VTEP MAC, node IP); r0-r5 scratch. The headers are built at HDR
     on the stack (r10), then copied in front of the inner packet. Jumps to `route_out<tag>`
-    (defined next, by the routing code), `pass` and `drop` (the program's); defines the labels
-    of `_outer_udp_vxlan` and `_checksummed`."""
+    (defined next, by the routing code), `pass` and `drop` (the program's); defines the label
+    of `_checksummed`."""
     other = "route_out" + inner.tag
     _lookup(p, tunnel_fd, inner, inner.dst, encap.mask(inner.version))
     p.jump_if(R0, "==", 0, other)
@@ -486,7 +490,7 @@ def _encap_out(p: Program, encap: Encap, tunnel_fd: int, inner: Family, underlay
         _outer_ipv4(p, encap)
     else:
         _outer_ipv6(p, encap)
-    _outer_udp_vxlan(p, encap, inner)
+    _outer_udp_vxlan(p, encap)
     _inner_ethernet(p, encap, inner)
     _push_and_send(p, encap, inner, underlay)
 
@@ -574,36 +578,25 @@ def _outer_ipv6(p: Program, encap: Encap) -> None:
         p.store(4, R10, h + 24 + off, R2)
 
 
-def _outer_udp_vxlan(p: Program, encap: Encap, inner: Family) -> None:
-    """UDP after the outer IP header at HDR, then VXLAN: the source port from the flow
-    (addresses, and ports where the packet has them), spreading flows over the underlay's
-    paths as the device does, in 49152-65535; checksum zero (over IPv6 `_udp6_checksum` sets
-    it once the packet is whole); the VNI. Defines `hash_ports<tag>` and `hashed<tag>`."""
+def _outer_udp_vxlan(p: Program, encap: Encap) -> None:
+    """UDP after the outer IP header at HDR, then VXLAN: the source port picked from the
+    device's range by the flow's hash (the socket's, or the kernel's flow dissector's) as the
+    device picks it (`udp_flow_src_port`): a flow whose packets the device sends in part (over
+    IPv6 its super-packets) keeps one outer port, one path through the underlay's ECMP and
+    one receive queue; checksum zero (over IPv6 `_udp6_checksum` sets it once the packet is
+    whole); the VNI. r0-r5 are the helper's; r6-r9 and the packet pointers are kept."""
     h = HDR + encap.outer.header
-    hashed, ports = "hashed" + inner.tag, "hash_ports" + inner.tag
-    p.mov_imm(R0, 0)
-    for off in range(0, inner.addr_len, 4):
-        for field in (inner.src, inner.dst):
-            p.load(4, R2, R7, field + off)
-            p.alu_reg("^", R0, R2)
-    if inner is V4:
-        p.load(1, R2, R7, ETH_LEN)
-        p.jump_if(R2, "!=", 0x45, hashed)  # options: the ports are elsewhere
-    p.load(1, R2, R7, inner.proto)
-    p.jump_if(R2, "==", socket.IPPROTO_TCP, ports)
-    p.jump_if(R2, "!=", socket.IPPROTO_UDP, hashed)
-    p.label(ports)
-    at = ETH_LEN + inner.header
-    p.mov(R2, R7)
-    p.alu("+", R2, at + 4)
-    p.jump_if_reg(R2, ">", R8, hashed)
-    p.load(4, R2, R7, at)
-    p.alu_reg("^", R0, R2)
-    p.label(hashed)
+    low, high = encap.source_ports
+    p.mov(R1, R6)
+    p.call(GET_HASH_RECALC)
     p.mov(R2, R0)
-    p.alu(">>", R2, 16)
+    p.alu("<<", R2, 16)
     p.alu_reg("^", R0, R2)
-    p.alu("|", R0, 0xC0)  # the port's high byte, first in network order
+    p.alu32("|", R0, 0)  # hash ^= hash << 16, in 32 bits
+    p.alu("*", R0, high - low)
+    p.alu(">>", R0, 32)
+    p.alu("+", R0, low)
+    p.to_be16(R0)
     p.store(2, R10, h, R0)
     p.store_imm(2, R10, h + 2, _raw16(encap.port))
     _store_length(p, h + 4, encap.length - ETH_LEN - encap.outer.header)
