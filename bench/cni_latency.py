@@ -3,11 +3,13 @@ and in-process) against the reference bridge + host-local, side by side in one r
 with the interpreter's bare start as the floor. Writes bench/out/cni_latency.json and prints a
 Markdown table.
 
-    .venv/bin/python bench/cni_latency.py [--pods 100] [--baseline REV] [--dual]
+    .venv/bin/python bench/cni_latency.py [--pods 100] [--baseline REV] [--dual] [--del-gap MS]
 
 --baseline REV adds that revision's plugins and cni-server, on the same node, interleaved with
 the others: a change's cost measured side by side rather than against an older run. --dual adds
-pods given an IPv4 and an IPv6 address (a range set of each) through the server.
+pods given an IPv4 and an IPv6 address (a range set of each) through the server. --del-gap
+MS (50 unless told) is a quiet time before each DEL, for the kernel to finish freeing what the
+one before deleted.
 
 --phases times one ADD through the server piece by piece instead, each piece a run of its own,
 interleaved pod by pod: the host interpreter's bare start as the runtime execs it (nsenter into
@@ -155,6 +157,8 @@ def main() -> None:
                         help="also pods with an address of each family, through the server")
     parser.add_argument("--phases", action="store_true",
                         help="time one ADD through the server piece by piece")
+    parser.add_argument("--del-gap", type=float, default=50.0,
+                        help="quiet milliseconds before each DEL (0: back to back)")
     args = parser.parse_args()
     if args.phases:
         phases(args.pods)
@@ -194,11 +198,16 @@ def main() -> None:
         # order rotated pod by pod: each variant follows each other one equally often (what
         # one leaves to finish, the exit of its process, the kernel's work on its new links,
         # is not always met by the same next one).
+        # DELs are spaced by a quiet time: the kernel frees a deleted veth pair some 20 ms
+        # after it is gone (RCU grace periods), past the end of a DEL that does not wait for
+        # it (podnet's), and that work would otherwise land in the next DEL's time.
         order = list(enumerate(variants.items()))
         for command in ("ADD", "DEL"):
             for i, path in enumerate(node.pods):
                 turn = i % len(order)
                 for k, (name, (runtime, kind, c)) in order[turn:] + order[:turn]:
+                    if command == "DEL" and args.del_gap:
+                        time.sleep(args.del_gap / 1000)
                     results[name][command].append(
                         timed_exec(runtime, kind, command, c, f"c{i}", path, f"e{k}"))
     ref = median(results["reference bridge + host-local"]["ADD"])

@@ -22,7 +22,7 @@ F_REQUEST, F_ACK, F_ECHO, F_ROOT, F_MATCH = 0x1, 0x4, 0x8, 0x100, 0x200
 F_REPLACE, F_EXCL, F_CREATE, F_APPEND = 0x100, 0x200, 0x400, 0x800
 NLA_F_NESTED = 0x8000
 SOL_NETLINK = 270
-NETLINK_CAP_ACK, NETLINK_GET_STRICT_CHK = 10, 12  # socket options
+NETLINK_ADD_MEMBERSHIP, NETLINK_CAP_ACK, NETLINK_GET_STRICT_CHK = 1, 10, 12  # socket options
 # A dump's datagram is at most 32 kB (the kernel's cap); an error's copy of the request is
 # its header alone where the socket asks for NETLINK_CAP_ACK, as batches do.
 RECEIVE_SIZE = 64 << 10

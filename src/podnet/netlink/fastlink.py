@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import select
 import socket
 import struct
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFF_UP = 0x1
+RTNLGRP_LINK = 1  # the multicast group of link notifications
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 IFINFO = struct.Struct("=BxHiII")
 IFADDR = struct.Struct("=BBBBi")
@@ -121,6 +123,32 @@ class Rtnl:
                 return False
             raise
         return True
+
+    def watch_links(self) -> None:
+        """From now on, the namespace's link notifications arrive on this socket too."""
+        self.sock.setsockopt(codec.SOL_NETLINK, codec.NETLINK_ADD_MEMBERSHIP, RTNLGRP_LINK)
+
+    def link_removed(self, index: int, done: int) -> bool:
+        """Wait (on a `watch_links` socket) for the kernel's notice that link `index` is
+        removed: True; False when the descriptor `done` becomes readable first."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        poller.register(done, select.POLLIN)
+        self.sock.setblocking(False)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == done:
+                    return False
+                try:
+                    for mtype, _seq, buf, start, _end in codec.receive(self.sock):
+                        family, _type, gone, _flags, _change = IFINFO.unpack_from(buf, start)
+                        # A bridge port's removal is announced as RTM_DELLINK of AF_BRIDGE
+                        # first; the link's own notice, of AF_UNSPEC, once its addresses,
+                        # routes and bridge port are gone.
+                        if mtype == RTM_DELLINK and gone == index and family == socket.AF_UNSPEC:
+                            return True
+                except BlockingIOError:
+                    continue
 
     # -- addresses and routes ----------------------------------------------------------------------
     def add_address(self, index: int, iface: str) -> None:
