@@ -198,15 +198,15 @@ def main() -> None:
         # order rotated pod by pod: each variant follows each other one equally often (what
         # one leaves to finish, the exit of its process, the kernel's work on its new links,
         # is not always met by the same next one).
-        # DELs are spaced by a quiet time: the kernel frees a deleted veth pair some 20 ms
-        # after it is gone (RCU grace periods), past the end of a DEL that does not wait for
-        # it (podnet's), and that work would otherwise land in the next DEL's time.
         order = list(enumerate(variants.items()))
         for command in ("ADD", "DEL"):
             for i, path in enumerate(node.pods):
                 turn = i % len(order)
                 for k, (name, (runtime, kind, c)) in order[turn:] + order[:turn]:
                     if command == "DEL" and args.del_gap:
+                        # The kernel frees a deleted veth pair some 20 ms after it is gone
+                        # (RCU grace periods), past the end of a DEL that does not wait for
+                        # it (podnet's): that work would otherwise land in the next DEL.
                         time.sleep(args.del_gap / 1000)
                     results[name][command].append(
                         timed_exec(runtime, kind, command, c, f"c{i}", path, f"e{k}"))

@@ -16,7 +16,7 @@ from podnet.backends.base import BackendError, Entry, FastPathSpec, Fdb
 from podnet.backends.hostgw import node_mac, routed_via_node
 from podnet.backends.tunnel import TunnelBackend
 from podnet.datastore.model import Lease, NodeIP
-from podnet.netlink import links
+from podnet.netlink import links, netns
 from podnet.wire import VXLAN6_OVERHEAD, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_SOURCE_PORTS
 
 DEFAULT_VNI = 1
@@ -132,8 +132,7 @@ def source_ports(msg: Any) -> tuple[int, int]:
     ports = data.get_attr("IFLA_VXLAN_PORT_RANGE") if data is not None else None
     if ports is not None and ports["low"] < ports["high"]:
         return int(ports["low"]), int(ports["high"])
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
-        low, high = fh.read().split()
+    low, high = netns.read_sysctl("net/ipv4/ip_local_port_range").split()
     return int(low), int(high)
 
 

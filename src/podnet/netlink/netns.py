@@ -93,6 +93,12 @@ def ns_id(path: str) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def read_sysctl(path: str) -> str:
+    """A sysctl (`net/ipv4/ip_forward`) of the calling thread's namespace, stripped."""
+    with open("/proc/sys/" + path) as fh:
+        return fh.read().strip()
+
+
 def write_sysctl(path: str, value: str) -> None:
     """Write a sysctl (`net/ipv4/ip_forward`) of the calling thread's namespace.
 
@@ -105,10 +111,8 @@ def write_sysctl(path: str, value: str) -> None:
 def ensure_sysctl(path: str, value: str) -> None:
     """A sysctl of the calling thread's namespace set to `value`, written only where it is not:
     in a container /proc/sys is read-only, and a node prepared for Kubernetes has it already."""
-    with open("/proc/sys/" + path) as fh:
-        if fh.read().strip() == value:
-            return
-    write_sysctl(path, value)
+    if read_sysctl(path) != value:
+        write_sysctl(path, value)
 
 
 NETNS_DIR = "/var/run/netns"
