@@ -429,6 +429,11 @@ def markdown(report: dict[str, Any]) -> str:
               f"{'passed' if report['verify_ok'] else 'FAILED'}; largest agent RSS growth "
               f"after its first minute: {growth} kB", ""]
     lines += [f"BROKEN: {b}" for b in report["broken"]] or ["every promise kept"]
+    if report["broken"]:  # when each fault came and went, to set the broken promise against
+        lines += ["", "faults (at s, recovered after s): " + ", ".join(
+            f"{f['kind']} {f['where']} {f['at_s']} {f['recovery_s']}" for f in report["faults"])]
+        lines += [f"outside link-down: {o['at_s']} s {o['from']} -> {o['to']}"
+                  for o in report["probes"]["first_outside"]]
     return "\n".join(lines)
 
 

@@ -18,7 +18,8 @@ def test_two_minutes_of_chaos_lose_and_leak_nothing(tmp_path: Path) -> None:
                            "--json", str(out)], capture_output=True, text=True, timeout=600,
                           check=False)
     report = json.loads(out.read_text()) if out.exists() else {}
-    assert proc.returncode == 0, (proc.stdout, proc.stderr[-2000:])
+    # A string, not a tuple: pytest prints it whole, the report's BROKEN lines included.
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-2000:]}"
     assert report["broken"] == []
     assert all(row["count"] >= 1 and row["recovered"] == row["count"]
                for row in report["by_kind"].values()), report["by_kind"]
