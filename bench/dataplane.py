@@ -4,7 +4,8 @@ across nodes against node to node on the same underlay and, for host-gw and vxla
 wired the way flannel wires them (flannel_like.py); several repetitions, medians.
 
 The underlay's links are shaped to `--link-gbit` (3) like NICs (see shape_links); with
-`--link-gbit 0` they are as fast as the CPU, and throughput measures CPU cost per byte.
+`--link-gbit 0` they are as fast as the CPU, and throughput measures CPU cost per byte; each
+path's CPU time per Gbit moved (all CPUs, from /proc/stat) is reported beside it.
 
 With `--families ipv4 ipv6` each backend is measured twice in the run: IPv4 pods over the IPv4
 underlay, then the IPv6 pods of a dual-stack cluster over an IPv6-only underlay (the
@@ -79,6 +80,14 @@ def iperf_run(src_ns: str, dst_ns: str, dst_ip: str, streams: int,
     finally:
         server.kill()
         server.wait()
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time spent since boot by all CPUs on anything but idling (user, nice, system, irq,
+    softirq from /proc/stat; not iowait, nor steal: time the hypervisor took)."""
+    with open("/proc/stat") as fh:
+        ticks = [int(x) for x in fh.readline().split()[1:8]]
+    return (ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]) / os.sysconf("SC_CLK_TCK")
 
 
 ECHO_SERVER = """
@@ -184,12 +193,18 @@ def measure(backend: str, reps: int, seconds: int, link_gbit: float,
         if link_gbit:
             shape_links(lab, link_gbit)
         time.sleep(1)
-        res: dict[str, list[float]] = {f"{k}_{m}": [] for k in ends
-                                       for m in ("1", "4", "icmp10", "icmp50", "rr")}
+        res: dict[str, list[float]] = {f"{k}_{m}": [] for k in ends for m in (
+            "1", "4", "cpu1", "cpu4", "icmp10", "icmp50", "rr")}
         for _ in range(reps):  # interleaved: each path once per repetition
             for streams in (1, 4):
                 for k, (a, b, ip) in ends.items():
-                    res[f"{k}_{streams}"].append(iperf(a, b, ip, streams, seconds))
+                    before = busy_cpu_seconds()
+                    gbit = iperf(a, b, ip, streams, seconds)
+                    res[f"{k}_{streams}"].append(gbit)
+                    # CPU ms per Gbit moved: unshaped, what bounds throughput is CPU time
+                    # (one stream's path runs on one CPU), and this is its price per byte.
+                    res[f"{k}_cpu{streams}"].append(
+                        (busy_cpu_seconds() - before) * 1000 / (gbit * seconds))
             icmp = icmp_rtt_us({k: (a, ip) for k, (a, _b, ip) in ends.items()})
             for k, (a, b, ip) in ends.items():
                 res[f"{k}_icmp10"].append(icmp[k][0])
@@ -200,6 +215,7 @@ def measure(backend: str, reps: int, seconds: int, link_gbit: float,
         med["family"] = family
         for m in ("1", "4"):
             med[f"ratio_{m}"] = med[f"pod_{m}"] / med[f"node_{m}"]
+            med[f"cost_ratio_{m}"] = med[f"node_cpu{m}"] / med[f"pod_cpu{m}"]
         for m in ("icmp10", "icmp50", "rr"):
             med[f"over_{m}"] = med[f"pod_{m}"] / med[f"node_{m}"] - 1
         if "ref" in ends:
@@ -248,6 +264,16 @@ def main() -> None:
             print(f"| {_name(r, family)} | {m} | {r[f'node_{m}']:.2f} | {r[f'pod_{m}']:.2f} | "
                   f"{r[f'ratio_{m}']:.2f} | {_fmt(r, f'ref_{m}', '.2f')} | "
                   f"{_fmt(r, f'vs_ref_{m}', '.2f')} |")
+    print()
+    print("CPU per Gbit moved (ms of all CPUs' time, median); cost ratio = underlay / podnet "
+          "pods: the throughput ratio were both paths given the same CPU time")
+    print("| backend | streams | underlay | podnet pods | cost ratio | flannel-like pods |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        for m in ("1", "4"):
+            print(f"| {_name(r, family)} | {m} | {r[f'node_cpu{m}']:.0f} | "
+                  f"{r[f'pod_cpu{m}']:.0f} | {r[f'cost_ratio_{m}']:.2f} | "
+                  f"{_fmt(r, f'ref_cpu{m}', '.0f')} |")
     print()
     print("Latency (us; medians over the repetitions); overhead = podnet pods / underlay - 1; "
           "vs ref = podnet pods / flannel-like pods - 1")
