@@ -236,6 +236,16 @@ def _fmt(r: dict[str, Any], key: str, spec: str) -> str:
     return format(r[key], spec) if key in r else "-"
 
 
+def _table(title: str, columns: tuple[str, ...], lines: list[tuple[str, ...]]) -> None:
+    """A markdown table under its title line, and a blank line."""
+    print(title)
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for cells in lines:
+        print("| " + " | ".join(cells) + " |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backends", nargs="+", default=["vxlan", "host-gw", "l2", "gateway"])
@@ -255,36 +265,29 @@ def main() -> None:
     family = len(args.families) > 1  # a column of its own
     print(f"Underlay links: {f'{args.link_gbit:g} Gbit/s' if args.link_gbit else 'unshaped'}; "
           f"{args.reps} repetitions of {args.seconds} s; podnet's fast path {args.fast_path}")
-    print("Throughput (Gbit/s, median); ratio = podnet pods / underlay; vs ref = podnet pods / "
-          "flannel-like pods")
-    print("| backend | streams | underlay | podnet pods | ratio | flannel-like pods | vs ref |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        for m in ("1", "4"):
-            print(f"| {_name(r, family)} | {m} | {r[f'node_{m}']:.2f} | {r[f'pod_{m}']:.2f} | "
-                  f"{r[f'ratio_{m}']:.2f} | {_fmt(r, f'ref_{m}', '.2f')} | "
-                  f"{_fmt(r, f'vs_ref_{m}', '.2f')} |")
-    print()
-    print("CPU per Gbit moved (ms of all CPUs' time, median); cost ratio = underlay / podnet "
-          "pods: the throughput ratio were both paths given the same CPU time")
-    print("| backend | streams | underlay | podnet pods | cost ratio | flannel-like pods |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        for m in ("1", "4"):
-            print(f"| {_name(r, family)} | {m} | {r[f'node_cpu{m}']:.0f} | "
-                  f"{r[f'pod_cpu{m}']:.0f} | {r[f'cost_ratio_{m}']:.2f} | "
-                  f"{_fmt(r, f'ref_cpu{m}', '.0f')} |")
-    print()
-    print("Latency (us; medians over the repetitions); overhead = podnet pods / underlay - 1; "
-          "vs ref = podnet pods / flannel-like pods - 1")
-    print("| backend | probe | underlay | podnet pods | overhead | flannel-like pods | vs ref |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        for m, name in (("icmp10", "ICMP echo p10"), ("icmp50", "ICMP echo p50"),
-                        ("rr", "TCP 1-byte RR p50")):
-            print(f"| {_name(r, family)} | {name} | {r[f'node_{m}']:.0f} | {r[f'pod_{m}']:.0f} | "
-                  f"{r[f'over_{m}'] * 100:+.0f}% | {_fmt(r, f'ref_{m}', '.0f')} | "
-                  f"{_fmt(r, f'vs_ref_{m}', '+.0%')} |")
+    _table("Throughput (Gbit/s, median); ratio = podnet pods / underlay; vs ref = podnet pods / "
+           "flannel-like pods",
+           ("backend", "streams", "underlay", "podnet pods", "ratio", "flannel-like pods",
+            "vs ref"),
+           [(_name(r, family), m, f"{r[f'node_{m}']:.2f}", f"{r[f'pod_{m}']:.2f}",
+             f"{r[f'ratio_{m}']:.2f}", _fmt(r, f"ref_{m}", ".2f"), _fmt(r, f"vs_ref_{m}", ".2f"))
+            for r in rows for m in ("1", "4")])
+    _table("CPU per Gbit moved (ms of all CPUs' time, median); cost ratio = underlay / podnet "
+           "pods: the throughput ratio were both paths given the same CPU time",
+           ("backend", "streams", "underlay", "podnet pods", "cost ratio", "flannel-like pods"),
+           [(_name(r, family), m, f"{r[f'node_cpu{m}']:.0f}", f"{r[f'pod_cpu{m}']:.0f}",
+             f"{r[f'cost_ratio_{m}']:.2f}", _fmt(r, f"ref_cpu{m}", ".0f"))
+            for r in rows for m in ("1", "4")])
+    _table("Latency (us; medians over the repetitions); overhead = podnet pods / underlay - 1; "
+           "vs ref = podnet pods / flannel-like pods - 1",
+           ("backend", "probe", "underlay", "podnet pods", "overhead", "flannel-like pods",
+            "vs ref"),
+           [(_name(r, family), name, f"{r[f'node_{m}']:.0f}", f"{r[f'pod_{m}']:.0f}",
+             f"{r[f'over_{m}'] * 100:+.0f}%", _fmt(r, f"ref_{m}", ".0f"),
+             _fmt(r, f"vs_ref_{m}", "+.0%"))
+            for r in rows for m, name in (("icmp10", "ICMP echo p10"),
+                                          ("icmp50", "ICMP echo p50"),
+                                          ("rr", "TCP 1-byte RR p50"))])
     os.makedirs("bench/out", exist_ok=True)
     tag = f"{args.link_gbit:g}gbit" if args.link_gbit else "unshaped"
     tag += "" if fast else "-nofast"
