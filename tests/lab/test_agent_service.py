@@ -19,19 +19,25 @@ from podnet.lab.lab import ns_path
 from podnet.netlink import netns
 from tests.conftest import ns_run
 from tests.lab.conftest import MakeLab, failures, verify
+from tests.lab.test_lab_ops import wait_for
 
 
 def test_metrics_and_healthz(make_lab: MakeLab) -> None:
     lab = make_lab("vxlan", nodes=2, pods=0)
     lab.add_pod("node1")
-    with netns.entered(lab.target_netns("node1")):
-        metrics = urllib.request.urlopen("http://127.0.0.1:9153/metrics", timeout=5).read()
-        health = urllib.request.urlopen("http://127.0.0.1:9153/healthz", timeout=5)
-    text = metrics.decode()
+
+    def scrape(path: str) -> tuple[int, str]:
+        with netns.entered(lab.target_netns("node1")):
+            answer = urllib.request.urlopen(f"http://127.0.0.1:9153{path}", timeout=5)
+            return answer.status, answer.read().decode()
+
+    # node2's lease comes to node1's agent as an event, which may follow the lab's start.
+    assert wait_for(lambda: "podnet_routes_programmed 1" in scrape("/metrics")[1], 10.0)
+    text = scrape("/metrics")[1]
     assert "podnet_leases_known 2" in text and "podnet_routes_programmed 1" in text
     assert "podnet_datastore_up 1" in text and "podnet_reconcile_runs_total" in text
     assert "podnet_fast_path_pods 1" in text
-    assert health.status == 200
+    assert scrape("/healthz") == (200, "ok\n")
 
 
 def test_pods_start_while_the_agent_is_down(make_lab: MakeLab) -> None:
