@@ -287,6 +287,19 @@ class Chaos:
             f for f in ipr.fdb("dump") if f.get_attr("NDA_DST") == peer_ip]))
 
     # -- the run ------------------------------------------------------------------------------
+    def settle(self, limit: float = 30.0) -> None:
+        """Until every pod pair answers (at most `limit` s): a lab is up once each agent
+        serves, and the agents learn of each other's leases by events that may come after
+        that; the run's promises start from a converged cluster."""
+        lab = self.lab.topo.name
+        pods = list(self.prober.pods.values())
+        pending = [(a, b) for a in pods for b in pods if a.name != b.name]
+        deadline = time.monotonic() + limit
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            while pending and time.monotonic() < deadline:
+                good = list(pool.map(lambda ab: Prober.probe(lab, *ab)[0], pending))
+                pending = [ab for ab, ok in zip(pending, good, strict=True) if not ok]
+
     def run(self, minutes: float) -> dict[str, Any]:
         t0 = time.monotonic()
         self.sample_rss()
@@ -451,6 +464,7 @@ def main() -> int:
     try:
         lab.up()
         chaos = Chaos(lab, args.seed)
+        chaos.settle()
         report = chaos.run(args.minutes) | {"seed": args.seed}
         chaos.store.close()
     finally:
