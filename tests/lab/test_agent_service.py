@@ -27,8 +27,8 @@ def test_metrics_and_healthz(make_lab: MakeLab) -> None:
     lab.add_pod("node1")
 
     def scrape(path: str) -> tuple[int, str]:
-        with netns.entered(lab.target_netns("node1")):
-            answer = urllib.request.urlopen(f"http://127.0.0.1:9153{path}", timeout=5)
+        with netns.entered(lab.target_netns("node1")), urllib.request.urlopen(
+                f"http://127.0.0.1:9153{path}", timeout=5) as answer:
             return answer.status, answer.read().decode()
 
     # node2's lease comes to node1's agent as an event, which may follow the lab's start.

@@ -377,7 +377,11 @@ def delete_pod_link(ctx: HostContext, pod: Rtnl, ifname: str, pod_ns: str) -> No
     try:
         monitor.watch_links()
         deleter = netns.rtnl_in(pod_ns)
-        done, told = os.pipe2(os.O_CLOEXEC)
+        try:
+            done, told = os.pipe2(os.O_CLOEXEC)
+        except OSError:  # out of descriptors: the deleter's socket is not left open
+            deleter.close()
+            raise
         failed: list[OSError] = []
 
         def delete() -> None:
