@@ -1,5 +1,6 @@
 """ADD and DEL latency of podnet (through the cni-server, also with the eBPF fast path to join,
-and in-process) against the reference bridge + host-local, side by side in one run on one node,
+with its port's source checks (antiSpoof, as the agent configures it), and in-process) against
+the reference bridge + host-local (also with its macspoofchk), side by side in one run on one node,
 with the interpreter's bare start as the floor. Writes bench/out/cni_latency.json and prints a
 Markdown table.
 
@@ -177,6 +178,14 @@ def main() -> None:
                 "podnet", "pnbr2", "10.204.0.0/16", "podnet-ipam", ipam_dir,
                 socket=node.socket, fastPathUplink=attach_fast_path(
                     node.runtime.node_netns, "pnbr2", "10.204.0.0/16"))),
+            # With the port's source checks each (the agent's conflist turns podnet's on):
+            # the reference's MAC check, podnet's MAC and addresses, both in nftables.
+            "reference bridge + host-local, macspoofchk": (rt, "bridge", bridge_conf(
+                "bridge", "refbr1", "10.207.0.0/16", "host-local", ipam_dir,
+                macspoofchk=True)),
+            "podnet via cni-server, antiSpoof": (rt, "podnet", bridge_conf(
+                "podnet", "pnbr5", "10.208.0.0/16", "podnet-ipam", ipam_dir,
+                socket=node.socket, antiSpoof=True)),
         }
         if args.dual:
             dual = bridge_conf("podnet", "pnbr4", "10.206.0.0/16", "podnet-ipam", ipam_dir,
@@ -191,6 +200,9 @@ def main() -> None:
             old = Runtime(path=[bin_dir, "/usr/lib/cni"], node_netns=rt.node_netns)
             variants[f"podnet via cni-server at {args.baseline}"] = (old, "podnet", bridge_conf(
                 "podnet", "pnbr3", "10.205.0.0/16", "podnet-ipam", ipam_dir, socket=sock))
+            variants[f"podnet via cni-server, antiSpoof, at {args.baseline}"] = (
+                old, "podnet", bridge_conf("podnet", "pnbr6", "10.209.0.0/16", "podnet-ipam",
+                                           ipam_dir, socket=sock, antiSpoof=True))
         floor = [timed_run([sys.executable, "-I", "-S", "-c", "pass"]) for _ in range(50)]
         results: dict[str, dict[str, list[float]]] = {v: {"ADD": [], "DEL": []}
                                                        for v in variants}

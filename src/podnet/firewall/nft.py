@@ -1,5 +1,6 @@
 """The CNI plugin's per-pod rules: masquerade (`ipMasq`) and anti-spoofing on the pod's bridge
-port. Both run in the node's namespace (the caller's host context)."""
+port. Both run in the node's namespace (the caller's host context), through `run`: the host
+context's open libnft.Session in the plugin."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def masq_tag(network: str, container_id: str, ifname: str) -> str:
     return f"{network}:{container_id}:{ifname}"
 
 
-def add_masq(tag: str, addresses: list[str]) -> None:
+def add_masq(tag: str, addresses: list[str], run: libnft.Runner = libnft.run) -> None:
     """Masquerade traffic from the pod's addresses to anywhere outside their subnets."""
     lines = [f"add table inet {MASQ_TABLE}",
              f"add chain inet {MASQ_TABLE} {MASQ_CHAIN} {{ type nat hook postrouting priority "
@@ -28,20 +29,21 @@ def add_masq(tag: str, addresses: list[str]) -> None:
         fam = "ip" if iface.version == 4 else "ip6"
         lines.append(f'add rule inet {MASQ_TABLE} {MASQ_CHAIN} {fam} saddr {iface.ip} {fam} '
                      f'daddr != {iface.network} masquerade comment "{tag}"')
-    libnft.run("\n".join(lines) + "\n")
+    run("\n".join(lines) + "\n")
 
 
-def del_masq(keep: Callable[[str], bool]) -> None:
+def del_masq(keep: Callable[[str], bool], run: libnft.Runner = libnft.run) -> None:
     """Delete the masquerade rules whose tag `keep` rejects."""
     handles = [item["rule"]["handle"]
-               for item in libnft.list_json("chain", "inet", MASQ_TABLE, MASQ_CHAIN)
+               for item in libnft.list_json("chain", "inet", MASQ_TABLE, MASQ_CHAIN, run=run)
                if "rule" in item and not keep(str(item["rule"].get("comment", "")))]
     if handles:
-        libnft.run("".join(f"delete rule inet {MASQ_TABLE} {MASQ_CHAIN} handle {h}\n"
+        run("".join(f"delete rule inet {MASQ_TABLE} {MASQ_CHAIN} handle {h}\n"
                            for h in handles))
 
 
-def add_antispoof(port: str, mac: str, addresses: list[str]) -> None:
+def add_antispoof(port: str, mac: str, addresses: list[str],
+                  run: libnft.Runner = libnft.run) -> None:
     """Frames entering the bridge from the pod's port must carry its MAC and its addresses.
 
     One chain per port, reached through a verdict map keyed by port name, so a pod's rules are
@@ -63,29 +65,47 @@ def add_antispoof(port: str, mac: str, addresses: list[str]) -> None:
              "ether type ip6 icmpv6 type nd-neighbor-advert @th,64,16 & 0xffc0 != 0xfe80 "
              + (f"@th,64,128 != {{ {', '.join(_hex128(a) for a in v6)} }} " if v6 else "")
              + "drop"]
-    libnft.run("\n".join([
-        f"add table {t}",
-        f"add map {t} ports {{ type ifname : verdict; }}",
-        f"add chain {t} prerouting {{ type filter hook prerouting priority -300; "
-        "policy accept; }",
-        f"flush chain {t} prerouting",
-        f"add rule {t} prerouting iifname vmap @ports",
+    own = "\n".join([
         f"add chain {t} {port}",
-        f"flush chain {t} {port}",
+        f"flush chain {t} {port}",  # a chain left by a DEL that never came: refilled
         *(f"add rule {t} {port} {r}" for r in rules),
         f'add element {t} ports {{ "{port}" : jump {port} }}',
-    ]) + "\n")
+    ]) + "\n"
+    try:
+        run(own)
+    except libnft.NftError:  # the node's first pod: no table yet
+        _make_antispoof_table(run)
+        run(own)
+
+
+def _make_antispoof_table(run: libnft.Runner) -> None:
+    """The table, its map of ports and the hook's one rule. Made once, not rewritten by every
+    ADD: no ADD deletes a rule, as closing the netlink socket of a transaction that deleted
+    anything waits for the kernel to free it (a grace period, 12-15 ms here). `create`
+    fails where a concurrent ADD made the chain first, so the rule is never doubled."""
+    t = f"bridge {SPOOF_TABLE}"
+    with contextlib.suppress(libnft.NftError):
+        run("\n".join([
+            f"add table {t}",
+            f"add map {t} ports {{ type ifname : verdict; }}",
+            f"create chain {t} prerouting {{ type filter hook prerouting priority -300; "
+            "policy accept; }",
+            f"add rule {t} prerouting iifname vmap @ports"]) + "\n")
 
 
 def _hex128(address: str) -> str:
     return f"0x{int(ipaddress.IPv6Address(address)):032x}"
 
 
-def del_antispoof(port: str) -> None:
+def del_antispoof(port: str, run: libnft.Runner = libnft.run) -> None:
     t = f"bridge {SPOOF_TABLE}"
-    for cmd in (f'delete element {t} ports {{ "{port}" }}', f"delete chain {t} {port}"):
-        with contextlib.suppress(libnft.NftError):  # already gone: DEL is idempotent
-            libnft.run(cmd + "\n")
+    cmds = [f'delete element {t} ports {{ "{port}" }}', f"delete chain {t} {port}"]
+    try:
+        run("\n".join(cmds) + "\n")
+    except libnft.NftError:  # one of them gone already: DEL is idempotent
+        for cmd in cmds:
+            with contextlib.suppress(libnft.NftError):
+                run(cmd + "\n")
 
 
 def remove_tables() -> None:

@@ -411,10 +411,11 @@ def delete_pod_link(ctx: HostContext, pod: Rtnl, ifname: str, pod_ns: str) -> No
 
 
 def _in_host(ctx: HostContext, fn: Callable[..., object], *args: Any) -> None:
-    """Run a firewall change in the node's namespace; its failure is an I/O error."""
+    """Run a firewall change in the node's namespace, through the context's nftables
+    session (`fn`'s `run`); its failure is an I/O error."""
     try:
         with ctx.in_host():
-            fn(*args)
+            fn(*args, run=ctx.nft.run)
     except NftError as exc:
         raise CNIError(IO_FAILURE, f"nftables: {exc}") from None
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 from podnet.cni.errors import UNKNOWN_CONTAINER, CNIError
+from podnet.firewall import libnft
 from podnet.netlink import netns
 from podnet.netlink.fastlink import Rtnl
 
@@ -28,6 +29,7 @@ class HostContext:
         self.host_ns = host_ns
         self._fast: Rtnl | None = None
         self._host: IPRoute | None = None
+        self._nft: libnft.Session | None = None
 
     @property
     def fast(self) -> Rtnl:
@@ -41,7 +43,18 @@ class HostContext:
             self._host = netns.iproute_in(self.host_ns)
         return self._host
 
+    @property
+    def nft(self) -> libnft.Session:
+        """Kept open with the context: a DEL deletes the pod's rules, and a context closed
+        after a deletion waits for the kernel (libnft.Session)."""
+        if self._nft is None:
+            with self.in_host():
+                self._nft = libnft.Session()
+        return self._nft
+
     def close(self) -> None:
+        if self._nft is not None:
+            self._nft.close()
         if self._fast is not None:
             self._fast.close()
         if self._host is not None:

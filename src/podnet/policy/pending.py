@@ -38,21 +38,22 @@ def ensure() -> None:
     libnft.run("\n".join(lines) + "\n")
 
 
-def hold(addresses: Iterable[str]) -> bool:
+def hold(addresses: Iterable[str], run: libnft.Runner = libnft.run) -> bool:
     """The plugin's, at ADD: False where the node has no such table (no agent ever enforced
     policy here: nothing to wait for)."""
     lines = [f"add element {_T} pending{f} {{ {', '.join(ips)} }}"
              for f, ips in _by_family(addresses).items() if ips]
     try:
-        libnft.run("\n".join(lines) + "\n")
+        run("\n".join(lines) + "\n")
     except libnft.NftError:
         return False
     return True
 
 
-def release(addresses: Iterable[str]) -> None:
+def release(addresses: Iterable[str], run: libnft.Runner = libnft.run) -> None:
     """Out of the set, whether they were in it or not (added, then deleted, in one
-    transaction: nft 1.0.6 has no `destroy`)."""
+    transaction: nft 1.0.6 has no `destroy`). `run`: an open libnft.Session's where someone
+    waits for the release (a context closed after a deletion waits for the kernel)."""
     lines = []
     for f, ips in _by_family(addresses).items():
         if ips:
@@ -60,7 +61,7 @@ def release(addresses: Iterable[str]) -> None:
             lines += [f"add element {_T} pending{f} {items}",
                       f"delete element {_T} pending{f} {items}"]
     if lines:
-        libnft.run("\n".join(lines) + "\n")
+        run("\n".join(lines) + "\n")
 
 
 def remove() -> None:
