@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -347,6 +348,29 @@ spec:
     assert not connects(lab, p["b"], locked) and not connects(lab, p["d"], locked)
     assert connects(lab, locked, p["b"])  # egress is open, and the replies come back
     assert _pod_map(lab, "node1")[locked.ip] is True
+
+
+def test_a_pod_talks_once_its_add_returns_while_etcd_hangs(make_lab: MakeLab) -> None:
+    """The runtime starts a pod when its ADD returns: the node's server judges the pod before
+    it answers, also while etcd does not answer (by what the node knows, after the store's
+    timeout); a pod still pending then could neither send nor be reached (CI's chaos run
+    caught one, added during an etcd election)."""
+    lab = make_lab("host-gw", nodes=2, pods=0)
+    p = pods(lab)
+    frozen = []
+    try:
+        for member in lab.topo.etcd_names:
+            pid = lab.topo.etcd_pids.get(member, 0)
+            # The lab's member, not a recycled pid: its network namespace is the member's.
+            assert pid and netns.ns_id(f"/proc/{pid}/ns/net") == netns.ns_id(
+                ns_path(lab.prefix + member))
+            os.kill(pid, signal.SIGSTOP)
+            frozen.append(pid)
+        new = lab.add_pod("node1", "x", "new")
+        assert connects(lab, new, p["d"]) and connects(lab, p["a"], new)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
 
 
 def test_an_agent_restart_opens_nothing(make_lab: MakeLab, tmp_path: Path) -> None:

@@ -153,7 +153,8 @@ class Agent:
         # to the plugin in-process, so pods still start.
         from podnet.cni.server import Server
 
-        self.cni = Server(self.opts.cni_socket, on_change=self._local_pods_changed)
+        self.cni = Server(self.opts.cni_socket, judge=self._judge_local_pods,
+                          on_change=self.pods_changed.set)
         self.cni.start_thread()
         self._start_loops(revision)
         threading.Thread(target=self._renew_loop, name="renew", daemon=True).start()
@@ -253,15 +254,14 @@ class Agent:
         self._retry(lambda: enforcer.start(self.stopping), "reading policies")
         return enforcer
 
-    def _local_pods_changed(self) -> None:
+    def _judge_local_pods(self) -> None:
         """The CNI server's ADD or DEL, before it answers: the pod is judged by policy now
-        (should that fail it stays unknown, so dropped), its record published soon."""
+        (should that fail it stays unknown, so dropped); its record is published after."""
         if self.enforcer is not None:
             try:
                 self.enforcer.local_changed()
             except (NftError, OSError) as exc:
                 log.error("policy: cannot judge the node's pods: %s", exc)
-        self.pods_changed.set()
 
     def _start_loops(self, revision: int) -> None:
         threading.Thread(target=self._watch_loop, args=(revision,), name="watch",

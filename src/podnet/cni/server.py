@@ -95,7 +95,8 @@ def _resolver(fds: list[int]) -> Callable[[protocol.Request], None]:
     return resolve
 
 
-def handle(conn: socket.socket, on_change: Callable[[], None] = lambda: None) -> None:
+def handle(conn: socket.socket, judge: Callable[[], None] = lambda: None,
+           on_change: Callable[[], None] = lambda: None) -> None:
     fds: list[int] = []
     changed = False
     with conn:
@@ -110,7 +111,10 @@ def handle(conn: socket.socket, on_change: Callable[[], None] = lambda: None) ->
                     else f"/proc/{pid}/ns/net")
             ctx = _context_for(host)
             code, out = protocol.run(bridge.handlers(ctx), env, stdin, _resolver(fds))
-            changed = env.get("CNI_COMMAND") in ("ADD", "DEL")
+            if changed := env.get("CNI_COMMAND") in ("ADD", "DEL"):
+                # Before the reply: the runtime starts the pod once ADD returns, and a pod
+                # that NetworkPolicy has not judged yet can neither send nor be reached.
+                judge()
             conn.sendall(f"{code}\n{out}".encode())
         except Exception as exc:  # one bad client must not take the server down
             protocol.log(f"cni-server: request failed: {exc!r}")
@@ -126,9 +130,12 @@ def handle(conn: socket.socket, on_change: Callable[[], None] = lambda: None) ->
 
 class Server:
     def __init__(self, path: str, workers: int = WORKERS,
+                 judge: Callable[[], None] = lambda: None,
                  on_change: Callable[[], None] = lambda: None) -> None:
-        """`on_change`: called after each ADD and DEL (the node's pods may have changed)."""
+        """After each ADD and DEL (the node's pods may have changed): `judge` before the
+        reply, `on_change` once the reply is sent."""
         self.path = path
+        self.judge = judge
         self.on_change = on_change
         self.workers = workers
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -170,7 +177,7 @@ class Server:
                 self._stop.wait(0.1)
                 continue
             conn.settimeout(120)
-            handle(conn, self.on_change)
+            handle(conn, self.judge, self.on_change)
 
     def serve_forever(self) -> None:
         self.start_workers()

@@ -48,6 +48,9 @@ class Enforcer:
         self.rules = 0
         self._fetched: set[str] = set()  # local pods whose metadata was read at their ADD
         self._released: set[str] = set()  # local pods' addresses out of the pending set
+        # Kept open: each new pod's release deletes, and a context closed after a deletion
+        # waits for the kernel (libnft.Session), on the path of the pod's ADD.
+        self._nft = libnft.Session()
 
     def start(self, stopping: threading.Event) -> None:
         """Read everything, write the table, then follow the datastore in threads of its
@@ -93,7 +96,7 @@ class Enforcer:
             compiled = compiler.compile_node(cluster, local, self.networks)
             if change := compiler.update(self._applied, compiled):
                 try:
-                    libnft.run(change)
+                    self._nft.run(change)
                 except libnft.NftError:
                     self._applied = None  # what is there is unknown now: write it whole
                     raise
@@ -103,7 +106,7 @@ class Enforcer:
             # The node's rules hold them now: no longer pending.
             judged = {str(ip) for p in local for ip in p.ips}
             if new := judged - self._released:
-                pending.release(new)
+                pending.release(new, self._nft.run)
             self._released = judged
             self.rules = compiled.rules
             self.last_apply_s = time.perf_counter() - t0
