@@ -108,3 +108,19 @@ def test_antispoof_admits_only_the_pods_sources(make_ns: Callable[[str], str]) -
         assert passed(mac, "fe80::1234") and passed(mac, "::")
         assert not passed(mac, "10.1.0.9") and not passed(mac, "fd00::9")
         assert not passed("02:00:00:00:00:99", "10.1.0.2")
+
+
+def test_antispoof_table_of_an_earlier_version_gains_its_set(node: str) -> None:
+    """A node's table made before the link-local set existed (an upgrade): the next ADD adds
+    the set and the pod's rules, and keeps the hook's rule."""
+    t = f"bridge {nft.SPOOF_TABLE}"
+    with netns.entered(node):
+        libnft.run(f"add table {t}\nadd map {t} ports {{ type ifname : verdict; }}\n"
+                   f"add chain {t} prerouting {{ type filter hook prerouting priority -300; "
+                   f"policy accept; }}\nadd rule {t} prerouting iifname vmap @ports\n")
+    first = hook_rules(node)
+    with netns.entered(node):
+        nft.add_antispoof("vethp0", MAC, ["10.1.0.2/24", "fd00::2/64"])
+    listed = ns_run(node, "nft", "list", "table", "bridge", nft.SPOOF_TABLE).stdout
+    assert "set linklocal6" in listed and "ip6 saddr != @linklocal6" in listed
+    assert hook_rules(node) == first
