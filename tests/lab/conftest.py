@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -49,32 +47,12 @@ def make_lab() -> Iterator[MakeLab]:
         topo.underlay_family = underlay_family
         lab = Lab(topo)
         lab.up()
-        peers_known(lab)
         return lab
 
     yield make
     for name in made:
         down(name)
         assert netns.listed(netns_prefix(name)) == []
-
-
-def peers_known(lab: Lab, limit: float = 10.0) -> None:
-    """Wait (`limit` s at most) until every node's agent knows every other node's lease: a lab
-    is up once each agent serves, and agents learn of each other by watch events that can come
-    after that; tests start from a converged cluster. An agent whose metrics cannot be read is
-    not waited for."""
-    want = f"podnet_leases_known {len(lab.topo.nodes)}"
-    deadline = time.monotonic() + limit
-    for node in lab.topo.nodes:
-        while time.monotonic() < deadline:
-            try:
-                with netns.entered(lab.target_netns(node.name)), urllib.request.urlopen(
-                        "http://127.0.0.1:9153/metrics", timeout=2) as answer:
-                    if want in answer.read().decode().splitlines():
-                        break
-            except (OSError, http.client.HTTPException):
-                break
-            time.sleep(0.05)
 
 
 def verify(lab: Lab, family: int = 4) -> Report:

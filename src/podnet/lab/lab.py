@@ -37,6 +37,7 @@ from podnet.netlink import links, netns
 
 LABS_DIR = "/run/podnet/labs"
 REFERENCE_PLUGINS = "/usr/lib/cni"
+METRICS_URL = "http://127.0.0.1:9153/metrics"  # a node agent's default --metrics, in its netns
 Progress = Callable[[str], None]
 if TYPE_CHECKING:
     from podnet.datastore.etcd import EtcdStore
@@ -359,6 +360,7 @@ class Lab:
             self._wait_agent(node)
         if routed:
             self._wait(self._router_knows_all, 30, "the router did not learn every pod subnet")
+        self._wait(self._agents_know_all, 30, "the agents did not learn every node's lease")
         for pod in t.pods:
             self._pod(pod)
         self.save()
@@ -697,8 +699,27 @@ class Lab:
         self._wait_agent(node)
         if registry.spec(self.topo.backend).routed_by_gateway:
             self._wait(self._router_knows_all, 30, "the router did not learn the new subnet")
+        self._wait(self._agents_know_all, 30, "the agents did not learn the new node's lease")
         self.save()
         return node
+
+    def _agents_know_all(self) -> bool:
+        """Every agent counts every node's lease (its metrics): an agent serves its CNI socket
+        before watch events have told it of every other node, and a lab is up (a node added)
+        only once each routes to every other's pods."""
+        import http.client
+        import urllib.request
+
+        want = f"podnet_leases_known {len(self.topo.nodes)}"
+        for node in self.topo.nodes:
+            try:
+                with netns.entered(ns_path(node.netns(self.topo.name))), \
+                        urllib.request.urlopen(METRICS_URL, timeout=2) as answer:
+                    if want not in answer.read().decode().splitlines():
+                        return False
+            except (OSError, http.client.HTTPException):
+                return False
+        return True
 
     def add_pod(self, node_name: str, namespace: str = "default", pod_name: str = "",
                 labels: dict[str, str] | None = None) -> PodSpec:
