@@ -56,3 +56,32 @@ def allocator(mode: str) -> tuple[int, int]:
 def test_threads_share_one_arena_and_large_blocks_stay_mapped(mode: str,
                                                                want: tuple[int, int]) -> None:
     assert allocator(mode) == want
+
+
+KEEP = """
+import ctypes, sys
+from podnet import malloc
+if sys.argv[1] == "steady":
+    assert malloc.steady_footprint()
+
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallinfo2.restype = Info
+blocks = [libc.malloc(100 << 10) for _ in range(20)]  # 2 MB from the heap, at its top
+for block in reversed(blocks):
+    libc.free(block)
+print(int(libc.mallinfo2().keepcost > (1 << 20)))
+"""
+
+
+@pytest.mark.parametrize(("mode", "want"), [("steady", 1), ("glibc's defaults", 0)])
+def test_a_few_mb_freed_at_the_heaps_top_are_kept(mode: str, want: int) -> None:
+    """As a libnftables command frees them: given back, the next command faults them in."""
+    proc = subprocess.run([sys.executable, "-c", KEEP, mode], capture_output=True, text=True,
+                          check=True)
+    assert int(proc.stdout) == want
