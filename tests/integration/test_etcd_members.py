@@ -74,6 +74,11 @@ def test_a_member_down_is_passed_over_and_quorum_lost_is_said(
         store.put_config(NetworkConfig.make("10.245.0.0/16", None, {"type": "vxlan"}))
         config = store.get_config()
     assert config is not None and str(config.network) == "10.245.0.0/16"
+    with netns.entered(ns):  # several keys in one read (a new pod's labels, its namespace's)
+        store.put("/podnet/t/a", "1")
+        store.put("/podnet/t/b", "2")
+        assert store.get_many(["/podnet/t/a", "/podnet/t/none", "/podnet/t/b"]) == [
+            "1", None, "2"]
     procs["m2"].send_signal(signal.SIGKILL)  # one of three left: no quorum
     procs["m2"].wait()
     lost = podnet(ns, "cluster", "init", "--etcd", every, "--cidr", "10.246.0.0/16",

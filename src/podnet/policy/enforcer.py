@@ -75,8 +75,9 @@ class Enforcer:
             if f"{namespace}/{name}" in self._fetched:
                 continue
             try:
-                for key in (f"{POD_META}{namespace}/{name}", NAMESPACES + namespace):
-                    self.objects.update(key, self.store.get(key))
+                keys = [f"{POD_META}{namespace}/{name}", NAMESPACES + namespace]
+                for key, value in zip(keys, self.store.get_many(keys), strict=True):
+                    self.objects.update(key, value)
                 self._fetched.add(f"{namespace}/{name}")
             except DatastoreError as exc:
                 log.warning("policy: judging pod %s/%s by what is known: %s", namespace, name,
