@@ -18,6 +18,13 @@ the node, `python3 -IS -c pass`); the plugin answering VERSION (+ the shim's own
 compile, its imports); an ADD relayed to a stub server that answers at once (+ reading the
 config, connecting, handing over the namespaces, the reply); the ADD through the cni-server
 (+ the server's work). The reference's ADD beside them.
+
+--agent times ADD and DEL through the agent of a lab's node (two nodes, vxlan, etcd), with the
+plugin configuration the agent writes (its server's socket, antiSpoof, NetworkPolicy's pending
+set and judging before the reply, the fast path), against the reference bridge + host-local,
+bare and with macspoofchk, exec'd in the same node and interleaved as above; with --baseline
+REV, the lab's second node runs the agent of that revision, and ADD and DEL through it join
+the interleaving.
 """
 
 from __future__ import annotations
@@ -28,17 +35,20 @@ import contextlib
 import ipaddress
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
-from common import bridge_conf, median, node_with_server, pct, release
+from common import bridge_conf, median, node_with_server, pct, release, source_tree
 
 from podnet.cni.invoke import Runtime
 from podnet.fastpath.node import FastPath
+from podnet.lab.topology import NodeSpec
 from podnet.netlink import links, netns
 
 
@@ -150,6 +160,74 @@ def phases(pods: int) -> None:
         json.dump({"pods": pods, "p50_ms": p50, "runs": times}, fh, indent=2)
 
 
+def agent(pods: int, baseline: str | None) -> None:
+    """--agent: ADD and DEL through a lab node's agent (module docstring)."""
+    import tempfile
+
+    from podnet.lab.lab import Lab, down, ns_path
+    from podnet.lab.topology import Topology
+
+    topo = Topology.make(f"lat{os.getpid() % 10000}", "vxlan", 2, 0, "switch")
+    work = tempfile.mkdtemp(prefix="pnbench-")
+    if baseline:
+        topo.nodes[1].agent_src = source_tree(baseline, work)
+    lab = Lab(topo, lambda _line: None)
+    try:
+        lab.up()
+
+        def through(node: NodeSpec) -> tuple[Runtime, str, dict[str, Any]]:
+            conflist = lab.conflist(node)
+            return lab.runtime(node), "podnet", {
+                "cniVersion": conflist["cniVersion"], "name": conflist["name"],
+                **conflist["plugins"][0]}
+
+        node1 = topo.nodes[0]
+        rt, ipam_dir = lab.runtime(node1), os.path.join(work, "reference-ipam")
+        variants = {
+            "reference bridge + host-local": (rt, "bridge", bridge_conf(
+                "bridge", "refbr0", "10.201.0.0/16", "host-local", ipam_dir)),
+            "reference bridge + host-local, macspoofchk": (rt, "bridge", bridge_conf(
+                "bridge", "refbr1", "10.207.0.0/16", "host-local", ipam_dir,
+                macspoofchk=True)),
+            "podnet through the node's agent": through(node1),
+        }
+        if baseline:
+            variants[f"podnet through the node's agent at {baseline}"] = through(topo.nodes[1])
+        paths = []
+        for i in range(pods):
+            lab.new_ns(f"{lab.prefix}b{i}")
+            paths.append(ns_path(f"{lab.prefix}b{i}"))
+        results: dict[str, dict[str, list[float]]] = {v: {"ADD": [], "DEL": []}
+                                                       for v in variants}
+        order = list(enumerate(variants.items()))
+        for command in ("ADD", "DEL"):
+            for i, path in enumerate(paths):
+                turn = i % len(order)
+                for k, (name, (runtime, kind, conf)) in order[turn:] + order[:turn]:
+                    if command == "DEL":
+                        time.sleep(0.05)  # as --del-gap's default
+                    results[name][command].append(
+                        timed_exec(runtime, kind, command, conf, f"c{i}", path, f"e{k}"))
+    finally:
+        with contextlib.suppress(Exception):
+            down(topo.name)
+        shutil.rmtree(work, ignore_errors=True)
+    ref = results["reference bridge + host-local"]
+    print("| variant | ADD p50 ms | ADD p99 ms | DEL p50 ms | ADD p50 / reference | "
+          "DEL p50 / reference |\n|---|---|---|---|---|---|")
+    rows = []
+    for name, r in results.items():
+        row = {"variant": name, "add_p50": median(r["ADD"]), "add_p99": pct(r["ADD"], 0.99),
+               "del_p50": median(r["DEL"]), "add_ratio": median(r["ADD"]) / median(ref["ADD"]),
+               "del_ratio": median(r["DEL"]) / median(ref["DEL"])}
+        rows.append(row)
+        print(f"| {name} | {row['add_p50']:.1f} | {row['add_p99']:.1f} | {row['del_p50']:.1f} "
+              f"| {row['add_ratio']:.2f} | {row['del_ratio']:.2f} |")
+    os.makedirs("bench/out", exist_ok=True)
+    with open("bench/out/cni_agent_latency.json", "w") as fh:
+        json.dump({"pods": pods, "rows": rows}, fh, indent=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pods", type=int, default=100)
@@ -158,11 +236,16 @@ def main() -> None:
                         help="also pods with an address of each family, through the server")
     parser.add_argument("--phases", action="store_true",
                         help="time one ADD through the server piece by piece")
+    parser.add_argument("--agent", action="store_true",
+                        help="through a lab node's agent, as it configures the plugin")
     parser.add_argument("--del-gap", type=float, default=50.0,
                         help="quiet milliseconds before each DEL (0: back to back)")
     args = parser.parse_args()
     if args.phases:
         phases(args.pods)
+        return
+    if args.agent:
+        agent(args.pods, args.baseline)
         return
     with node_with_server(args.pods) as node, contextlib.ExitStack() as stack:
         rt, ipam_dir = node.runtime, os.path.join(node.work, "ipam")

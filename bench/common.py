@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,14 +40,20 @@ def start_server(node: str, sock: str, env: dict[str, str] | None = None
     return server
 
 
-@contextlib.contextmanager
-def release(rev: str, node: str, work: str) -> Iterator[tuple[str, str]]:
-    """Another revision's plugins and cni-server on the same node, for a side-by-side run:
-    (its bin dir, its socket)."""
+def source_tree(rev: str, work: str) -> str:
+    """That revision's `src/` (its package's parent), extracted under `work`."""
     src = os.path.join(work, f"rev-{rev}")
     os.makedirs(src)
     archive = subprocess.run(["git", "archive", rev, "src"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", src], input=archive.stdout, check=True)
+    return os.path.join(src, "src")
+
+
+@contextlib.contextmanager
+def release(rev: str, node: str, work: str) -> Iterator[tuple[str, str]]:
+    """Another revision's plugins and cni-server on the same node, for a side-by-side run:
+    (its bin dir, its socket)."""
+    src = os.path.dirname(source_tree(rev, work))
     env = {**os.environ, "PYTHONPATH": os.path.join(src, "src")}
     bin_dir, sock = os.path.join(src, "bin"), os.path.join(src, "cni.sock")
     subprocess.run([sys.executable, "-c", "import sys; from podnet.install import install_cni; "
@@ -78,6 +85,7 @@ def node_with_server(pods: int) -> Iterator[Node]:
             server.wait()
         for name in names:
             netns.remove(name)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def bridge_conf(kind: str, bridge: str, subnet: str, ipam: str, data_dir: str,
