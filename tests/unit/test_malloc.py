@@ -11,20 +11,12 @@ import sys
 import pytest
 
 THREADS = 4
-SCRIPT = f"""
+# Each script's start: the allocator as the mode asks, and glibc's own functions at hand.
+START = """
 import ctypes, sys, threading
 from podnet import malloc
 if sys.argv[1] == "steady":
     assert malloc.steady_footprint()
-together = threading.Barrier({THREADS})
-def work():
-    held = [bytearray(1000) for _ in range(100)]  # above pymalloc's 512 bytes: malloc's
-    together.wait()
-threads = [threading.Thread(target=work) for _ in range({THREADS})]
-for thread in threads:
-    thread.start()
-for thread in threads:
-    thread.join()
 
 class Info(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -34,6 +26,17 @@ libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 libc.mallinfo2.restype = Info
+"""
+SCRIPT = START + f"""
+together = threading.Barrier({THREADS})
+def work():
+    held = [bytearray(1000) for _ in range(100)]  # above pymalloc's 512 bytes: malloc's
+    together.wait()
+threads = [threading.Thread(target=work) for _ in range({THREADS})]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
 libc.free(libc.malloc(4 << 20))
 before = libc.mallinfo2().hblks
 block = libc.malloc(1 << 20)
@@ -58,20 +61,7 @@ def test_threads_share_one_arena_and_large_blocks_stay_mapped(mode: str,
     assert allocator(mode) == want
 
 
-KEEP = """
-import ctypes, sys
-from podnet import malloc
-if sys.argv[1] == "steady":
-    assert malloc.steady_footprint()
-
-class Info(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
-libc.mallinfo2.restype = Info
+KEEP = START + """
 blocks = [libc.malloc(100 << 10) for _ in range(20)]  # 2 MB from the heap, at its top
 for block in reversed(blocks):
     libc.free(block)
