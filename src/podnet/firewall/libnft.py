@@ -56,6 +56,8 @@ class Session:
             _lib = _load()
         self._lib = _lib
         self._ctx: int | None = _lib.nft_ctx_new(0)
+        if not self._ctx:
+            raise NftError("libnftables could not make a context (out of memory?)")
         _lib.nft_ctx_buffer_output(self._ctx)
         _lib.nft_ctx_buffer_error(self._ctx)
 

@@ -39,7 +39,7 @@ def del_masq(keep: Callable[[str], bool], run: libnft.Runner = libnft.run) -> No
                if "rule" in item and not keep(str(item["rule"].get("comment", "")))]
     if handles:
         run("".join(f"delete rule inet {MASQ_TABLE} {MASQ_CHAIN} handle {h}\n"
-                           for h in handles))
+                    for h in handles))
 
 
 def add_antispoof(port: str, mac: str, addresses: list[str],

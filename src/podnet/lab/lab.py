@@ -6,6 +6,7 @@ after a crash, and never another lab's namespaces whose names merely look alike.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -707,9 +709,6 @@ class Lab:
         """Every agent counts every node's lease (its metrics): an agent serves its CNI socket
         before watch events have told it of every other node, and a lab is up (a node added)
         only once each routes to every other's pods."""
-        import http.client
-        import urllib.request
-
         want = f"podnet_leases_known {len(self.topo.nodes)}"
         for node in self.topo.nodes:
             try:
