@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import errno
 import ipaddress
 import json
 import os
@@ -36,6 +37,7 @@ from podnet.netlink.batch import raw_socket
 CIDR = ipaddress.IPv4Network("10.0.0.0/8")
 CIDR6 = ipaddress.IPv6Network("fd00:10::/48")  # a /64 for each /24 of CIDR
 RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE = 0x40, 0x400
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h
 
 
 def lease(i: int, dual: bool = False) -> tuple[str, str]:
@@ -82,14 +84,21 @@ class RouteWatcher:
         with netns.entered(ns_path):
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
         self.sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        # FORCE: past net.core.rmem_max (208 kB unless raised), which a start's burst of
+        # routes overflows; the lost notices would end the reading thread (ENOBUFS).
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
         self.seen: dict[str, float] = {}
         self.cond = threading.Condition()
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
         while True:
-            buf = self.sock.recv(1 << 20)
+            try:
+                buf = self.sock.recv(1 << 20)
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:  # notices lost: an event missed says so
+                    continue
+                raise
             now = time.perf_counter()
             pos = 0
             while pos + 16 <= len(buf):
@@ -107,7 +116,8 @@ class RouteWatcher:
 
     def wait(self, dst: str, timeout: float = 10) -> float:
         with self.cond:
-            self.cond.wait_for(lambda: dst in self.seen, timeout)
+            if not self.cond.wait_for(lambda: dst in self.seen, timeout):
+                raise SystemExit(f"no route to {dst} announced within {timeout} s")
             return self.seen[dst]
 
 
