@@ -160,6 +160,32 @@ def phases(pods: int) -> None:
         json.dump({"pods": pods, "p50_ms": p50, "runs": times}, fh, indent=2)
 
 
+DEL_GAP_MS = 50.0
+Variant = tuple[Runtime, str, dict[str, Any]]  # the runtime, the plugin type, its config
+
+
+def interleaved(variants: dict[str, Variant], pods: list[str], del_gap: float
+                ) -> dict[str, dict[str, list[float]]]:
+    """Each variant's ADD into every pod, then its DEL, in ms: interleaved, so that any drift of
+    the machine touches every variant alike, in an order rotated pod by pod (each variant
+    follows each other one equally often: what one leaves to finish, the exit of its process,
+    the kernel's work on its new links, is not always met by the same next one)."""
+    results: dict[str, dict[str, list[float]]] = {v: {"ADD": [], "DEL": []} for v in variants}
+    order = list(enumerate(variants.items()))
+    for command in ("ADD", "DEL"):
+        for i, path in enumerate(pods):
+            turn = i % len(order)
+            for k, (name, (runtime, kind, conf)) in order[turn:] + order[:turn]:
+                if command == "DEL" and del_gap:
+                    # The kernel frees a deleted veth pair some 20 ms after it is gone (RCU
+                    # grace periods), past the end of a DEL that does not wait for it
+                    # (podnet's): that work would otherwise land in the next DEL.
+                    time.sleep(del_gap / 1000)
+                results[name][command].append(
+                    timed_exec(runtime, kind, command, conf, f"c{i}", path, f"e{k}"))
+    return results
+
+
 def agent(pods: int, baseline: str | None) -> None:
     """--agent: ADD and DEL through a lab node's agent (module docstring)."""
     import tempfile
@@ -175,7 +201,7 @@ def agent(pods: int, baseline: str | None) -> None:
     try:
         lab.up()
 
-        def through(node: NodeSpec) -> tuple[Runtime, str, dict[str, Any]]:
+        def through(node: NodeSpec) -> Variant:
             conflist = lab.conflist(node)
             return lab.runtime(node), "podnet", {
                 "cniVersion": conflist["cniVersion"], "name": conflist["name"],
@@ -197,17 +223,7 @@ def agent(pods: int, baseline: str | None) -> None:
         for i in range(pods):
             lab.new_ns(f"{lab.prefix}b{i}")
             paths.append(ns_path(f"{lab.prefix}b{i}"))
-        results: dict[str, dict[str, list[float]]] = {v: {"ADD": [], "DEL": []}
-                                                       for v in variants}
-        order = list(enumerate(variants.items()))
-        for command in ("ADD", "DEL"):
-            for i, path in enumerate(paths):
-                turn = i % len(order)
-                for k, (name, (runtime, kind, conf)) in order[turn:] + order[:turn]:
-                    if command == "DEL":
-                        time.sleep(0.05)  # as --del-gap's default
-                    results[name][command].append(
-                        timed_exec(runtime, kind, command, conf, f"c{i}", path, f"e{k}"))
+        results = interleaved(variants, paths, DEL_GAP_MS)
     finally:
         with contextlib.suppress(Exception):
             down(topo.name)
@@ -238,7 +254,7 @@ def main() -> None:
                         help="time one ADD through the server piece by piece")
     parser.add_argument("--agent", action="store_true",
                         help="through a lab node's agent, as it configures the plugin")
-    parser.add_argument("--del-gap", type=float, default=50.0,
+    parser.add_argument("--del-gap", type=float, default=DEL_GAP_MS,
                         help="quiet milliseconds before each DEL (0: back to back)")
     args = parser.parse_args()
     if args.phases:
@@ -287,24 +303,7 @@ def main() -> None:
                 old, "podnet", bridge_conf("podnet", "pnbr6", "10.209.0.0/16", "podnet-ipam",
                                            ipam_dir, socket=sock, antiSpoof=True))
         floor = [timed_run([sys.executable, "-I", "-S", "-c", "pass"]) for _ in range(50)]
-        results: dict[str, dict[str, list[float]]] = {v: {"ADD": [], "DEL": []}
-                                                       for v in variants}
-        # Interleaved, so that any drift of the machine touches every variant alike, in an
-        # order rotated pod by pod: each variant follows each other one equally often (what
-        # one leaves to finish, the exit of its process, the kernel's work on its new links,
-        # is not always met by the same next one).
-        order = list(enumerate(variants.items()))
-        for command in ("ADD", "DEL"):
-            for i, path in enumerate(node.pods):
-                turn = i % len(order)
-                for k, (name, (runtime, kind, c)) in order[turn:] + order[:turn]:
-                    if command == "DEL" and args.del_gap:
-                        # The kernel frees a deleted veth pair some 20 ms after it is gone
-                        # (RCU grace periods), past the end of a DEL that does not wait for
-                        # it (podnet's): that work would otherwise land in the next DEL.
-                        time.sleep(args.del_gap / 1000)
-                    results[name][command].append(
-                        timed_exec(runtime, kind, command, c, f"c{i}", path, f"e{k}"))
+        results = interleaved(variants, node.pods, args.del_gap)
     ref = median(results["reference bridge + host-local"]["ADD"])
     rows = []
     print(f"floor: python -I -S -c pass p50 {median(floor):.1f} ms\n")

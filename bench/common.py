@@ -53,9 +53,10 @@ def source_tree(rev: str, work: str) -> str:
 def release(rev: str, node: str, work: str) -> Iterator[tuple[str, str]]:
     """Another revision's plugins and cni-server on the same node, for a side-by-side run:
     (its bin dir, its socket)."""
-    src = os.path.dirname(source_tree(rev, work))
-    env = {**os.environ, "PYTHONPATH": os.path.join(src, "src")}
-    bin_dir, sock = os.path.join(src, "bin"), os.path.join(src, "cni.sock")
+    tree = source_tree(rev, work)
+    env = {**os.environ, "PYTHONPATH": tree}
+    root = os.path.dirname(tree)
+    bin_dir, sock = os.path.join(root, "bin"), os.path.join(root, "cni.sock")
     subprocess.run([sys.executable, "-c", "import sys; from podnet.install import install_cni; "
                     "install_cni(sys.argv[1])", bin_dir], env=env, check=True)
     server = start_server(node, sock, env)

@@ -46,7 +46,8 @@ class Enforcer:
         self.applied_total = 0
         self.last_apply_s = 0.0
         self.rules = 0
-        self._fetched: set[str] = set()  # local pods whose metadata was read at their ADD
+        # Local pods (namespace, name) whose metadata was read at their ADD.
+        self._fetched: set[tuple[str, str]] = set()
         self._released: set[str] = set()  # local pods' addresses out of the pending set
         # Kept open: each new pod's release deletes, and a context closed after a deletion
         # waits for the kernel (libnft.Session), on the path of the pod's ADD.
@@ -69,19 +70,21 @@ class Enforcer:
         and its namespace's as etcd has them now (the watch may not have brought a change
         made just before the pod's ADD yet); from what is known where etcd does not answer."""
         records = list(podrecords.read_all(self.records_dir).values())
-        self._fetched &= {"/".join(pod_identity(r)) for r in records}
-        for record in records:
-            namespace, name = pod_identity(record)
-            if f"{namespace}/{name}" in self._fetched:
-                continue
+        pods = {pod_identity(r) for r in records}
+        self._fetched &= pods
+        # Every pod not read yet (one after an ADD; all of them after the agent's restart),
+        # in one transaction: one round trip, and one timeout where etcd hangs.
+        new = pods - self._fetched
+        keys = sorted({k for ns, name in new for k in (f"{POD_META}{ns}/{name}",
+                                                       NAMESPACES + ns)})
+        if keys:
             try:
-                keys = [f"{POD_META}{namespace}/{name}", NAMESPACES + namespace]
                 for key, value in zip(keys, self.store.get_many(keys), strict=True):
                     self.objects.update(key, value)
-                self._fetched.add(f"{namespace}/{name}")
+                self._fetched |= new
             except DatastoreError as exc:
-                log.warning("policy: judging pod %s/%s by what is known: %s", namespace, name,
-                            exc)
+                log.warning("policy: judging pods %s by what is known: %s",
+                            ", ".join(sorted(f"{ns}/{name}" for ns, name in new)), exc)
         self.refresh(records)
 
     def refresh(self, records: list[PodRecord] | None = None) -> None:
