@@ -7,6 +7,11 @@ that crossed the VXLAN devices of the fast lab's nodes meanwhile (the program en
 decapsulates every packet of a flow, segmentation-offload super-packets included: none should).
 
     .venv/bin/python bench/overlay_paths.py [--reps 5] [--seconds 4] [--family ipv4]
+        [--receive-steering]
+
+With --receive-steering both labs steer every flow where a veth receives it (the lab's links
+as NICs with RSS, the pods' host veths by the agents' conflists): no path reorders a flow, so
+what retransmits is what drops.
 
 Writes bench/out/overlay_paths.json and prints a Markdown table.
 """
@@ -51,6 +56,8 @@ def main() -> None:
                         help="shape the underlay's links (0: unshaped, CPU-bound)")
     parser.add_argument("--family", choices=["ipv4", "ipv6"], default="ipv4",
                         help="the underlay's (and the pods', for ipv6: dual-stack pods)")
+    parser.add_argument("--receive-steering", action="store_true",
+                        help="flows steered over the CPUs where veths receive them")
     args = parser.parse_args()
     labs: dict[str, Lab] = {}
     try:
@@ -59,6 +66,7 @@ def main() -> None:
             topo.fast_path = mode == "on"
             topo.ip_family = "dual" if args.family == "ipv6" else "ipv4"
             topo.underlay_family = args.family
+            topo.receive_steering = args.receive_steering
             labs[mode] = Lab(topo)
             labs[mode].up()
             if args.link_gbit:
@@ -92,18 +100,20 @@ def main() -> None:
     shaping = f"{args.link_gbit:g} Gbit/s links" if args.link_gbit else "unshaped"
     result: dict[str, Any] = {"reps": args.reps, "seconds": args.seconds,
                               "family": args.family, "link_gbit": args.link_gbit,
-                              "runs": rows}
+                              "receive_steering": args.receive_steering, "runs": rows}
     os.makedirs(os.path.join(os.path.dirname(__file__), "out"), exist_ok=True)
     with open(os.path.join(os.path.dirname(__file__), "out",
-                           f"overlay_paths-{args.family}-{shaping.split()[0]}.json"), "w") as fh:
+                           f"overlay_paths-{args.family}-{shaping.split()[0]}"
+                           f"{'-steered' if args.receive_steering else ''}.json"), "w") as fh:
         json.dump(result, fh, indent=2)
 
     def cell(key: str, spec: str) -> str:
         v = rows[key]
         return f"{statistics.median(v):{spec}} ({min(v):{spec}}-{max(v):{spec}})"
 
-    print(f"vxlan over {args.family}, {shaping}; {args.reps} repetitions of {args.seconds} s; "
-          "median (range)\n")
+    steering = ", flows steered" if args.receive_steering else ""
+    print(f"vxlan over {args.family}, {shaping}{steering}; {args.reps} repetitions of "
+          f"{args.seconds} s; median (range)\n")
     print("| streams | underlay Gbit/s | retransmissions | fast path Gbit/s | ratio | "
           "retransmissions | VXLAN device packets | without the fast path Gbit/s | "
           "retransmissions |")

@@ -237,7 +237,8 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
                         cni_conf_dir=args.cni_conf_dir, cni_socket=args.cni_socket,
                         ipam_data_dir=args.ipam_data_dir, state_dir=args.state_dir,
                         ttl=args.ttl, reconcile_interval=args.reconcile_interval,
-                        metrics_addr=args.metrics, role=args.role)
+                        metrics_addr=args.metrics, role=args.role,
+                        receive_steering=args.receive_steering)
     opts.check()
     return opts
 
@@ -390,6 +391,10 @@ def build_parser(command: str | None = None) -> Parser:
                    help="HOST:PORT for /metrics and /healthz; port 0 disables")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="log verbosity")
+    p.add_argument("--receive-steering", action="store_true",
+                   help="steer what each pod sends by flow over the node's CPUs (RPS on its "
+                        "host veth): no flow reordered by the veth, at the price of moving "
+                        "packets between CPUs")
     p.add_argument("--role", default="node", choices=["node", "router"],
                    help="router: route every node's pod subnet here (gateway, static mode)")
     p.add_argument("--leave", action="store_true",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from podnet.cni.invoke import Runtime
+from podnet.netlink import netns, sysfs
 from tests.conftest import links_in, ns_run
 
 
@@ -255,3 +257,54 @@ def test_pod_records_follow_add_and_del(runtime: Runtime, make_ns: Callable[[str
     assert not [n for n in links_in(node) if n.startswith("veth")]
     bad = runtime.exec("podnet", "ADD", {**c, "podRecords": "relative/dir"}, "ctr3", pod)
     assert bad.json["code"] == 7 and "podRecords" in bad.json["msg"]
+
+
+def _rps(ns_path: str, ifname: str) -> list[int]:
+    """The host end's steering masks, read by `ip netns exec` (which mounts that namespace's
+    sysfs), independently of the plugin's own reader."""
+    out = subprocess.run(["ip", "netns", "exec", os.path.basename(ns_path), "sh", "-c",
+                          f"cat /sys/class/net/{ifname}/queues/rx-*/rps_cpus"],
+                         capture_output=True, text=True, check=True)
+    return [int(mask.replace(",", ""), 16) for mask in out.stdout.split()]
+
+
+def test_receive_steering(runtime: Runtime, make_ns: Callable[[str], str], node: str,
+                          data_dir: str, mode_socket: str | None) -> None:
+    pod, plain = make_ns("pod"), make_ns("pod")
+    c = conf(data_dir, socket=mode_socket, receiveSteering=True)
+    out = runtime.exec("podnet", "ADD", c, "ctr1", pod)
+    assert out.code == 0, out.stdout
+    result = out.json
+    host = result["interfaces"][1]["name"]
+    masks = _rps(node, host)
+    assert masks and set(masks) == {(1 << (os.cpu_count() or 1)) - 1}
+    # Without the option the kernel's default: the receiving CPU does the work.
+    assert runtime.exec("podnet", "ADD", conf(data_dir, socket=mode_socket), "ctr2",
+                        plain).code == 0
+    other = next(n for n in links_in(node) if n.startswith("veth") and n != host)
+    assert set(_rps(node, other)) == {0}
+
+    check = runtime.exec("podnet", "CHECK", {**c, "prevResult": result}, "ctr1", pod)
+    assert check.code == 0, check.stdout
+    subprocess.run(["ip", "netns", "exec", os.path.basename(node), "sh", "-c",
+                    f"echo 0 > /sys/class/net/{host}/queues/rx-0/rps_cpus"], check=True)
+    check = runtime.exec("podnet", "CHECK", {**c, "prevResult": result}, "ctr1", pod)
+    assert check.code != 0 and check.json["code"] == 100
+    assert "receiveSteering" in check.json["msg"]
+
+
+def test_sysfs_is_its_namespaces(make_ns: Callable[[str], str]) -> None:
+    """A device name means the namespace's device: the host's own are not there to touch."""
+    ns = make_ns("node")
+    with netns.entered(ns):
+        fs = sysfs.Sysfs()
+    try:
+        assert sorted(os.listdir(f"/proc/self/fd/{fs.fd}/class/net")) == ["lo"]
+        with pytest.raises(FileNotFoundError):
+            fs.set_rps(next(n for n in os.listdir("/sys/class/net") if n != "lo"), "1")
+        with pytest.raises(ValueError):
+            fs.set_rps("../lo", "1")
+        fs.set_rps("lo", "1")
+        assert fs.rps("lo") == [1]
+    finally:
+        fs.close()

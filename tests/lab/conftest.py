@@ -32,7 +32,8 @@ def make_lab() -> Iterator[MakeLab]:
     def make(backend: str = "vxlan", nodes: int = 3, pods: int = 2, underlay: str = "switch",
              reconcile: float = 2.0, gateway_mode: str = "bgp", fast_path: bool = True,
              agent_image: str = "", etcd_members: int = 1, etcd_auth: bool = False,
-             ip_family: str = "ipv4", underlay_family: str = "ipv4") -> Lab:
+             ip_family: str = "ipv4", underlay_family: str = "ipv4",
+             receive_steering: bool = False) -> Lab:
         name = f"t{uuid.uuid4().hex[:6]}"
         made.append(name)
         topo = Topology.make(name, backend, nodes, pods, underlay)
@@ -45,6 +46,7 @@ def make_lab() -> Iterator[MakeLab]:
         topo.etcd_auth = etcd_auth
         topo.ip_family = ip_family
         topo.underlay_family = underlay_family
+        topo.receive_steering = receive_steering
         lab = Lab(topo)
         lab.up()
         return lab

@@ -146,6 +146,7 @@ class Agent:
             plugin["fastPathUplink"] = self.fast.uplink
         plugin["podRecords"] = self.opts.pod_records
         plugin["policy"] = self.enforcer is not None
+        plugin["receiveSteering"] = self.opts.receive_steering
         path = conflist.write(self.opts.cni_conf_dir, conflist.render(
             plugin, self.backend.pod_mtu(), self.opts.cni_socket, self.opts.ipam_data_dir))
         log.info("wrote %s", path)

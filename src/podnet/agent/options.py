@@ -29,6 +29,7 @@ class AgentOptions:
     reconcile_interval: float = 10.0
     metrics_addr: str = "127.0.0.1:9153"
     role: str = "node"  # or "router": route every lease, hold none (gateway static mode)
+    receive_steering: bool = False  # the conflist's receiveSteering for every pod
 
     @property
     def pod_records(self) -> str:

@@ -35,7 +35,7 @@ from podnet.lab.topology import (
     Topology,
     check_lab_name,
 )
-from podnet.netlink import links, netns
+from podnet.netlink import links, netns, sysfs
 
 LABS_DIR = "/run/podnet/labs"
 REFERENCE_PLUGINS = "/usr/lib/cni"
@@ -76,8 +76,10 @@ def _default(address: str) -> str:
 
 
 def _veth(outer_ns: str, outer_name: str, inner_ns: str, inner_name: str, address: str | None,
-          mtu: int = 1500) -> None:
-    """A veth from one namespace into another, both ends up, `address` on the inner end."""
+          steer: bool, mtu: int = 1500) -> None:
+    """A veth from one namespace into another, both ends up, `address` on the inner end. With
+    `steer` each end steers what it receives by flow over the CPUs, as a NIC's receive queues
+    do (RSS; a veth otherwise reorders a flow, podnet.netlink.sysfs)."""
     ipr = netns.iproute_in(ns_path(outer_ns))
     try:
         ipr.link("add", ifname=outer_name, kind="veth", mtu=mtu,
@@ -94,6 +96,13 @@ def _veth(outer_ns: str, outer_name: str, inner_ns: str, inner_name: str, addres
         inner.link("set", index=index, state="up")
     finally:
         inner.close()
+    for ns, name in ((outer_ns, outer_name), (inner_ns, inner_name)) if steer else ():
+        with netns.entered(ns_path(ns)):
+            fs = sysfs.Sysfs()
+        try:
+            fs.set_rps(name, sysfs.all_cpus())
+        finally:
+            fs.close()
 
 
 def _in_ns(ns: str, fn: Callable[[Any], object]) -> None:
@@ -391,7 +400,8 @@ class Lab:
             for member in t.etcd_names:
                 self.new_ns(self.prefix + member)
                 _veth(sw, member, self.prefix + member, "eth0",
-                      f"{t.etcd_member_ip(member)}/{t.switch_net.prefixlen}")
+                      f"{t.etcd_member_ip(member)}/{t.switch_net.prefixlen}",
+                      t.receive_steering)
                 self._attach(sw, member)
         else:
             rt = self.prefix + "rt"
@@ -399,7 +409,7 @@ class Lab:
             self.new_ns(rt)
             self.new_ns(cp)
             prefix = t.control_net.prefixlen
-            _veth(cp, "eth0", rt, "cp", f"{t.control_router}/{prefix}")
+            _veth(cp, "eth0", rt, "cp", f"{t.control_router}/{prefix}", t.receive_steering)
             _in_ns(cp, lambda ipr: links.add_address(ipr, _index(ipr, "eth0"),
                                                      f"{t.etcd_ip}/{prefix}"))
             _in_ns(cp, lambda ipr: ipr.route("replace", dst=_default(t.control_router),
@@ -532,7 +542,8 @@ class Lab:
             # As kubeadm requires of a node; an agent in a container cannot set it.
             netns.write_sysctl("net/ipv4/ip_forward", "1")
         if t.underlay == "switch":
-            _veth(self.prefix + "sw", node.name, ns, "eth0", f"{t.node_ip(node)}/{prefix}")
+            _veth(self.prefix + "sw", node.name, ns, "eth0", f"{t.node_ip(node)}/{prefix}",
+                  t.receive_steering)
             self._attach(self.prefix + "sw", node.name)
             if t.agent_image:
                 # The DaemonSet's agent finds its underlay by the default route; nothing
@@ -542,7 +553,7 @@ class Lab:
                     gateway=t.switch_gateway))
         else:
             rt = self.prefix + "rt"
-            _veth(ns, "eth0", rt, node.name, f"{t.gateway(node)}/{prefix}")
+            _veth(ns, "eth0", rt, node.name, f"{t.gateway(node)}/{prefix}", t.receive_steering)
             _in_ns(ns, lambda ipr: links.add_address(ipr, _index(ipr, "eth0"),
                                                      f"{t.node_ip(node)}/{prefix}"))
             _in_ns(ns, lambda ipr: ipr.route("replace", dst=_default(t.node_ip(node)),
@@ -590,7 +601,8 @@ class Lab:
             os.path.join(d, "cni.sock"), "--ipam-data-dir", os.path.join(d, "ipam"),
             "--state-dir", os.path.join(d, "state"),
             "--reconcile-interval", str(self.topo.reconcile_interval),
-            "--ttl", "15"), os.path.join(d, "agent.log"),
+            "--ttl", "15", *(["--receive-steering"] if self.topo.receive_steering else [])),
+            os.path.join(d, "agent.log"),
             {**os.environ, "PYTHONPATH": node.agent_src} if node.agent_src else None)
         self.save()
 

@@ -105,6 +105,9 @@ class Topology:
     reconcile_interval: float = 2.0
     gateway_mode: str = "bgp"  # the gateway backend: BIRD on the router, or `agent --role router`
     fast_path: bool = True  # the eBPF fast path (backend option `fastPath`)
+    # Flows steered over the CPUs where a veth receives them: the lab's links (as a NIC's
+    # RSS) and the agents' pods (`podnet agent --receive-steering`).
+    receive_steering: bool = False
     # Every namespace this lab made, recorded before it is made: what `down` removes.
     netns_made: list[str] = field(default_factory=list)
     # Pods a reboot ended without a CNI DEL: their names (container IDs) are not given again,
@@ -348,6 +351,7 @@ class Topology:
                    reconcile_interval=obj.get("reconcile_interval", 2.0),
                    gateway_mode=obj.get("gateway_mode", "bgp"),
                    fast_path=obj.get("fast_path", True),
+                   receive_steering=obj.get("receive_steering", False),
                    netns_made=list(obj.get("netns_made", [])),
                    retired_pods=list(obj.get("retired_pods", [])),
                    etcd_tls=obj.get("etcd_tls", False),

@@ -30,7 +30,7 @@ from podnet.cni.protocol import Request
 from podnet.cni.version import Result
 from podnet.firewall import nft
 from podnet.firewall.libnft import NftError
-from podnet.netlink import netns
+from podnet.netlink import netns, sysfs
 from podnet.netlink.codec import NetlinkError
 from podnet.netlink.fastlink import Link, Rtnl, random_mac
 from podnet.plugins.context import HostContext
@@ -40,7 +40,7 @@ DEFAULT_BRIDGE = "kube-bridge"
 _BOOL_KEYS = {"isGateway": "is_gateway", "isDefaultGateway": "is_default_gateway",
               "forceAddress": "force_address", "hairpinMode": "hairpin",
               "promiscMode": "promisc", "ipMasq": "ip_masq", "antiSpoof": "anti_spoof",
-              "policy": "policy"}
+              "policy": "policy", "receiveSteering": "receive_steering"}
 
 
 @dataclass
@@ -56,6 +56,9 @@ class BridgeConf:
     # podnet's: the agent enforces NetworkPolicy; a new pod takes the normal path, where the
     # node's rules judge it, until the agent has found it unisolated
     policy: bool = False
+    # podnet's: the host end steers what the pod sends by flow over the node's CPUs (RPS), so
+    # the veth does not reorder a flow (podnet.netlink.sysfs)
+    receive_steering: bool = False
     mtu: int | None = None
     fast_path_uplink: str | None = None  # podnet's: where the agent's eBPF fast path sits
     pod_records: str | None = None  # podnet's: the agent's directory of pod records
@@ -234,6 +237,8 @@ def cmd_add(ctx: HostContext, req: Request) -> Result:
             pod_index = host_link.peer_index  # a veth's link is its peer
             if conf.hairpin:
                 ctx.host.brport("set", index=host_link.index, mode=1)
+            if conf.receive_steering:
+                _steer(ctx, host_name)
 
             ipam_result = delegate.call(req, ipam, "ADD")
             undo.append(lambda: delegate.call(req, ipam, "DEL"))
@@ -452,6 +457,14 @@ def cmd_check(ctx: HostContext, req: Request) -> None:
         raise CNIError(CHECK_MISMATCH, "; ".join(problems))
 
 
+def _steer(ctx: HostContext, host_name: str) -> None:
+    try:
+        ctx.sysfs.set_rps(host_name, sysfs.all_cpus())
+    except OSError as exc:
+        raise CNIError(IO_FAILURE, f"receive steering on {host_name}: "
+                       f"{exc.strerror or exc}") from None
+
+
 def _check_pod(ctx: HostContext, pod: Any, req: Request, conf: BridgeConf, prev: Result,
                pod_pos: int, br_index: int | None) -> list[str]:
     from podnet.netlink import links
@@ -482,6 +495,11 @@ def _check_pod(ctx: HostContext, pod: Any, req: Request, conf: BridgeConf, prev:
         problems += podmap.check_pod(
             ctx.fast, conf.fast_path_uplink, peer_index, links.mac_of(msg),
             [i["address"] for i in prev.get("ips", []) if i.get("interface") == pod_pos])
+    if peers and conf.receive_steering:
+        host_name = peers[0].get_attr("IFLA_IFNAME")
+        if not all(ctx.sysfs.rps(host_name)):
+            problems.append(f"host veth {host_name} does not steer what it receives "
+                            "(receiveSteering)")
     have = {str(a) for a in links.addresses(pod, index)}
     for ipc in prev.get("ips", []):
         if ipc.get("interface") == pod_pos and ipc["address"] not in have:

@@ -17,6 +17,7 @@ from podnet.cni.errors import UNKNOWN_CONTAINER, CNIError
 from podnet.firewall import libnft
 from podnet.netlink import netns
 from podnet.netlink.fastlink import Rtnl
+from podnet.netlink.sysfs import Sysfs
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -30,6 +31,7 @@ class HostContext:
         self._fast: Rtnl | None = None
         self._host: IPRoute | None = None
         self._nft: libnft.Session | None = None
+        self._sysfs: Sysfs | None = None
 
     @property
     def fast(self) -> Rtnl:
@@ -52,7 +54,17 @@ class HostContext:
                 self._nft = libnft.Session()
         return self._nft
 
+    @property
+    def sysfs(self) -> Sysfs:
+        """The host namespace's sysfs (its devices' steering), kept with the context."""
+        if self._sysfs is None:
+            with self.in_host():
+                self._sysfs = Sysfs()
+        return self._sysfs
+
     def close(self) -> None:
+        if self._sysfs is not None:
+            self._sysfs.close()
         if self._nft is not None:
             self._nft.close()
         if self._fast is not None:
