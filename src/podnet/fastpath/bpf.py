@@ -8,6 +8,8 @@ import ctypes
 import os
 import struct
 
+from podnet.libc import libc
+
 SYS_BPF = {"x86_64": 321, "aarch64": 280}
 MAP_CREATE, MAP_LOOKUP, MAP_UPDATE, MAP_DELETE = 0, 1, 2, 3
 PROG_LOAD = 5
@@ -20,8 +22,6 @@ PROG_TYPE_SCHED_CLS = 3
 ATTR_SIZE = 128  # larger than every attr used; the kernel wants the tail zero
 LOG_SIZE = 1 << 16
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 class BpfError(OSError):
     """bpf(2) refused; for a program load, the verifier's log is in the message."""
@@ -31,7 +31,7 @@ def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
     nr = SYS_BPF.get(os.uname().machine)
     if nr is None:
         raise BpfError(0, f"bpf(2) number unknown on {os.uname().machine}")
-    ret = int(_libc.syscall(nr, cmd, attr, ATTR_SIZE))
+    ret = int(libc.syscall(nr, cmd, attr, ATTR_SIZE))
     if ret < 0:
         err = ctypes.get_errno()
         raise BpfError(err, os.strerror(err))

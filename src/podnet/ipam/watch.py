@@ -9,10 +9,11 @@ overflowing queue, or a watched directory removed or moved, means reading it all
 
 from __future__ import annotations
 
-import ctypes
 import os
 import struct
 from dataclasses import dataclass, field
+
+from podnet.libc import checked, libc
 
 IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO = 0x2, 0x8, 0x40, 0x80
 IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800
@@ -20,14 +21,6 @@ IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR = 0x4000, 0x8000, 0x1000000
 _FILES = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
 _GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
 _EVENT = struct.Struct("=iIII")  # wd, mask, cookie, len; then the name, NUL-padded to len
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return ret
 
 
 @dataclass
@@ -41,12 +34,12 @@ class Watch:
     """One inotify instance watching any number of directories (not their subdirectories)."""
 
     def __init__(self) -> None:
-        self.fd = _check(_libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC), "inotify_init1")
+        self.fd = checked(libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC), "inotify_init1")
         self.dirs: dict[int, str] = {}  # watch descriptor -> directory
 
     def add(self, directory: str) -> None:
         """Watch `directory` from now on (watching it again is harmless)."""
-        wd = _check(_libc.inotify_add_watch(self.fd, os.fsencode(directory),
+        wd = checked(libc.inotify_add_watch(self.fd, os.fsencode(directory),
                                             _FILES | _GONE | IN_ONLYDIR), "inotify_add_watch")
         self.dirs[wd] = directory
 
@@ -75,7 +68,7 @@ class Watch:
                     out.anew.add(directory)
                     del self.dirs[wd]
                     if not mask & IN_IGNORED:
-                        _libc.inotify_rm_watch(self.fd, wd)
+                        libc.inotify_rm_watch(self.fd, wd)
                 elif name:
                     out.names.setdefault(directory, set()).add(os.fsdecode(name))
 

@@ -8,11 +8,12 @@ pyroute2's own netns support does.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
+
+from podnet.libc import checked, libc
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -21,13 +22,10 @@ if TYPE_CHECKING:
 
 CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
+    checked(libc.setns(fd, CLONE_NEWNET), "setns")
 
 
 @contextlib.contextmanager

@@ -15,20 +15,13 @@ without queues, hashing each flow to one CPU.
 
 from __future__ import annotations
 
-import ctypes
 import os
+
+from podnet.libc import checked, libc
 
 # fsopen(2), fsconfig(2), fsmount(2): one number on every architecture (the unified table).
 _FSOPEN, _FSCONFIG, _FSMOUNT = 430, 431, 432
 _FSOPEN_CLOEXEC, _FSCONFIG_CMD_CREATE, _FSMOUNT_CLOEXEC = 1, 6, 1
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, call: str) -> int:
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{call}: {os.strerror(err)}")
-    return result
 
 
 def cpu_mask(count: int) -> str:
@@ -52,11 +45,11 @@ class Sysfs:
     """The calling thread's network namespace's sysfs, detached."""
 
     def __init__(self) -> None:
-        context = _check(_libc.syscall(_FSOPEN, b"sysfs", _FSOPEN_CLOEXEC), "fsopen sysfs")
+        context = checked(libc.syscall(_FSOPEN, b"sysfs", _FSOPEN_CLOEXEC), "fsopen sysfs")
         try:
-            _check(_libc.syscall(_FSCONFIG, context, _FSCONFIG_CMD_CREATE, None, None, 0),
+            checked(libc.syscall(_FSCONFIG, context, _FSCONFIG_CMD_CREATE, None, None, 0),
                    "fsconfig sysfs")
-            self.fd = _check(_libc.syscall(_FSMOUNT, context, _FSMOUNT_CLOEXEC, 0),
+            self.fd = checked(libc.syscall(_FSMOUNT, context, _FSMOUNT_CLOEXEC, 0),
                              "fsmount sysfs")
         finally:
             os.close(context)
