@@ -7,12 +7,16 @@ The underlay's links are shaped to `--link-gbit` (3) like NICs (see shape_links)
 `--link-gbit 0` they are as fast as the CPU, and throughput measures CPU cost per byte; each
 path's CPU time per Gbit moved (all CPUs, from /proc/stat) is reported beside it.
 
+With `--pin` every iperf3 client runs on CPU 0 and every server on CPU 1, on every path alike:
+unshaped, where the scheduler puts the two ends (and so which CPU carries a flow's softirq
+work) moves a run by a third; pinned, the ratio is the paths' own cost.
+
 With `--families ipv4 ipv6` each backend is measured twice in the run: IPv4 pods over the IPv4
 underlay, then the IPv6 pods of a dual-stack cluster over an IPv6-only underlay (the
 flannel-like pods are IPv4 only).
 
     .venv/bin/python bench/dataplane.py [--backends ...] [--reps 5] [--link-gbit 3]
-                                        [--fast-path off] [--families ipv4 ipv6]
+                                        [--fast-path off] [--families ipv4 ipv6] [--pin]
 """
 
 from __future__ import annotations
@@ -50,15 +54,19 @@ def listening(pid: int, port: int) -> bool:
     return any(r[1].endswith(f":{port:04X}") and r[3] == "0A" for r in rows)
 
 
-def iperf(src_ns: str, dst_ns: str, dst_ip: str, streams: int, seconds: int) -> float:
+def iperf(src_ns: str, dst_ns: str, dst_ip: str, streams: int, seconds: int,
+          pin: bool = False) -> float:
     """Gbit/s received."""
-    return iperf_run(src_ns, dst_ns, dst_ip, streams, seconds)[0]
+    return iperf_run(src_ns, dst_ns, dst_ip, streams, seconds, pin)[0]
 
 
 def iperf_run(src_ns: str, dst_ns: str, dst_ip: str, streams: int,
-              seconds: int) -> tuple[float, int]:
-    """Gbit/s received, and the sender's TCP retransmissions."""
-    server = subprocess.Popen(["nsenter", f"--net={dst_ns}", "iperf3", "-s", "-p",
+              seconds: int, pin: bool = False) -> tuple[float, int]:
+    """Gbit/s received, and the sender's TCP retransmissions; with `pin`, the client on CPU 0
+    and the server on CPU 1."""
+    client_cpu, server_cpu = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if pin \
+        else ([], [])
+    server = subprocess.Popen(["nsenter", f"--net={dst_ns}", *server_cpu, "iperf3", "-s", "-p",
                                str(PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # Wait for its listening socket without connecting: a probe connection would hold
@@ -67,7 +75,7 @@ def iperf_run(src_ns: str, dst_ns: str, dst_ip: str, streams: int,
             if listening(server.pid, PORT):
                 break
             time.sleep(0.02)
-        out = subprocess.run(["nsenter", f"--net={src_ns}", "iperf3", "-c",
+        out = subprocess.run(["nsenter", f"--net={src_ns}", *client_cpu, "iperf3", "-c",
                               dst_ip, "-p", str(PORT), "-t", str(seconds), "-P", str(streams),
                               "-J"],
                              capture_output=True, text=True, check=True, timeout=seconds + 30)
@@ -174,7 +182,7 @@ PATHS = ("node", "pod", "ref")
 
 
 def measure(backend: str, reps: int, seconds: int, link_gbit: float,
-            fast_path: bool, family: str = "ipv4") -> dict[str, Any]:
+            fast_path: bool, family: str = "ipv4", pin: bool = False) -> dict[str, Any]:
     underlay = "routed" if backend == "gateway" else "switch"
     topo = Topology.make(f"dp{uuid.uuid4().hex[:4]}", backend, 2, 1, underlay)
     topo.fast_path = fast_path
@@ -199,7 +207,7 @@ def measure(backend: str, reps: int, seconds: int, link_gbit: float,
             for streams in (1, 4):
                 for k, (a, b, ip) in ends.items():
                     before = busy_cpu_seconds()
-                    gbit = iperf(a, b, ip, streams, seconds)
+                    gbit = iperf(a, b, ip, streams, seconds, pin)
                     res[f"{k}_{streams}"].append(gbit)
                     # CPU ms per Gbit moved: unshaped, what bounds throughput is CPU time
                     # (one stream's path runs on one CPU), and this is its price per byte.
@@ -258,13 +266,16 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", choices=["ipv4", "ipv6"], default=["ipv4"],
                         help="ipv6: a dual-stack cluster's IPv6 pods over an IPv6-only "
                              "underlay")
+    parser.add_argument("--pin", action="store_true",
+                        help="every path's iperf3 client on CPU 0, server on CPU 1")
     args = parser.parse_args()
     fast = args.fast_path == "on"
-    rows = [measure(b, args.reps, args.seconds, args.link_gbit, fast, f)
+    rows = [measure(b, args.reps, args.seconds, args.link_gbit, fast, f, args.pin)
             for b in args.backends for f in args.families]
     family = len(args.families) > 1  # a column of its own
     print(f"Underlay links: {f'{args.link_gbit:g} Gbit/s' if args.link_gbit else 'unshaped'}; "
-          f"{args.reps} repetitions of {args.seconds} s; podnet's fast path {args.fast_path}")
+          f"{args.reps} repetitions of {args.seconds} s; podnet's fast path {args.fast_path}"
+          f"{'; iperf3 pinned (client CPU 0, server CPU 1)' if args.pin else ''}")
     _table("Throughput (Gbit/s, median); ratio = podnet pods / underlay; vs ref = podnet pods / "
            "flannel-like pods",
            ("backend", "streams", "underlay", "podnet pods", "ratio", "flannel-like pods",
@@ -292,6 +303,7 @@ def main() -> None:
     tag = f"{args.link_gbit:g}gbit" if args.link_gbit else "unshaped"
     tag += "" if fast else "-nofast"
     tag += "" if args.families == ["ipv4"] else "-" + "-".join(args.families)
+    tag += "-pinned" if args.pin else ""
     with open(f"bench/out/dataplane-{tag}.json", "w") as fh:
         json.dump({"link_gbit": args.link_gbit, "reps": args.reps, "seconds": args.seconds,
                    "fast_path": fast, "rows": rows}, fh, indent=2)

@@ -7,11 +7,12 @@ that crossed the VXLAN devices of the fast lab's nodes meanwhile (the program en
 decapsulates every packet of a flow, segmentation-offload super-packets included: none should).
 
     .venv/bin/python bench/overlay_paths.py [--reps 5] [--seconds 4] [--family ipv4]
-        [--receive-steering]
+        [--receive-steering] [--pin]
 
 With --receive-steering both labs steer every flow where a veth receives it (the lab's links
 as NICs with RSS, the pods' host veths by the agents' conflists): no path reorders a flow, so
-what retransmits is what drops.
+what retransmits is what drops. With --pin every iperf3 client runs on CPU 0 and every server
+on CPU 1, on every path alike (dataplane.py).
 
 Writes bench/out/overlay_paths.json and prints a Markdown table.
 """
@@ -58,6 +59,8 @@ def main() -> None:
                         help="the underlay's (and the pods', for ipv6: dual-stack pods)")
     parser.add_argument("--receive-steering", action="store_true",
                         help="flows steered over the CPUs where veths receive them")
+    parser.add_argument("--pin", action="store_true",
+                        help="every path's iperf3 client on CPU 0, server on CPU 1")
     args = parser.parse_args()
     labs: dict[str, Lab] = {}
     try:
@@ -84,12 +87,14 @@ def main() -> None:
 
         for _ in range(args.reps):
             for streams in (1, 4):
-                gbit, retrans = iperf_run(*ends(labs["on"], "node"), streams, args.seconds)
+                gbit, retrans = iperf_run(*ends(labs["on"], "node"), streams, args.seconds,
+                                          args.pin)
                 rows.setdefault(f"underlay_{streams}", []).append(gbit)
                 rows.setdefault(f"underlay_{streams}_retrans", []).append(retrans)
                 for mode, lab in labs.items():
                     before = device_packets(lab)
-                    gbit, retrans = iperf_run(*ends(lab, "pod"), streams, args.seconds)
+                    gbit, retrans = iperf_run(*ends(lab, "pod"), streams, args.seconds,
+                                              args.pin)
                     rows.setdefault(f"{mode}_{streams}", []).append(gbit)
                     rows.setdefault(f"{mode}_{streams}_retrans", []).append(retrans)
                     rows.setdefault(f"{mode}_{streams}_device", []).append(
@@ -100,11 +105,13 @@ def main() -> None:
     shaping = f"{args.link_gbit:g} Gbit/s links" if args.link_gbit else "unshaped"
     result: dict[str, Any] = {"reps": args.reps, "seconds": args.seconds,
                               "family": args.family, "link_gbit": args.link_gbit,
-                              "receive_steering": args.receive_steering, "runs": rows}
+                              "receive_steering": args.receive_steering, "pinned": args.pin,
+                              "runs": rows}
     os.makedirs(os.path.join(os.path.dirname(__file__), "out"), exist_ok=True)
     with open(os.path.join(os.path.dirname(__file__), "out",
                            f"overlay_paths-{args.family}-{shaping.split()[0]}"
-                           f"{'-steered' if args.receive_steering else ''}.json"), "w") as fh:
+                           f"{'-steered' if args.receive_steering else ''}"
+                           f"{'-pinned' if args.pin else ''}.json"), "w") as fh:
         json.dump(result, fh, indent=2)
 
     def cell(key: str, spec: str) -> str:
@@ -112,6 +119,7 @@ def main() -> None:
         return f"{statistics.median(v):{spec}} ({min(v):{spec}}-{max(v):{spec}})"
 
     steering = ", flows steered" if args.receive_steering else ""
+    steering += ", iperf3 pinned (client CPU 0, server CPU 1)" if args.pin else ""
     print(f"vxlan over {args.family}, {shaping}{steering}; {args.reps} repetitions of "
           f"{args.seconds} s; median (range)\n")
     print("| streams | underlay Gbit/s | retransmissions | fast path Gbit/s | ratio | "

@@ -40,7 +40,7 @@ class Watch:
     def add(self, directory: str) -> None:
         """Watch `directory` from now on (watching it again is harmless)."""
         wd = checked(libc.inotify_add_watch(self.fd, os.fsencode(directory),
-                                            _FILES | _GONE | IN_ONLYDIR), "inotify_add_watch")
+                                             _FILES | _GONE | IN_ONLYDIR), "inotify_add_watch")
         self.dirs[wd] = directory
 
     def changes(self) -> Changes:

@@ -48,9 +48,9 @@ class Sysfs:
         context = checked(libc.syscall(_FSOPEN, b"sysfs", _FSOPEN_CLOEXEC), "fsopen sysfs")
         try:
             checked(libc.syscall(_FSCONFIG, context, _FSCONFIG_CMD_CREATE, None, None, 0),
-                   "fsconfig sysfs")
+                    "fsconfig sysfs")
             self.fd = checked(libc.syscall(_FSMOUNT, context, _FSMOUNT_CLOEXEC, 0),
-                             "fsmount sysfs")
+                              "fsmount sysfs")
         finally:
             os.close(context)
 
