@@ -100,6 +100,15 @@ def ns_run(path: str, *argv: str, timeout: float = 20) -> subprocess.CompletedPr
                           timeout=timeout, check=False)
 
 
+def rps_masks(ns_path: str, ifname: str) -> list[int]:
+    """A device's receive steering masks, one per receive queue, read through `ip netns exec`,
+    which mounts the namespace's own sysfs (`nsenter` would show the host's devices)."""
+    out = subprocess.run(["ip", "netns", "exec", os.path.basename(ns_path), "sh", "-c",
+                          f"cat /sys/class/net/{ifname}/queues/rx-*/rps_cpus"],
+                         capture_output=True, text=True, check=True)
+    return [int(mask.replace(",", ""), 16) for mask in out.stdout.split()]
+
+
 def links_in(path: str) -> list[str]:
     from podnet.netlink.netns import iproute_in
 

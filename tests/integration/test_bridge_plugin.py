@@ -12,7 +12,7 @@ import pytest
 
 from podnet.cni.invoke import Runtime
 from podnet.netlink import netns, sysfs
-from tests.conftest import links_in, ns_run
+from tests.conftest import links_in, ns_run, rps_masks
 
 
 def conf(data_dir: str, subnet: str = "10.88.0.0/24", version: str = "1.1.0",
@@ -259,15 +259,6 @@ def test_pod_records_follow_add_and_del(runtime: Runtime, make_ns: Callable[[str
     assert bad.json["code"] == 7 and "podRecords" in bad.json["msg"]
 
 
-def _rps(ns_path: str, ifname: str) -> list[int]:
-    """The host end's steering masks, read by `ip netns exec` (which mounts that namespace's
-    sysfs), independently of the plugin's own reader."""
-    out = subprocess.run(["ip", "netns", "exec", os.path.basename(ns_path), "sh", "-c",
-                          f"cat /sys/class/net/{ifname}/queues/rx-*/rps_cpus"],
-                         capture_output=True, text=True, check=True)
-    return [int(mask.replace(",", ""), 16) for mask in out.stdout.split()]
-
-
 def test_receive_steering(runtime: Runtime, make_ns: Callable[[str], str], node: str,
                           data_dir: str, mode_socket: str | None) -> None:
     pod, plain = make_ns("pod"), make_ns("pod")
@@ -276,13 +267,13 @@ def test_receive_steering(runtime: Runtime, make_ns: Callable[[str], str], node:
     assert out.code == 0, out.stdout
     result = out.json
     host = result["interfaces"][1]["name"]
-    masks = _rps(node, host)
+    masks = rps_masks(node, host)
     assert masks and set(masks) == {(1 << (os.cpu_count() or 1)) - 1}
     # Without the option the kernel's default: the receiving CPU does the work.
     assert runtime.exec("podnet", "ADD", conf(data_dir, socket=mode_socket), "ctr2",
                         plain).code == 0
     other = next(n for n in links_in(node) if n.startswith("veth") and n != host)
-    assert set(_rps(node, other)) == {0}
+    assert set(rps_masks(node, other)) == {0}
 
     check = runtime.exec("podnet", "CHECK", {**c, "prevResult": result}, "ctr1", pod)
     assert check.code == 0, check.stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import socket
 import subprocess
 import threading
@@ -17,6 +16,7 @@ from podnet.fastpath import bpf, podmap
 from podnet.lab.lab import Lab, ns_path
 from podnet.netlink import netns, tc
 from podnet.wire import VXLAN_PORT
+from tests.conftest import rps_masks
 from tests.lab.conftest import MakeLab, failures, fast_path_at, transfer, verify
 from tests.lab.test_lab_ops import sh, wait_for
 
@@ -243,12 +243,8 @@ def test_steered_flows_arrive_in_order(make_lab: MakeLab) -> None:
         veths = [link["ifname"] for link in json.loads(sh(
             lab, node, "ip", "-j", "link", "show", "master", "kube-bridge"))]
         for name in [*veths, "eth0"]:
-            # `ip netns exec` mounts the node's own sysfs (nsenter would show the host's).
-            masks = subprocess.run(
-                ["ip", "netns", "exec", os.path.basename(lab.target_netns(node)), "sh", "-c",
-                 f"cat /sys/class/net/{name}/queues/rx-*/rps_cpus"],
-                capture_output=True, text=True, check=True).stdout.split()
-            assert masks and all(int(m.replace(",", ""), 16) for m in masks)
+            masks = rps_masks(lab.target_netns(node), name)
+            assert masks and all(masks)
     src, dst = (ns_path(p.netns(t.name)) for p in t.pods)
     server = subprocess.Popen(["nsenter", f"--net={dst}", "iperf3", "-s", "-1"],
                               stdout=subprocess.DEVNULL)

@@ -160,13 +160,15 @@ class EtcdStore:
         return _unb64(kvs[0].get("value", "")) if kvs else None
 
     def get_many(self, keys: list[str]) -> list[str | None]:
-        """Each key's value, read in one transaction: one round trip, one revision."""
-        out = self._post("/kv/txn", {"compare": [], "failure": [], "success": [
-            {"request_range": {"key": _b64(key)}} for key in keys]})
+        """Each key's value, read in transactions of at most TXN_OPS (as put_all writes): one
+        round trip, and one revision, where they fit one."""
         values: list[str | None] = []
-        for response in out.get("responses", []):
-            kvs = response.get("response_range", {}).get("kvs", [])
-            values.append(_unb64(kvs[0].get("value", "")) if kvs else None)
+        for start in range(0, len(keys), TXN_OPS):
+            out = self._post("/kv/txn", {"compare": [], "failure": [], "success": [
+                {"request_range": {"key": _b64(key)}} for key in keys[start:start + TXN_OPS]]})
+            for response in out.get("responses", []):
+                kvs = response.get("response_range", {}).get("kvs", [])
+                values.append(_unb64(kvs[0].get("value", "")) if kvs else None)
         if len(values) != len(keys):
             raise DatastoreError(f"etcd answered {len(values)} of {len(keys)} reads")
         return values

@@ -96,7 +96,9 @@ def _veth(outer_ns: str, outer_name: str, inner_ns: str, inner_name: str, addres
         inner.link("set", index=index, state="up")
     finally:
         inner.close()
-    for ns, name in ((outer_ns, outer_name), (inner_ns, inner_name)) if steer else ():
+    if not steer:
+        return
+    for ns, name in ((outer_ns, outer_name), (inner_ns, inner_name)):
         with netns.entered(ns_path(ns)):
             fs = sysfs.Sysfs()
         try:
